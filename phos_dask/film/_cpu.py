@@ -1,0 +1,186 @@
+"""Fused CPU kernels (numba) for the array ops of `ops.py`.
+
+Every output element is computed by the same sequence of float32 operations whatever the array's extent
+(loops vectorise across pixels, never across a reduction; no fastmath, so no reassociation or FMA
+contraction), which is what makes a tile bit-identical to the same pixels of the whole image.
+Rows are split across threads with prange.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+_f32 = np.float32
+
+
+@njit(parallel=True, cache=True)
+def front_lut(img, table, matrix, factors, use_factors):
+    h, w = img.shape[0], img.shape[1]
+    C = matrix.shape[0]
+    out = np.empty((C, h, w), dtype=np.float32)
+    for y in prange(h):
+        for c in range(C):
+            m0, m1, m2 = matrix[c, 0], matrix[c, 1], matrix[c, 2]
+            fac = factors[c]
+            for x in range(w):
+                v = m0 * table[img[y, x, 0]] + m1 * table[img[y, x, 1]] + m2 * table[img[y, x, 2]]
+                if use_factors:
+                    v = min(max(v * fac, _f32(0.0)), _f32(1.0))
+                out[c, y, x] = v
+    return out
+
+
+@njit(parallel=True, cache=True)
+def front_linear(lin, matrix, factors, use_factors):
+    h, w = lin.shape[0], lin.shape[1]
+    C = matrix.shape[0]
+    out = np.empty((C, h, w), dtype=np.float32)
+    for y in prange(h):
+        for c in range(C):
+            m0, m1, m2 = matrix[c, 0], matrix[c, 1], matrix[c, 2]
+            fac = factors[c]
+            for x in range(w):
+                v = m0 * lin[y, x, 0] + m1 * lin[y, x, 1] + m2 * lin[y, x, 2]
+                if use_factors:
+                    v = min(max(v * fac, _f32(0.0)), _f32(1.0))
+                out[c, y, x] = v
+    return out
+
+
+@njit(parallel=True, cache=True)
+def cells(src, rmap, cmap, f, thr, eta):
+    nr, nc = rmap.shape[0] // f, cmap.shape[0] // f
+    out = np.empty((nr, nc), dtype=np.float32)
+    scale = _f32(eta / (f * f))
+    zero = _f32(0.0)
+    for j in prange(nr):
+        acc = np.zeros(cmap.shape[0], dtype=np.float32)
+        for a in range(f):
+            row = rmap[j * f + a]
+            for x in range(cmap.shape[0]):
+                acc[x] += max(src[row, cmap[x]] - thr, zero)
+        for i in range(nc):
+            s = zero
+            for b in range(f):
+                s += acc[i * f + b]
+            out[j, i] = s * scale
+    return out
+
+
+@njit(parallel=True, cache=True)
+def blur_valid(src, taps_v, taps_h, radii):
+    n = taps_v.shape[0]
+    r = (taps_v.shape[1] - 1) // 2
+    h, w = src.shape[0] - 2 * r, src.shape[1] - 2 * r
+    out = np.zeros((h, w), dtype=np.float32)
+    for y in prange(h):
+        tmp = np.empty(src.shape[1], dtype=np.float32)
+        for i in range(n):
+            ri = radii[i]
+            for x in range(src.shape[1]):
+                tmp[x] = _f32(0.0)
+            for k in range(r - ri, r + ri + 1):
+                t = taps_v[i, k]
+                for x in range(src.shape[1]):
+                    tmp[x] += t * src[y + k, x]
+            acc = np.zeros(w, dtype=np.float32)
+            for k in range(r - ri, r + ri + 1):
+                t = taps_h[i, k]
+                for x in range(w):
+                    acc[x] += t * tmp[x + k]
+            for x in range(w):
+                out[y, x] += acc[x]
+    return out
+
+
+@njit(parallel=True, cache=True)
+def compose(src, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, eta):
+    h, w = rj.shape[0], cj.shape[0]
+    out = np.empty((h, w), dtype=np.float32)
+    zero, one = _f32(0.0), _f32(1.0)
+    for y in prange(h):
+        row = np.zeros(blurred.shape[1], dtype=np.float32)
+        if has_blur:
+            j = rj[y]
+            a0, a1 = rw0[y], rw1[y]
+            for i in range(blurred.shape[1]):
+                row[i] = a0 * blurred[j, i] + a1 * blurred[j + 1, i]
+        for x in range(w):
+            s = src[sy + y, sx + x]
+            v = s - eta * max(s - thr, zero)
+            if has_blur:
+                i = cj[x]
+                v = v + (cw0[x] * row[i] + cw1[x] * row[i + 1])
+            out[y, x] = min(max(v, zero), one)
+    return out
+
+
+@njit(parallel=True, cache=True)
+def grain_rho(X, rmap, cmap, y0, x0, key, T, dT):
+    nr, nc = rmap.shape[0], cmap.shape[0]
+    out = np.empty((nr, nc), dtype=np.float32)
+    golden = np.uint64(0x9E3779B97F4A7C15)
+    m1 = np.uint64(0xBF58476D1CE4E5B9)
+    m2 = np.uint64(0x94D049BB133111EB)
+    s30, s27, s31, s32 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(32)
+    s48, s24 = np.uint64(48), np.uint64(24)
+    low24 = np.uint64(0xFFFFFF)
+    k = np.uint64(key)
+    inv24 = _f32(2.0**-24)
+    e0, e018, one = _f32(1000.0), _f32(180.0), _f32(1.0)
+    for i in prange(nr):
+        r = rmap[i]
+        gy = np.uint64(r + y0) << s32
+        for j in range(nc):
+            c = cmap[j]
+            z = k + (gy | np.uint64(c + x0)) * golden
+            z = (z ^ (z >> s30)) * m1
+            z = (z ^ (z >> s27)) * m2
+            z = z ^ (z >> s31)
+            t = np.int64(z >> s48)
+            frac = np.float32((z >> s24) & low24) * inv24
+            u = T[t] + frac * dT[t]
+            a = np.sqrt(e018 / max(e0 * X[r, c], one))
+            out[i, j] = a * u
+    return out
+
+
+@njit(parallel=True, cache=True)
+def mix(Yp, X, xy, xx, noise, coef, nscale, wd, ws):
+    C, h, w = Yp.shape
+    P = noise.shape[0]
+    out = np.empty((C, h, w), dtype=np.float32)
+    lo, hi = _f32(-1.0), _f32(1.0)
+    for y in prange(h):
+        n = np.empty((P, w), dtype=np.float32)
+        for p in range(P):
+            for x in range(w):
+                n[p, x] = min(max(noise[p, y, x] * nscale, lo), hi)
+        for c in range(C):
+            for x in range(w):
+                g = _f32(0.0)
+                for p in range(P):
+                    g += coef[c, p] * n[p, x]
+                out[c, y, x] = wd[c] * Yp[c, y, x] + ws[c] * X[c, xy + y, xx + x] + g
+    return out
+
+
+@njit(parallel=True, cache=True)
+def encode(Z, thresholds, start, cells_per_unit, out):
+    C, h, w = Z.shape
+    last = start.shape[1] - 1
+    for y in prange(h):
+        for c in range(C):
+            t = thresholds[c]
+            for x in range(w):
+                z = Z[c, y, x]
+                j = np.int64(np.sqrt(max(z, _f32(0.0))) * cells_per_unit[c])
+                j = min(max(j, 0), last)
+                k = start[c, j]
+                while z >= t[k + 1]:
+                    k += 1
+                while z < t[k]:
+                    k -= 1
+                out[y, x, c] = k
+    return out

@@ -1,0 +1,78 @@
+"""Colour stages: sRGB transfer functions (IEC 61966-2-1), linearisation (S1), emulsion matrix (S2) and
+reciprocity failure (S3). Pure functions over an array namespace `xp` (numpy or cupy)."""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+
+import numpy as np
+
+from phos_dask.stocks import Stock
+
+
+def srgb_decode(xp, v):
+    """sRGB-encoded values in [0, 1] → linear light (same dtype as v)."""
+    v = xp.asarray(v)
+    return xp.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4).astype(v.dtype, copy=False)
+
+
+def srgb_encode(xp, x):
+    """Linear light → sRGB-encoded in [0, 1]; x is clipped to [0, 1] first."""
+    x = xp.clip(xp.asarray(x), 0, 1)
+    return xp.where(x <= 0.0031308, 12.92 * x, 1.055 * x ** (1 / 2.4) - 0.055).astype(x.dtype, copy=False)
+
+
+@cache
+def decode_table(bits: int) -> np.ndarray:
+    """Exact linearisation table for `bits`-bit sRGB codes (256 or 65536 float32 entries)."""
+    vmax = (1 << bits) - 1
+    return srgb_decode(np, np.arange(vmax + 1, dtype=np.float64) / vmax).astype(np.float32)
+
+
+def linearise(xp, img):
+    """S1: integer sRGB codes (uint8/uint16) or float sRGB in [0, 1] → linear float32, same shape."""
+    img = xp.asarray(img)
+    if img.dtype == xp.uint8 or img.dtype == xp.uint16:
+        table = xp.asarray(decode_table(8 if img.dtype == xp.uint8 else 16))
+        return table[img]
+    return srgb_decode(xp, xp.clip(img.astype(xp.float32), 0, 1))
+
+
+def emulsion_matrix(stock: Stock) -> np.ndarray:
+    """S2: the (C, 3) matrix from linear (r, g, b) to layer exposures: rows R, G, B or the pan row."""
+    return np.array([layer.weights for layer in stock.layers], dtype=np.float32)
+
+
+def reciprocity_factors(stock: Stock, exposure_time: float | None) -> np.ndarray | None:
+    """S3: per-channel factor t^(p-1) applied to X (then clipped to [0, 1]); None when t is absent or 1."""
+    if exposure_time is None or exposure_time == 1.0:
+        return None
+    rec = stock.reciprocity
+    t = float(exposure_time)
+    if stock.is_color:
+        p0s = [rec.p_mono if rec.p_mono is not None else p for p in rec.p]
+    else:
+        p0s = [rec.p_mono if rec.p_mono is not None else rec.p[1]]
+    out = []
+    for p0 in p0s:
+        if t < rec.t_low:
+            p = p0 - 0.05 * rec.failure_strength
+        elif t > rec.t_high:
+            p = p0 - rec.k * math.log10(t / rec.t_high) * rec.failure_strength
+        else:
+            p = p0
+        p = min(max(p, 0.75), 1.0)
+        out.append(t ** (p - 1.0))
+    return np.array(out, dtype=np.float32)
+
+
+def emulsion_response(xp, lin, matrix, factors=None):
+    """S2 + S3: linear (h, w, 3) → planar layer exposures (C, h, w) float32."""
+    m = xp.asarray(matrix)
+    r, g, b = lin[..., 0], lin[..., 1], lin[..., 2]
+    planes = [m[c, 0] * r + m[c, 1] * g + m[c, 2] * b for c in range(m.shape[0])]
+    X = xp.stack(planes).astype(xp.float32)
+    if factors is not None:
+        X = xp.clip(X * xp.asarray(factors).reshape(-1, 1, 1), 0, 1)
+    return X

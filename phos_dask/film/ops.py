@@ -1,0 +1,152 @@
+"""The array ops the pipeline is built from, dispatched on the array type.
+
+NumPy arrays go to the fused numba kernels in `_cpu`; any other array namespace (CuPy) runs the reference
+implementation written here against `xp`, which is also the oracle the CPU kernels are tested against.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from phos_dask.film import colour
+
+
+def namespace(a):
+    """numpy for NumPy arrays, cupy for CuPy arrays (the model never imports cupy itself)."""
+    if isinstance(a, np.ndarray):
+        return np
+    import cupy  # noqa: PLC0415
+
+    return cupy
+
+
+def _is_cpu(a) -> bool:
+    return isinstance(a, np.ndarray)
+
+
+def _f32(v) -> np.float32:
+    return np.float32(v)
+
+
+def front(img, matrix: np.ndarray, factors: np.ndarray | None, linear_input: bool = False):
+    """S1–S3: (h, w, 3) sRGB codes or floats → (C, h, w) float32 layer exposures X."""
+    xp = namespace(img)
+    use = factors is not None
+    fac = np.ones(matrix.shape[0], np.float32) if factors is None else factors.astype(np.float32)
+    if _is_cpu(img):
+        from phos_dask.film import _cpu  # noqa: PLC0415
+
+        if img.dtype in (np.uint8, np.uint16):
+            table = colour.decode_table(8 if img.dtype == np.uint8 else 16)
+            return _cpu.front_lut(img, table, matrix, fac, use)
+        lin = img.astype(np.float32) if linear_input else colour.linearise(np, img)
+        return _cpu.front_linear(np.ascontiguousarray(lin, dtype=np.float32), matrix, fac, use)
+    lin = img.astype(xp.float32) if (linear_input and img.dtype.kind == "f") else colour.linearise(xp, img)
+    return colour.emulsion_response(xp, lin, matrix, fac if use else None)
+
+
+def cells(src, rmap, cmap, f: int, thr: float, eta: float):
+    """Means over f×f cells of eta·max(src - thr, 0), reading rows rmap and columns cmap of src."""
+    if _is_cpu(src):
+        from phos_dask.film import _cpu  # noqa: PLC0415
+
+        return _cpu.cells(src, rmap, cmap, f, _f32(thr), _f32(eta))
+    xp = namespace(src)
+    v = xp.maximum(src[xp.asarray(rmap)][:, xp.asarray(cmap)] - xp.float32(thr), xp.float32(0))
+    nr, nc = len(rmap) // f, len(cmap) // f
+    v = v.reshape(nr, f, nc * f).sum(axis=1, dtype=xp.float32).reshape(nr, nc, f).sum(axis=2, dtype=xp.float32)
+    return v * xp.float32(eta / (f * f))
+
+
+def blur_valid(src, taps_v: np.ndarray, taps_h: np.ndarray, radii: np.ndarray):
+    """Σ_i (taps_v[i] vertically, then taps_h[i] horizontally), 'valid' part: (h-2r, w-2r)."""
+    if _is_cpu(src):
+        from phos_dask.film import _cpu  # noqa: PLC0415
+
+        return _cpu.blur_valid(src, taps_v, taps_h, radii)
+    xp = namespace(src)
+    r = (taps_v.shape[1] - 1) // 2
+    h, w = src.shape[0] - 2 * r, src.shape[1] - 2 * r
+    out = xp.zeros((h, w), xp.float32)
+    for i in range(taps_v.shape[0]):
+        tmp = xp.zeros((h, src.shape[1]), xp.float32)
+        for k in range(r - int(radii[i]), r + int(radii[i]) + 1):
+            tmp += xp.float32(taps_v[i, k]) * src[k : k + h]
+        acc = xp.zeros((h, w), xp.float32)
+        for k in range(r - int(radii[i]), r + int(radii[i]) + 1):
+            acc += xp.float32(taps_h[i, k]) * tmp[:, k : k + w]
+        out += acc
+    return out
+
+
+def compose(src, sy: int, sx: int, blurred, interp_rows, interp_cols, thr: float, eta: float, shape):
+    """clip01(s - eta·max(s - thr, 0) + up(blurred)) for s = src[sy:sy+h, sx:sx+w]; blurred None = 0."""
+    rj, rw0, rw1 = interp_rows
+    cj, cw0, cw1 = interp_cols
+    if _is_cpu(src):
+        from phos_dask.film import _cpu  # noqa: PLC0415
+
+        has = blurred is not None
+        b = blurred if has else np.zeros((1, 1), np.float32)
+        return _cpu.compose(src, sy, sx, b, has, rj, rw0, rw1, cj, cw0, cw1, _f32(thr), _f32(eta))
+    xp = namespace(src)
+    h, w = shape
+    s = src[sy : sy + h, sx : sx + w]
+    v = s - xp.float32(eta) * xp.maximum(s - xp.float32(thr), xp.float32(0))
+    if blurred is not None:
+        rj_, cj_ = xp.asarray(rj), xp.asarray(cj)
+        rows = xp.asarray(rw0)[:, None] * blurred[rj_] + xp.asarray(rw1)[:, None] * blurred[rj_ + 1]
+        up = xp.asarray(cw0)[None, :] * rows[:, cj_] + xp.asarray(cw1)[None, :] * rows[:, cj_ + 1]
+        v = v + up
+    return xp.clip(v, 0, 1)
+
+
+def grain_rho(X, rmap, cmap, y0: int, x0: int, key: int):
+    """a(X)·u at in-image pixels X[rmap][:, cmap] (local indices; global = local + origin)."""
+    from phos_dask.film import grain  # noqa: PLC0415
+
+    if _is_cpu(X):
+        from phos_dask.film import _cpu  # noqa: PLC0415
+
+        T, dT = grain.normal_table()
+        return _cpu.grain_rho(X, rmap, cmap, y0, x0, np.uint64(key), T, dT)
+    xp = namespace(X)
+    u = grain.hash_normal(xp, key, np.asarray(rmap) + y0, np.asarray(cmap) + x0)
+    return grain.signal_gain(xp, X[xp.asarray(rmap)][:, xp.asarray(cmap)]) * u
+
+
+def mix(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: float, wd, ws):
+    """S6: Z_c = wd_c·Y'_c + ws_c·X_c + Σ_p coef[c,p]·clip(noise_p·nscale, -1, 1)."""
+    if _is_cpu(Yp):
+        from phos_dask.film import _cpu  # noqa: PLC0415
+
+        return _cpu.mix(Yp, X, xy, xx, noise, coef, _f32(nscale), wd, ws)
+    xp = namespace(Yp)
+    C, h, w = Yp.shape
+    n = xp.clip(noise * xp.float32(nscale), -1, 1)
+    out = []
+    for c in range(C):
+        g = xp.zeros((h, w), xp.float32)
+        for p in range(noise.shape[0]):
+            g = g + xp.float32(coef[c, p]) * n[p]
+        out.append(xp.float32(wd[c]) * Yp[c] + xp.float32(ws[c]) * X[c, xy : xy + h, xx : xx + w] + g)
+    return xp.stack(out)
+
+
+def encode_tables(Z, tables, vmax: int):
+    """Codes for Z (C, h, w) through per-channel QuantTables → (h, w, C) uint8/uint16."""
+    dtype = np.uint8 if vmax == 255 else np.uint16
+    thresholds = np.stack([t.thresholds for t in tables])
+    start = np.stack([t.start for t in tables])
+    cpu = np.array([t.cells_per_unit for t in tables], dtype=np.float32)
+    C, h, w = Z.shape
+    if _is_cpu(Z):
+        from phos_dask.film import _cpu  # noqa: PLC0415
+
+        return _cpu.encode(Z, thresholds, start, cpu, np.empty((h, w, C), dtype))
+    xp = namespace(Z)
+    out = []
+    for c in range(C):
+        t = xp.asarray(thresholds[c][1 : vmax + 1])
+        out.append(xp.searchsorted(t, Z[c].ravel(), side="right").reshape(h, w).astype(dtype))
+    return xp.stack(out, axis=-1)

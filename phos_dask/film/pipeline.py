@@ -1,0 +1,288 @@
+"""The film model, composed: one plan per (settings, image size), and the region renderer that every
+whole-image render, tile task and GPU task goes through.
+
+Domains are half-open global pixel boxes (y0, y1, x0, x1). A neighbourhood stage reads its input through
+index maps that apply the border rule (reflect) at the image's true edges, so a window that touches an edge
+and the whole image feed every stage the same values.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+
+from phos_dask.film import colour, grain, ops, psf, tone
+from phos_dask.film.coarse import CoarseBlur, reflect_index
+from phos_dask.settings import FILM_FORMATS, Settings
+from phos_dask.stocks import HDCurve, Stock
+
+REFERENCE_SHORT_SIDE = 3000
+#: Red and blue bloom scattering relative to green, by ISO (spec S4).
+ISO_RATIOS: dict[int, tuple[float, float]] = {
+    50: (0.8430, 0.7940),
+    100: (0.9670, 0.6017),
+    125: (1.0189, 0.5755),
+    200: (1.2834, 0.6121),
+    400: (1.6443, 1.2110),
+    800: (1.0258, 1.2082),
+}
+HALATION_THRESHOLD = 0.5
+#: H&D preset used when a colour stock is asked for a characteristic curve (it has none of its own).
+DEFAULT_HD = HDCurve(True, 0.65, 0.1, 2.5, 2.0, 1.5)
+
+Box = tuple[int, int, int, int]
+
+
+def scale_for(shape: tuple[int, int], film_format: str = "35mm") -> float:
+    """s = short_side/3000 · 24/film_short_side_mm (spec §1)."""
+    return min(shape[0], shape[1]) / REFERENCE_SHORT_SIDE * (24.0 / FILM_FORMATS[film_format])
+
+
+def coarse_factor(s: float) -> int:
+    """Cell size of the reduced-resolution blurs: 4 px at s = 1, growing with s."""
+    return max(1, math.floor(4 * s))
+
+
+def bloom_etas(stock: Stock, scattering: float) -> tuple[float, ...]:
+    if not stock.is_color:
+        return (scattering,)
+    rR, rB = ISO_RATIOS[stock.iso]
+    return (scattering * rR, scattering, scattering * rB)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a render needs that does not depend on pixels, for one image size."""
+
+    settings: Settings
+    stock: Stock
+    s: float
+    matrix: np.ndarray
+    factors: np.ndarray | None
+    etas: tuple[float, ...]
+    bloom: CoarseBlur
+    halation: CoarseBlur | None
+    halation_k: tuple[float, ...]
+    grain_taps: np.ndarray | None
+    grain_coef: np.ndarray
+    grain_nscale: float
+    grain_keys: tuple[int, ...]
+    wd: np.ndarray
+    ws: np.ndarray
+    hd: HDCurve | None
+    tables: tuple | None
+
+    @property
+    def channels(self) -> int:
+        return self.stock.channels
+
+    @property
+    def grain_radius(self) -> int:
+        return 0 if self.grain_taps is None else (len(self.grain_taps) - 1) // 2
+
+    @property
+    def halo_bloom(self) -> int:
+        return self.bloom.halo
+
+    @property
+    def halo_halation(self) -> int:
+        return 0 if self.halation is None else self.halation.halo
+
+    @property
+    def halo(self) -> int:
+        """Input px a tile needs on each side of its output (bloom → halation chained, grain beside)."""
+        return max(self.halo_bloom + self.halo_halation, self.grain_radius)
+
+    @property
+    def vmax(self) -> int | None:
+        return {"uint8": 255, "uint16": 65535}.get(self.settings.dtype)
+
+
+@cache
+def _tables(tone_: object, hd: HDCurve | None, vmax: int):
+    return tone.quant_table(tone_, hd, vmax)
+
+
+def make_plan(settings: Settings, shape: tuple[int, int]) -> Plan:
+    """The plan for an image of `shape` (rows, cols) — after any working-size resampling."""
+    key = settings.replace(image_key="", seed=0)
+    base = _plan_cached(key, round(scale_for(shape, settings.film_format), 12))
+    keys = tuple(grain.plane_key(settings.image_seed(), p) for p in _grain_planes(base.stock))
+    return Plan(**{**base.__dict__, "settings": settings, "grain_keys": keys})
+
+
+def _grain_planes(stock: Stock) -> tuple[int, ...]:
+    return (grain.PLANE_R, grain.PLANE_G, grain.PLANE_B) if stock.is_color else (grain.PLANE_P,)
+
+
+@cache
+def _plan_cached(settings: Settings, s: float) -> Plan:
+    stock = settings.stock
+    f = coarse_factor(s)
+    bloom = CoarseBlur.build(psf.bloom_components(s), f)
+    if stock.is_color:
+        hal = stock.halation
+        halation = CoarseBlur.build(psf.halation_components(hal.psf_radius, s), f)
+        halation_k = hal.strength()
+    else:
+        halation, halation_k = None, ()
+    style = settings.grain_style
+    C = stock.channels
+    if style > 0:
+        taps = psf.grain_taps(settings.grain_size, s).astype(np.float32)
+        nscale = settings.grain_intensity / (3.0 * grain.grain_norm(taps))
+        gP = stock.pan.grain
+        if stock.is_color:
+            coef = np.array([[style * 0.30 * L.grain, style * gP, style * gP] for L in stock.layers])
+        else:
+            coef = np.array([[style * gP]])
+    else:
+        taps, nscale, coef = None, 0.0, np.zeros((C, 0))
+    hd = (stock.hd_curve or DEFAULT_HD) if settings.uses_hd_curve else None
+    vmax = {"uint8": 255, "uint16": 65535}.get(settings.dtype)
+    tables = None
+    if vmax is not None:
+        tables = tuple(_tables(stock.tone, hd, vmax) for _ in range(C))
+        if any(t is None for t in tables):
+            tables = None
+    return Plan(
+        settings=settings,
+        stock=stock,
+        s=s,
+        matrix=colour.emulsion_matrix(stock),
+        factors=colour.reciprocity_factors(stock, settings.exposure_time),
+        etas=bloom_etas(stock, settings.effective_scattering),
+        bloom=bloom,
+        halation=halation,
+        halation_k=tuple(halation_k),
+        grain_taps=taps,
+        grain_coef=coef.astype(np.float32),
+        grain_nscale=nscale,
+        grain_keys=(),
+        wd=np.array([L.w_diffuse for L in stock.layers], np.float32),
+        ws=np.array([L.w_direct for L in stock.layers], np.float32),
+        hd=hd,
+        tables=tables,
+    )
+
+
+def total_halo(settings: Settings, shape: tuple[int, int]) -> int:
+    """Px of input a tile of an image of `shape` needs on each side of its output region."""
+    return make_plan(settings, shape).halo
+
+
+def _expand(box: Box, halo: int, shape: tuple[int, int]) -> Box:
+    y0, y1, x0, x1 = box
+    H, W = shape
+    return max(0, y0 - halo), min(H, y1 + halo), max(0, x0 - halo), min(W, x1 + halo)
+
+
+def _span(idx: np.ndarray) -> tuple[int, int]:
+    return int(idx.min()), int(idx.max()) + 1
+
+
+def _blur_stage(src, origin, out_box: Box, shape, blur: CoarseBlur, thr: float, eta: float):
+    """out = clip01(src - eta·(src - thr)₊ + blur ⊛ eta·(src - thr)₊) on out_box; src covers `origin`+."""
+    oy, ox = origin
+    y0, y1, x0, x1 = out_box
+    rows = reflect_index(np.arange(*blur.source_rows(y0, y1)), shape[0]) - oy
+    cols = reflect_index(np.arange(*blur.source_rows(x0, x1)), shape[1]) - ox
+    ry, rx = blur.interpolation(y0, y1), blur.interpolation(x0, x1)
+    ys, xs = _span(rows), _span(cols)
+    xp = ops.namespace(src)
+    blurred = None
+    if eta > 0 and bool(xp.any(src[ys[0] : ys[1], xs[0] : xs[1]] > thr)):
+        c = ops.cells(src, rows, cols, blur.f, thr, eta)
+        blurred = ops.blur_valid(c, blur.taps_v, blur.taps_h, blur.radii)
+    return ops.compose(src, y0 - oy, x0 - ox, blurred, ry, rx, thr, eta, (y1 - y0, x1 - x0))
+
+
+def source_box(plan: Plan, out_box: Box, shape: tuple[int, int]) -> Box:
+    """The input pixels (clipped to the image) a render of out_box reads."""
+    return _expand(out_box, plan.halo, shape)
+
+
+def render_region(window, window_origin: tuple[int, int], shape: tuple[int, int], out_box: Box, plan: Plan):
+    """The model's output on `out_box` of an image of `shape`, from a window of its (working-size) pixels.
+
+    window: (h, w, 3) uint8/uint16/float sRGB (float linear if the settings say so), covering at least
+    `source_box(plan, out_box, shape)`; window_origin: global (row, col) of window[0, 0].
+    Returns (h, w, 3) for colour stocks or (h, w) for B&W, dtype per settings; bit-identical to the same
+    region of a whole-image render.
+    """
+    H, W = shape
+    y0, y1, x0, x1 = out_box
+    if not (0 <= y0 < y1 <= H and 0 <= x0 < x1 <= W):
+        raise ValueError(f"output box {out_box} is not inside the image {shape}")
+    xp = ops.namespace(window)
+    hal = plan.halation
+    y_box = _expand(out_box, plan.halo_halation, shape) if hal is not None else out_box
+    x_box = source_box(plan, out_box, shape)
+    wy, wx = window_origin
+    if not (wy <= x_box[0] and wx <= x_box[2] and wy + window.shape[0] >= x_box[1]
+            and wx + window.shape[1] >= x_box[3]):
+        raise ValueError(f"window at {window_origin} of size {window.shape[:2]} does not cover {x_box}")
+    src = window[x_box[0] - wy : x_box[1] - wy, x_box[2] - wx : x_box[3] - wx]
+    X = ops.front(xp.ascontiguousarray(src), plan.matrix, plan.factors, plan.settings.linear_input)
+    xo = (x_box[0], x_box[2])
+    thr = plan.stock.threshold
+    Y = [_blur_stage(X[c], xo, y_box, shape, plan.bloom, thr, plan.etas[c]) for c in range(plan.channels)]
+    if hal is not None:
+        yo = (y_box[0], y_box[2])
+        Yp = [
+            _blur_stage(Y[c], yo, out_box, shape, hal, HALATION_THRESHOLD, plan.halation_k[c])
+            for c in range(plan.channels)
+        ]
+    else:
+        Yp = Y
+    Yp = xp.stack(Yp)
+    noise = _grain(X, xo, out_box, shape, plan)
+    Z = ops.mix(Yp, X, y0 - xo[0], x0 - xo[1], noise, plan.grain_coef, plan.grain_nscale, plan.wd, plan.ws)
+    out = _encode(Z, plan)
+    return out[..., 0] if plan.channels == 1 else out
+
+
+def _grain(X, origin, out_box: Box, shape, plan: Plan):
+    xp = ops.namespace(X)
+    y0, y1, x0, x1 = out_box
+    if plan.grain_taps is None:
+        return xp.zeros((0, y1 - y0, x1 - x0), xp.float32)
+    r = plan.grain_radius
+    rows = reflect_index(np.arange(y0 - r, y1 + r), shape[0]) - origin[0]
+    cols = reflect_index(np.arange(x0 - r, x1 + r), shape[1]) - origin[1]
+    taps = plan.grain_taps[None, :]
+    radii = np.array([r], np.int64)
+    planes = []
+    for c, key in enumerate(plan.grain_keys):
+        rho = ops.grain_rho(X[c], rows, cols, origin[0], origin[1], key)
+        planes.append(ops.blur_valid(rho, taps, taps, radii))
+    return xp.stack(planes)
+
+
+def _encode(Z, plan: Plan):
+    xp = ops.namespace(Z)
+    st = plan.stock
+    vmax = plan.vmax
+    if vmax is not None and plan.tables is not None:
+        return ops.encode_tables(xp.ascontiguousarray(Z), plan.tables, vmax)
+    F = tone.tone_chain(xp, Z, st.tone, plan.hd)
+    if vmax is not None:
+        out = tone.quantise(xp, F, vmax)
+    else:
+        out = F.astype(xp.float16 if plan.settings.dtype == "float16" else xp.float32)
+    return xp.moveaxis(out, 0, -1)
+
+
+def as_rgb(image):
+    """Grey (h, w) or (h, w, 1) → (h, w, 3); alpha dropped; anything else rejected."""
+    xp = ops.namespace(image)
+    if image.ndim == 2:
+        return xp.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim == 3 and image.shape[2] in (1, 2):
+        return xp.repeat(image[:, :, :1], 3, axis=2)
+    if image.ndim == 3 and image.shape[2] in (3, 4):
+        return image[:, :, :3]
+    raise ValueError(f"expected an image of shape (h, w), (h, w, 1|2|3|4), got {image.shape}")

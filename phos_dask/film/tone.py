@@ -1,0 +1,132 @@
+"""Pixel-local output stages: the monotone H&D curve (S6b), the filmic tone curve (S7) and encoding (S8).
+
+For quantised outputs the whole chain Z → [H&D] → filmic → sRGB → round is one monotone function per
+channel, so it is compiled once into the exact thresholds in Z where the output code steps up; a pixel then
+needs only a table look-up (see `QuantTable`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+
+from phos_dask.film.colour import srgb_decode, srgb_encode
+from phos_dask.stocks import HDCurve, Tone
+
+MID_GREY = 0.18
+
+
+def filmic(xp, Z, tone: Tone):
+    """S7: F(10·Z₊) clipped to [0, 1]; Z linear, result linear."""
+    A, B, C, D, E, F = tone.A, tone.B, tone.C, tone.D, tone.E, tone.F
+    x = 10 * xp.maximum(Z, 0)
+    out = (x * (A * x + C * B) + D * E) / (x * (A * x + B) + D * F) - E / F
+    return xp.clip(out, 0, 1)
+
+
+def _softplus(xp, u, k: float):
+    return xp.logaddexp(0, k * u) / k
+
+
+def hd_curve(xp, Z, hd: HDCurve):
+    """S6b: exposure (linear) → normalised positive response in [0, 1], monotone non-decreasing.
+
+    Our own curve: negative density D(L) over log exposure L = log10(Z) is a straight line of slope γ
+    through mid-grey at the middle of [D_min, D_max], bent into a toe (softplus of sharpness
+    toe_strength) and a shoulder (softplus towards D_max of sharpness shoulder_strength). The print
+    re-expands density by 1/γ, so the straight line is exposure-preserving and mid-grey stays at 0.18;
+    the toe lifts and compresses shadows, the shoulder compresses highlights. Normalised so that zero
+    exposure maps to 0 and clipped to at most 1.
+    """
+    R = hd.D_max - hd.D_min
+    L = xp.log10(xp.maximum(Z, 1e-12))
+    u = hd.gamma * (L - np.log10(MID_GREY)) + R / 2  # density above D_min on the straight line
+    a = _softplus(xp, u, hd.toe_strength)
+    b = R - _softplus(xp, R - a, hd.shoulder_strength)
+    b_min = R - float(np.logaddexp(0, hd.shoulder_strength * R) / hd.shoulder_strength)
+    b_mid = R - float(_softplus(np, R - float(_softplus(np, R / 2, hd.toe_strength)), hd.shoulder_strength))
+    P = MID_GREY * 10 ** ((b - b_mid) / hd.gamma)
+    P_min = MID_GREY * 10 ** ((b_min - b_mid) / hd.gamma)
+    return xp.clip((P - P_min) / (1 - P_min), 0, 1)
+
+
+def tone_chain(xp, Z, tone: Tone, hd: HDCurve | None):
+    """Z (linear, after layer mix and grain) → F, the linear output value in [0, 1]."""
+    if hd is not None:
+        Z = hd_curve(xp, Z, hd)
+    return filmic(xp, Z, tone)
+
+
+def quantise(xp, F, vmax: int):
+    """S8: linear F → sRGB code, round half up."""
+    return xp.floor(srgb_encode(xp, F.astype(xp.float64)) * vmax + 0.5).astype(
+        xp.uint8 if vmax == 255 else xp.uint16
+    )
+
+
+@dataclass(frozen=True)
+class QuantTable:
+    """Exact thresholds of one channel's monotone chain: code(Z) = max{k : Z ≥ thresholds[k]}.
+
+    `thresholds` has vmax+2 float32 entries, [0] = -inf and [vmax+1] = +inf, each rounded up to float32 so
+    that comparing a float32 Z equals comparing with the exact value. `start[j]` is the code at the start
+    of cell j of a grid uniform in sqrt(Z) (scale `cells_per_unit`), a first guess corrected by a walk.
+    """
+
+    thresholds: np.ndarray
+    start: np.ndarray
+    cells_per_unit: float
+
+
+def _chain64(Z: np.ndarray, tone: Tone, hd: HDCurve | None, vmax: int) -> np.ndarray:
+    return srgb_encode(np, tone_chain(np, Z, tone, hd)) * vmax
+
+
+@cache
+def quant_table(tone: Tone, hd: HDCurve | None, vmax: int) -> QuantTable | None:
+    """The threshold table, or None when the chain is not monotone (then pixels are evaluated directly)."""
+    grid = np.concatenate([[0.0], np.geomspace(1e-9, 64.0, 200_000)])
+    if np.any(np.diff(_chain64(grid, tone, hd, vmax)) < -1e-9):
+        return None
+    target = np.arange(1, vmax + 1, dtype=np.float64) - 0.5
+    lo = np.zeros_like(target)
+    hi = np.full_like(target, 64.0)
+    reachable = _chain64(hi, tone, hd, vmax) >= target
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        up = _chain64(mid, tone, hd, vmax) >= target
+        hi = np.where(up, mid, hi)
+        lo = np.where(up, lo, mid)
+    t32 = hi.astype(np.float32)
+    t32 = np.where(t32.astype(np.float64) < hi, np.nextafter(t32, np.float32(np.inf)), t32)
+    t32 = np.where(reachable, t32, np.float32(np.inf))
+    thresholds = np.concatenate([[-np.inf], t32, [np.inf]]).astype(np.float32)
+    finite = t32[np.isfinite(t32)]
+    top = float(finite.max()) if finite.size else 1.0
+    ncells = 4 * (vmax + 1)
+    cells_per_unit = (ncells - 1) / np.sqrt(top)
+    starts = (np.arange(ncells, dtype=np.float64) / cells_per_unit) ** 2
+    start = (np.searchsorted(thresholds[1 : vmax + 1].astype(np.float64), starts, side="right")).astype(
+        np.int32
+    )
+    return QuantTable(thresholds, start, float(cells_per_unit))
+
+
+def linear_to_code_reference(xp, Z, tone: Tone, hd: HDCurve | None, vmax: int):
+    """Direct evaluation of the chain in float32 then rounding: the definition the tables must follow."""
+    return quantise(xp, tone_chain(xp, Z.astype(xp.float32), tone, hd), vmax)
+
+
+__all__ = [
+    "QuantTable",
+    "filmic",
+    "hd_curve",
+    "linear_to_code_reference",
+    "quant_table",
+    "quantise",
+    "srgb_decode",
+    "srgb_encode",
+    "tone_chain",
+]
