@@ -69,35 +69,49 @@ def cells(src, rmap, cmap, f, thr, eta):
 
 
 @njit(parallel=True, cache=True)
-def blur_valid(src, taps_v, taps_h, radii):
+def blur_valid(src, taps_v, taps_h, radii, out):
     n = taps_v.shape[0]
     r = (taps_v.shape[1] - 1) // 2
     h, w = src.shape[0] - 2 * r, src.shape[1] - 2 * r
-    out = np.zeros((h, w), dtype=np.float32)
+    # rows of src holding any non-zero value: an output row whose window has none is exactly zero
+    nonzero = np.zeros(src.shape[0] + 1, dtype=np.int64)
+    for y in prange(src.shape[0]):
+        for x in range(src.shape[1]):
+            if src[y, x] != 0:
+                nonzero[y + 1] = 1
+                break
+    for y in range(src.shape[0]):
+        nonzero[y + 1] += nonzero[y]
     for y in prange(h):
+        for x in range(w):
+            out[y, x] = _f32(0.0)
+        if nonzero[y + 2 * r + 1] == nonzero[y]:
+            continue
         tmp = np.empty(src.shape[1], dtype=np.float32)
+        acc = np.empty(w, dtype=np.float32)
         for i in range(n):
             ri = radii[i]
+            t = taps_v[i, r]
             for x in range(src.shape[1]):
-                tmp[x] = _f32(0.0)
-            for k in range(r - ri, r + ri + 1):
-                t = taps_v[i, k]
+                tmp[x] = t * src[y + r, x]
+            for k in range(1, ri + 1):
+                t = taps_v[i, r + k]
                 for x in range(src.shape[1]):
-                    tmp[x] += t * src[y + k, x]
-            acc = np.zeros(w, dtype=np.float32)
-            for k in range(r - ri, r + ri + 1):
-                t = taps_h[i, k]
+                    tmp[x] += t * (src[y + r - k, x] + src[y + r + k, x])
+            t = taps_h[i, r]
+            for x in range(w):
+                acc[x] = t * tmp[x + r]
+            for k in range(1, ri + 1):
+                t = taps_h[i, r + k]
                 for x in range(w):
-                    acc[x] += t * tmp[x + k]
+                    acc[x] += t * (tmp[x + r - k] + tmp[x + r + k])
             for x in range(w):
                 out[y, x] += acc[x]
-    return out
 
 
 @njit(parallel=True, cache=True)
-def compose(src, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, eta):
+def compose(src, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, eta, out):
     h, w = rj.shape[0], cj.shape[0]
-    out = np.empty((h, w), dtype=np.float32)
     zero, one = _f32(0.0), _f32(1.0)
     for y in prange(h):
         row = np.zeros(blurred.shape[1], dtype=np.float32)
@@ -113,7 +127,6 @@ def compose(src, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, eta
                 i = cj[x]
                 v = v + (cw0[x] * row[i] + cw1[x] * row[i + 1])
             out[y, x] = min(max(v, zero), one)
-    return out
 
 
 @njit(parallel=True, cache=True)
@@ -158,29 +171,59 @@ def mix(Yp, X, xy, xx, noise, coef, nscale, wd, ws):
             for x in range(w):
                 n[p, x] = min(max(noise[p, y, x] * nscale, lo), hi)
         for c in range(C):
+            a, b = wd[c], ws[c]
             for x in range(w):
-                g = _f32(0.0)
-                for p in range(P):
-                    g += coef[c, p] * n[p, x]
-                out[c, y, x] = wd[c] * Yp[c, y, x] + ws[c] * X[c, xy + y, xx + x] + g
+                out[c, y, x] = a * Yp[c, y, x] + b * X[c, xy + y, xx + x]
+            for p in range(P):
+                k = coef[c, p]
+                for x in range(w):
+                    out[c, y, x] += k * n[p, x]
     return out
 
 
 @njit(parallel=True, cache=True)
-def encode(Z, thresholds, start, cells_per_unit, out):
-    C, h, w = Z.shape
-    last = start.shape[1] - 1
+def mix_encode(Yp, X, xy, xx, noise, coef, nscale, wd, ws, thresholds, out):
+    C, h, w = Yp.shape
+    P = noise.shape[0]
+    half = (thresholds.shape[1] - 1) // 2
+    lo, hi = _f32(-1.0), _f32(1.0)
     for y in prange(h):
-        for c in range(C):
-            t = thresholds[c]
+        n = np.empty((P, w), dtype=np.float32)
+        z = np.empty(w, dtype=np.float32)
+        for p in range(P):
             for x in range(w):
-                z = Z[c, y, x]
-                j = np.int64(np.sqrt(max(z, _f32(0.0))) * cells_per_unit[c])
-                j = min(max(j, 0), last)
-                k = start[c, j]
-                while z >= t[k + 1]:
-                    k += 1
-                while z < t[k]:
-                    k -= 1
-                out[y, x, c] = k
-    return out
+                n[p, x] = min(max(noise[p, y, x] * nscale, lo), hi)
+        for c in range(C):
+            a, b = wd[c], ws[c]
+            for x in range(w):
+                z[x] = a * Yp[c, y, x] + b * X[c, xy + y, xx + x]
+            for p in range(P):
+                k = coef[c, p]
+                for x in range(w):
+                    z[x] += k * n[p, x]
+            t = thresholds[c]
+            if half == 128:
+                for x in range(w):
+                    v = z[x]
+                    k = 0
+                    for step in (128, 64, 32, 16, 8, 4, 2, 1):
+                        k += step * (v >= t[k + step])
+                    out[y, x, c] = k
+            else:
+                for x in range(w):
+                    v = z[x]
+                    k = 0
+                    for step in (32768, 16384, 8192, 4096, 2048, 1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1):
+                        k += step * (v >= t[k + step])
+                    out[y, x, c] = k
+
+
+@njit(parallel=True, cache=True)
+def any_above(src, y0, y1, x0, x1, thr):
+    found = np.zeros(y1 - y0, dtype=np.bool_)
+    for y in prange(y0, y1):
+        for x in range(x0, x1):
+            if src[y, x] > thr:
+                found[y - y0] = True
+                break
+    return found.any()

@@ -58,15 +58,17 @@ def cells(src, rmap, cmap, f: int, thr: float, eta: float):
     return v * xp.float32(eta / (f * f))
 
 
-def blur_valid(src, taps_v: np.ndarray, taps_h: np.ndarray, radii: np.ndarray):
+def blur_valid(src, taps_v: np.ndarray, taps_h: np.ndarray, radii: np.ndarray, out=None):
     """Σ_i (taps_v[i] vertically, then taps_h[i] horizontally), 'valid' part: (h-2r, w-2r)."""
+    r = (taps_v.shape[1] - 1) // 2
+    h, w = src.shape[0] - 2 * r, src.shape[1] - 2 * r
     if _is_cpu(src):
         from phos_dask.film import _cpu  # noqa: PLC0415
 
-        return _cpu.blur_valid(src, taps_v, taps_h, radii)
+        out = np.empty((h, w), np.float32) if out is None else out
+        _cpu.blur_valid(src, taps_v, taps_h, radii, out)
+        return out
     xp = namespace(src)
-    r = (taps_v.shape[1] - 1) // 2
-    h, w = src.shape[0] - 2 * r, src.shape[1] - 2 * r
     out = xp.zeros((h, w), xp.float32)
     for i in range(taps_v.shape[0]):
         tmp = xp.zeros((h, src.shape[1]), xp.float32)
@@ -79,18 +81,20 @@ def blur_valid(src, taps_v: np.ndarray, taps_h: np.ndarray, radii: np.ndarray):
     return out
 
 
-def compose(src, sy: int, sx: int, blurred, interp_rows, interp_cols, thr: float, eta: float, shape):
-    """clip01(s - eta·max(s - thr, 0) + up(blurred)) for s = src[sy:sy+h, sx:sx+w]; blurred None = 0."""
+def compose(src, sy: int, sx: int, blurred, interp_rows, interp_cols, thr: float, eta: float, out):
+    """out = clip01(s - eta·max(s - thr, 0) + up(blurred)) for s = src[sy:sy+h, sx:sx+w] where (h, w) is
+    out's shape; blurred None stands for zeros. Returns out (a new array on the reference path)."""
     rj, rw0, rw1 = interp_rows
     cj, cw0, cw1 = interp_cols
+    h, w = out.shape
     if _is_cpu(src):
         from phos_dask.film import _cpu  # noqa: PLC0415
 
         has = blurred is not None
         b = blurred if has else np.zeros((1, 1), np.float32)
-        return _cpu.compose(src, sy, sx, b, has, rj, rw0, rw1, cj, cw0, cw1, _f32(thr), _f32(eta))
+        _cpu.compose(src, sy, sx, b, has, rj, rw0, rw1, cj, cw0, cw1, _f32(thr), _f32(eta), out)
+        return out
     xp = namespace(src)
-    h, w = shape
     s = src[sy : sy + h, sx : sx + w]
     v = s - xp.float32(eta) * xp.maximum(s - xp.float32(thr), xp.float32(0))
     if blurred is not None:
@@ -98,7 +102,18 @@ def compose(src, sy: int, sx: int, blurred, interp_rows, interp_cols, thr: float
         rows = xp.asarray(rw0)[:, None] * blurred[rj_] + xp.asarray(rw1)[:, None] * blurred[rj_ + 1]
         up = xp.asarray(cw0)[None, :] * rows[:, cj_] + xp.asarray(cw1)[None, :] * rows[:, cj_ + 1]
         v = v + up
-    return xp.clip(v, 0, 1)
+    out[...] = xp.clip(v, 0, 1)
+    return out
+
+
+def any_above(src, box: tuple[int, int, int, int], thr: float) -> bool:
+    """Whether any pixel of src[y0:y1, x0:x1] exceeds thr."""
+    y0, y1, x0, x1 = box
+    if _is_cpu(src):
+        from phos_dask.film import _cpu  # noqa: PLC0415
+
+        return bool(_cpu.any_above(src, y0, y1, x0, x1, _f32(thr)))
+    return bool(namespace(src).any(src[y0:y1, x0:x1] > thr))
 
 
 def grain_rho(X, rmap, cmap, y0: int, x0: int, key: int):
@@ -133,18 +148,19 @@ def mix(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: float, wd, ws)
     return xp.stack(out)
 
 
-def encode_tables(Z, tables, vmax: int):
-    """Codes for Z (C, h, w) through per-channel QuantTables → (h, w, C) uint8/uint16."""
+def mix_encode(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: float, wd, ws, tables, vmax: int):
+    """`mix` then each channel's QuantTable: (C, h, w) → (h, w, C) uint8/uint16 codes."""
     dtype = np.uint8 if vmax == 255 else np.uint16
     thresholds = np.stack([t.thresholds for t in tables])
-    start = np.stack([t.start for t in tables])
-    cpu = np.array([t.cells_per_unit for t in tables], dtype=np.float32)
-    C, h, w = Z.shape
-    if _is_cpu(Z):
+    C, h, w = Yp.shape
+    if _is_cpu(Yp):
         from phos_dask.film import _cpu  # noqa: PLC0415
 
-        return _cpu.encode(Z, thresholds, start, cpu, np.empty((h, w, C), dtype))
-    xp = namespace(Z)
+        out = np.empty((h, w, C), dtype)
+        _cpu.mix_encode(Yp, X, xy, xx, noise, coef, _f32(nscale), wd, ws, thresholds, out)
+        return out
+    xp = namespace(Yp)
+    Z = mix(Yp, X, xy, xx, noise, coef, nscale, wd, ws)
     out = []
     for c in range(C):
         t = xp.asarray(thresholds[c][1 : vmax + 1])

@@ -184,7 +184,7 @@ def _span(idx: np.ndarray) -> tuple[int, int]:
     return int(idx.min()), int(idx.max()) + 1
 
 
-def _blur_stage(src, origin, out_box: Box, shape, blur: CoarseBlur, thr: float, eta: float):
+def _blur_stage(src, origin, out_box: Box, shape, blur: CoarseBlur, thr: float, eta: float, out):
     """out = clip01(src - eta·(src - thr)₊ + blur ⊛ eta·(src - thr)₊) on out_box; src covers `origin`+."""
     oy, ox = origin
     y0, y1, x0, x1 = out_box
@@ -192,12 +192,11 @@ def _blur_stage(src, origin, out_box: Box, shape, blur: CoarseBlur, thr: float, 
     cols = reflect_index(np.arange(*blur.source_rows(x0, x1)), shape[1]) - ox
     ry, rx = blur.interpolation(y0, y1), blur.interpolation(x0, x1)
     ys, xs = _span(rows), _span(cols)
-    xp = ops.namespace(src)
     blurred = None
-    if eta > 0 and bool(xp.any(src[ys[0] : ys[1], xs[0] : xs[1]] > thr)):
+    if eta > 0 and ops.any_above(src, (*ys, *xs), thr):
         c = ops.cells(src, rows, cols, blur.f, thr, eta)
         blurred = ops.blur_valid(c, blur.taps_v, blur.taps_h, blur.radii)
-    return ops.compose(src, y0 - oy, x0 - ox, blurred, ry, rx, thr, eta, (y1 - y0, x1 - x0))
+    return ops.compose(src, y0 - oy, x0 - ox, blurred, ry, rx, thr, eta, out)
 
 
 def source_box(plan: Plan, out_box: Box, shape: tuple[int, int]) -> Box:
@@ -229,20 +228,25 @@ def render_region(window, window_origin: tuple[int, int], shape: tuple[int, int]
     X = ops.front(xp.ascontiguousarray(src), plan.matrix, plan.factors, plan.settings.linear_input)
     xo = (x_box[0], x_box[2])
     thr = plan.stock.threshold
-    Y = [_blur_stage(X[c], xo, y_box, shape, plan.bloom, thr, plan.etas[c]) for c in range(plan.channels)]
+    C = plan.channels
+    Y = xp.empty((C, y_box[1] - y_box[0], y_box[3] - y_box[2]), xp.float32)
+    for c in range(C):
+        Y[c] = _blur_stage(X[c], xo, y_box, shape, plan.bloom, thr, plan.etas[c], Y[c])
     if hal is not None:
         yo = (y_box[0], y_box[2])
-        Yp = [
-            _blur_stage(Y[c], yo, out_box, shape, hal, HALATION_THRESHOLD, plan.halation_k[c])
-            for c in range(plan.channels)
-        ]
+        Yp = xp.empty((C, y1 - y0, x1 - x0), xp.float32)
+        for c in range(C):
+            Yp[c] = _blur_stage(Y[c], yo, out_box, shape, hal, HALATION_THRESHOLD, plan.halation_k[c], Yp[c])
+        del Y
     else:
         Yp = Y
-    Yp = xp.stack(Yp)
     noise = _grain(X, xo, out_box, shape, plan)
-    Z = ops.mix(Yp, X, y0 - xo[0], x0 - xo[1], noise, plan.grain_coef, plan.grain_nscale, plan.wd, plan.ws)
-    out = _encode(Z, plan)
-    return out[..., 0] if plan.channels == 1 else out
+    args = (Yp, X, y0 - xo[0], x0 - xo[1], noise, plan.grain_coef, plan.grain_nscale, plan.wd, plan.ws)
+    if plan.vmax is not None and plan.tables is not None:
+        out = ops.mix_encode(*args, plan.tables, plan.vmax)
+    else:
+        out = _encode(ops.mix(*args), plan)
+    return out[..., 0] if C == 1 else out
 
 
 def _grain(X, origin, out_box: Box, shape, plan: Plan):
@@ -255,20 +259,18 @@ def _grain(X, origin, out_box: Box, shape, plan: Plan):
     cols = reflect_index(np.arange(x0 - r, x1 + r), shape[1]) - origin[1]
     taps = plan.grain_taps[None, :]
     radii = np.array([r], np.int64)
-    planes = []
+    planes = xp.empty((len(plan.grain_keys), y1 - y0, x1 - x0), xp.float32)
     for c, key in enumerate(plan.grain_keys):
         rho = ops.grain_rho(X[c], rows, cols, origin[0], origin[1], key)
-        planes.append(ops.blur_valid(rho, taps, taps, radii))
-    return xp.stack(planes)
+        planes[c] = ops.blur_valid(rho, taps, taps, radii, out=planes[c])
+    return planes
 
 
 def _encode(Z, plan: Plan):
+    """Z → output without threshold tables: float outputs, or codes for a non-monotone chain."""
     xp = ops.namespace(Z)
-    st = plan.stock
     vmax = plan.vmax
-    if vmax is not None and plan.tables is not None:
-        return ops.encode_tables(xp.ascontiguousarray(Z), plan.tables, vmax)
-    F = tone.tone_chain(xp, Z, st.tone, plan.hd)
+    F = tone.tone_chain(xp, Z, plan.stock.tone, plan.hd)
     if vmax is not None:
         out = tone.quantise(xp, F, vmax)
     else:

@@ -70,14 +70,12 @@ def quantise(xp, F, vmax: int):
 class QuantTable:
     """Exact thresholds of one channel's monotone chain: code(Z) = max{k : Z ≥ thresholds[k]}.
 
-    `thresholds` has vmax+2 float32 entries, [0] = -inf and [vmax+1] = +inf, each rounded up to float32 so
-    that comparing a float32 Z equals comparing with the exact value. `start[j]` is the code at the start
-    of cell j of a grid uniform in sqrt(Z) (scale `cells_per_unit`), a first guess corrected by a walk.
+    `thresholds` has vmax+2 = 2^bits+1 float32 entries, [0] = -inf and [vmax+1] = +inf, each rounded up to
+    float32 so that comparing a float32 Z equals comparing with the exact value; a branchless binary
+    search of `bits` steps finds a pixel's code.
     """
 
     thresholds: np.ndarray
-    start: np.ndarray
-    cells_per_unit: float
 
 
 def _chain64(Z: np.ndarray, tone: Tone, hd: HDCurve | None, vmax: int) -> np.ndarray:
@@ -102,16 +100,7 @@ def quant_table(tone: Tone, hd: HDCurve | None, vmax: int) -> QuantTable | None:
     t32 = hi.astype(np.float32)
     t32 = np.where(t32.astype(np.float64) < hi, np.nextafter(t32, np.float32(np.inf)), t32)
     t32 = np.where(reachable, t32, np.float32(np.inf))
-    thresholds = np.concatenate([[-np.inf], t32, [np.inf]]).astype(np.float32)
-    finite = t32[np.isfinite(t32)]
-    top = float(finite.max()) if finite.size else 1.0
-    ncells = 4 * (vmax + 1)
-    cells_per_unit = (ncells - 1) / np.sqrt(top)
-    starts = (np.arange(ncells, dtype=np.float64) / cells_per_unit) ** 2
-    start = (np.searchsorted(thresholds[1 : vmax + 1].astype(np.float64), starts, side="right")).astype(
-        np.int32
-    )
-    return QuantTable(thresholds, start, float(cells_per_unit))
+    return QuantTable(np.concatenate([[-np.inf], t32, [np.inf]]).astype(np.float32))
 
 
 def linear_to_code_reference(xp, Z, tone: Tone, hd: HDCurve | None, vmax: int):
