@@ -240,7 +240,7 @@ def render_region(window, window_origin: tuple[int, int], shape: tuple[int, int]
         del Y
     else:
         Yp = Y
-    noise = _grain(X, xo, out_box, shape, plan)
+    noise = noise_planes(X, xo, out_box, shape, plan)
     args = (Yp, X, y0 - xo[0], x0 - xo[1], noise, plan.grain_coef, plan.grain_nscale, plan.wd, plan.ws)
     if plan.vmax is not None and plan.tables is not None:
         out = ops.mix_encode(*args, plan.tables, plan.vmax)
@@ -249,7 +249,9 @@ def render_region(window, window_origin: tuple[int, int], shape: tuple[int, int]
     return out[..., 0] if C == 1 else out
 
 
-def _grain(X, origin, out_box: Box, shape, plan: Plan):
+def noise_planes(X, origin: tuple[int, int], out_box: Box, shape: tuple[int, int], plan: Plan):
+    """Blurred, normalised-to-be grain planes G_g ⊛ (a(X)·u) on out_box, (P, h, w) float32; X covers
+    out_box plus the grain radius (clipped to the image) from global `origin`. n_p = clip(· × nscale)."""
     xp = ops.namespace(X)
     y0, y1, x0, x1 = out_box
     if plan.grain_taps is None:

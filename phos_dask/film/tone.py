@@ -49,7 +49,7 @@ def hd_curve(xp, Z, hd: HDCurve):
     b_mid = R - float(_softplus(np, R - float(_softplus(np, R / 2, hd.toe_strength)), hd.shoulder_strength))
     P = MID_GREY * 10 ** ((b - b_mid) / hd.gamma)
     P_min = MID_GREY * 10 ** ((b_min - b_mid) / hd.gamma)
-    return xp.clip((P - P_min) / (1 - P_min), 0, 1)
+    return xp.where(Z > 0, xp.clip((P - P_min) / (1 - P_min), 0, 1), 0)
 
 
 def tone_chain(xp, Z, tone: Tone, hd: HDCurve | None):

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+PARITY = SHARED / "parity"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert img is not None, path
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+@pytest.fixture(scope="session")
+def photo() -> np.ndarray:
+    """A real photograph, 8-bit sRGB RGB (the parity input if present, else a bundled example)."""
+    src = PARITY / "coffee_3000x2000.jpg"
+    if not src.exists():
+        candidates = sorted(EXAMPLES.glob("*.jpg"))
+        if not candidates:
+            pytest.skip("no photograph available")
+        src = candidates[0]
+    return _read_rgb(src)
+
+
+@pytest.fixture(scope="session")
+def small_photo(photo) -> np.ndarray:
+    """The photograph reduced to 450×300 (area averaging)."""
+    import cv2
+
+    return cv2.resize(photo, (450, 300), interpolation=cv2.INTER_AREA)
+
+
+@pytest.fixture(scope="session")
+def read_rgb():
+    return _read_rgb
