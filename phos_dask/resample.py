@@ -9,7 +9,7 @@ import numpy as np
 
 
 def working_shape(shape: tuple[int, int], n: int) -> tuple[int, int]:
-    """(rows, cols) after resampling so the short side is n px; the long side floor(long·n/short), made even."""
+    """(rows, cols) after resampling so the short side is n px; long side floor(long·n/short), made even."""
     h, w = shape
     short, long_ = min(h, w), max(h, w)
     new_long = math.floor(long_ * n / short)

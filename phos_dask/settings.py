@@ -103,5 +103,6 @@ class Settings:
 
     def image_seed(self) -> int:
         """The 64-bit grain seed of this image: a stable mix of the job seed and the image key."""
-        h = hashlib.blake2b(self.image_key.encode("utf-8"), digest_size=8, key=self.seed.to_bytes(8, "little"))
+        key = self.seed.to_bytes(8, "little")
+        h = hashlib.blake2b(self.image_key.encode("utf-8"), digest_size=8, key=key)
         return int.from_bytes(h.digest(), "little")

@@ -115,7 +115,7 @@ def test_different_key_or_seed_gives_uncorrelated_grain(other):
 
 
 def test_grain_mean_is_zero_and_std_at_mid_grey_matches_the_spec():
-    n, plan = _noise(Settings(grain_intensity=0.8), size=1024)
+    n, _ = _noise(Settings(grain_intensity=0.8), size=1024)
     expected = 0.8 / 3  # ρ has unit std at X = 0.18, n = clip(ρ·intensity/3)
     for p in range(3):
         assert abs(n[p].mean()) < 0.01

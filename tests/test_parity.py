@@ -5,8 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-
 from conftest import PARITY
+
 from phos_dask import Settings, render
 
 

@@ -15,7 +15,7 @@ def namespace(a):
     """numpy for NumPy arrays, cupy for CuPy arrays (the model never imports cupy itself)."""
     if isinstance(a, np.ndarray):
         return np
-    import cupy  # noqa: PLC0415
+    import cupy
 
     return cupy
 
@@ -38,7 +38,7 @@ def front(img, matrix: np.ndarray, factors: np.ndarray | None, linear_input: boo
     use = factors is not None
     fac = np.ones(matrix.shape[0], np.float32) if factors is None else factors.astype(np.float32)
     if _is_cpu(img):
-        from phos_dask.film import _cpu  # noqa: PLC0415
+        from phos_dask.film import _cpu
 
         if img.dtype in (np.uint8, np.uint16):
             table = colour.decode_table(8 if img.dtype == np.uint8 else 16)
@@ -52,13 +52,14 @@ def front(img, matrix: np.ndarray, factors: np.ndarray | None, linear_input: boo
 def cells(src, rmap, cmap, f: int, thr: float, eta: float):
     """Means over f×f cells of eta·max(src - thr, 0), reading rows rmap and columns cmap of src."""
     if _is_cpu(src):
-        from phos_dask.film import _cpu  # noqa: PLC0415
+        from phos_dask.film import _cpu
 
         return _cpu.cells(src, rmap, cmap, f, _f32(thr), _f32(eta))
     xp = namespace(src)
     v = xp.maximum(src[xp.asarray(rmap)][:, xp.asarray(cmap)] - xp.float32(thr), xp.float32(0))
     nr, nc = len(rmap) // f, len(cmap) // f
-    v = v.reshape(nr, f, nc * f).sum(axis=1, dtype=xp.float32).reshape(nr, nc, f).sum(axis=2, dtype=xp.float32)
+    v = v.reshape(nr, f, nc * f).sum(axis=1, dtype=xp.float32)
+    v = v.reshape(nr, nc, f).sum(axis=2, dtype=xp.float32)
     return v * xp.float32(eta / (f * f))
 
 
@@ -67,7 +68,7 @@ def blur_valid(src, taps_v: np.ndarray, taps_h: np.ndarray, radii: np.ndarray, o
     r = (taps_v.shape[1] - 1) // 2
     h, w = src.shape[0] - 2 * r, src.shape[1] - 2 * r
     if _is_cpu(src):
-        from phos_dask.film import _cpu  # noqa: PLC0415
+        from phos_dask.film import _cpu
 
         out = np.empty((h, w), np.float32) if out is None else out
         _cpu.blur_valid(src, taps_v, taps_h, radii, out)
@@ -92,7 +93,7 @@ def compose(src, sy: int, sx: int, blurred, interp_rows, interp_cols, thr: float
     cj, cw0, cw1 = interp_cols
     h, w = out.shape
     if _is_cpu(src):
-        from phos_dask.film import _cpu  # noqa: PLC0415
+        from phos_dask.film import _cpu
 
         has = blurred is not None
         b = blurred if has else np.zeros((1, 1), np.float32)
@@ -114,7 +115,7 @@ def any_above(src, box: tuple[int, int, int, int], thr: float) -> bool:
     """Whether any pixel of src[y0:y1, x0:x1] exceeds thr."""
     y0, y1, x0, x1 = box
     if _is_cpu(src):
-        from phos_dask.film import _cpu  # noqa: PLC0415
+        from phos_dask.film import _cpu
 
         return bool(_cpu.any_above(src, y0, y1, x0, x1, _f32(thr)))
     return bool(namespace(src).any(src[y0:y1, x0:x1] > thr))
@@ -122,10 +123,10 @@ def any_above(src, box: tuple[int, int, int, int], thr: float) -> bool:
 
 def grain_rho(X, rmap, cmap, y0: int, x0: int, key: int):
     """a(X)·u at in-image pixels X[rmap][:, cmap] (local indices; global = local + origin)."""
-    from phos_dask.film import grain  # noqa: PLC0415
+    from phos_dask.film import grain
 
     if _is_cpu(X):
-        from phos_dask.film import _cpu  # noqa: PLC0415
+        from phos_dask.film import _cpu
 
         T, dT = grain.normal_table()
         return _cpu.grain_rho(X, rmap, cmap, y0, x0, np.uint64(key), T, dT)
@@ -137,7 +138,7 @@ def grain_rho(X, rmap, cmap, y0: int, x0: int, key: int):
 def mix(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: float, wd, ws):
     """S6: Z_c = wd_c·Y'_c + ws_c·X_c + Σ_p coef[c,p]·clip(noise_p·nscale, -1, 1)."""
     if _is_cpu(Yp):
-        from phos_dask.film import _cpu  # noqa: PLC0415
+        from phos_dask.film import _cpu
 
         return _cpu.mix(Yp, X, xy, xx, noise, coef, _f32(nscale), wd, ws)
     xp = namespace(Yp)
@@ -158,7 +159,7 @@ def mix_encode(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: float, 
     thresholds = np.stack([t.thresholds for t in tables])
     C, h, w = Yp.shape
     if _is_cpu(Yp):
-        from phos_dask.film import _cpu  # noqa: PLC0415
+        from phos_dask.film import _cpu
 
         out = np.empty((h, w, C), dtype)
         _cpu.mix_encode(Yp, X, xy, xx, noise, coef, _f32(nscale), wd, ws, thresholds, out)
