@@ -1,0 +1,206 @@
+"""Command line: `python -m phos_dask films` and `python -m phos_dask preview IMAGE -o OUT --film NAME`.
+
+A thin shell over the Python API. Exit codes: 0 success; 2 for anything wrong with what the user gave
+(bad flag, unknown stock, setting out of range, missing or undecodable input file, output extension or
+dtype that cannot be written) — also for a file that fails to decode, since that too is an input the user
+chose; 1 when the output cannot be written (permissions, full disk); 130 on Ctrl-C. Every such error is
+one line on stderr, `phos_dask: error: …`, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import cv2
+
+from phos_dask import __version__
+from phos_dask.imageio import WRITE_FORMATS, ImageReadError, read_image, write_image
+from phos_dask.render import render
+from phos_dask.settings import DTYPES, FILM_FORMATS, GRAIN_STYLES, Settings, SettingsError
+from phos_dask.stocks import StockError, all_stocks
+
+PROG = "phos_dask"
+
+#: Exit status for errors in what the user asked for (flags, settings, input files).
+EXIT_USAGE = 2
+#: Exit status when the output cannot be written.
+EXIT_OUTPUT = 1
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Settings)}
+
+
+class CLIError(Exception):
+    """An error the user can fix; the message is printed as one line and the command exits with `code`."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (`phos_dask: error: …`) instead of the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
+
+
+def integer(text: str) -> int:
+    """An integer flag value in any Python literal base (``42``, ``0x2a``, ``0b101010``)."""
+    return int(text, 0)
+
+
+def add_render_arguments(parser: argparse.ArgumentParser, dtypes: Sequence[str] = DTYPES) -> None:
+    """Add the flags that choose a render's `Settings` (film, grain, scattering, …) to `parser`.
+
+    `dtypes` limits `--dtype` to what the command can write; `--dtype` defaults to None so the command
+    can pick a default that suits its output. Read the flags back with `settings_from_args`.
+    """
+    g = parser.add_argument_group("film model")
+    g.add_argument("--film", required=True, metavar="NAME",
+                   help="film stock, case-insensitive (list them with 'phos_dask films')")
+    g.add_argument("--grain", choices=list(GRAIN_STYLES), default=_DEFAULTS["grain"],
+                   help="grain style (default: %(default)s)")
+    g.add_argument("--grain-size", type=float, default=_DEFAULTS["grain_size"], metavar="PX",
+                   help="grain correlation sigma in px at scale 1, 0.25-10 (default: %(default)s)")
+    g.add_argument("--grain-intensity", type=float, default=_DEFAULTS["grain_intensity"], metavar="X",
+                   help="grain amplitude, 0-4 (default: %(default)s)")
+    g.add_argument("--seed", type=integer, default=_DEFAULTS["seed"], metavar="N",
+                   help="job seed for the grain, 0..2**64-1 (default: %(default)s)")
+    g.add_argument("--scattering", type=float, default=None, metavar="X",
+                   help="bloom scattering 0-1 (default: the stock's own; upstream's app uses 0.10)")
+    g.add_argument("--exposure-time", type=float, default=None, metavar="SECONDS",
+                   help="exposure time for reciprocity failure (default: none, i.e. 1 s)")
+    g.add_argument("--film-format", choices=list(FILM_FORMATS), default=_DEFAULTS["film_format"],
+                   help="frame size: larger formats make grain and glow smaller (default: %(default)s)")
+    g.add_argument("--working-size", type=int, default=None, metavar="N",
+                   help="resample so the short side is N px before rendering (default: keep the size)")
+    g.add_argument("--hd-curve", action=argparse.BooleanOptionalAction, default=None,
+                   help="apply the stock's characteristic curve (default: on for B&W, off for colour)")
+    g.add_argument("--linear-input", action="store_true",
+                   help="float input is linear light, not sRGB-encoded")
+    g.add_argument("--dtype", choices=list(dtypes), default=None,
+                   help="output sample type (default: depends on the output)")
+
+
+def settings_from_args(args: argparse.Namespace, image_key: str, dtype: str | None = None) -> Settings:
+    """The validated `Settings` for flags added by `add_render_arguments`.
+
+    `image_key` names the image (mixed into its grain seed). `dtype` is used when `--dtype` was not given
+    (falling back to Settings' default). Raises `SettingsError` / `StockError` for invalid values.
+    """
+    return Settings(
+        film=args.film,
+        grain=args.grain,
+        grain_size=args.grain_size,
+        grain_intensity=args.grain_intensity,
+        seed=args.seed,
+        image_key=image_key,
+        scattering=args.scattering,
+        exposure_time=args.exposure_time,
+        film_format=args.film_format,
+        working_size=args.working_size,
+        dtype=args.dtype or dtype or _DEFAULTS["dtype"],
+        hd_curve=args.hd_curve,
+        linear_input=args.linear_input,
+    )
+
+
+def _films(args: argparse.Namespace) -> int:
+    stocks = all_stocks().values()
+    if args.json:
+        rows = [{"name": s.name, "kind": s.kind, "iso": s.iso, "character": s.character} for s in stocks]
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = [("NAME", "TYPE", "ISO", "CHARACTER")]
+    table += [(s.name, "colour" if s.is_color else "B&W", str(s.iso), s.character) for s in stocks]
+    w0 = max(len(r[0]) for r in table)
+    w1 = max(len(r[1]) for r in table)
+    w2 = max(len(r[2]) for r in table)
+    for name, kind, iso, character in table:
+        print(f"{name:<{w0}}  {kind:<{w1}}  {iso:>{w2}}  {character}")
+    return 0
+
+
+def _preview(args: argparse.Namespace) -> int:
+    src = Path(args.image)
+    out = Path(args.output)
+    ext = out.suffix.lower()
+    if ext not in WRITE_FORMATS:
+        raise CLIError(f"cannot write {str(out)!r}: unsupported extension {out.suffix or '(none)'!r}; "
+                       f"use .jpg, .png or .tif")
+    dtype = args.dtype or ("uint16" if ext in (".tif", ".tiff") else "uint8")
+    if dtype not in WRITE_FORMATS[ext]:
+        raise CLIError(f"--dtype {dtype} cannot be written as {ext} (8-bit only); use .png or .tif")
+    if out.exists() and src.exists() and out.resolve() == src.resolve():
+        raise CLIError(f"output {str(out)!r} is the input file; choose another output path")
+    settings = settings_from_args(args, image_key=src.name, dtype=dtype)
+    t0 = time.perf_counter()
+    image = read_image(src)
+    result = render(image, settings)
+    try:
+        write_image(out, result)
+    except OSError as e:
+        raise CLIError(f"cannot write {str(out)!r}: {e.strerror or e}", EXIT_OUTPUT) from None
+    seconds = time.perf_counter() - t0
+    h, w = result.shape[:2]
+    kind = "RGB" if result.ndim == 3 else "grey"
+    print(f"wrote {out} ({w}x{h} {kind} {dtype}, {settings.stock.name}) in {seconds:.2f} s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `phos_dask` argument parser with its sub-commands."""
+    parser = _Parser(prog=PROG, description="The Phos film model (bloom, halation, grain, filmic tone).",
+                     epilog="Exit status: 0 ok, 2 bad arguments or input, 1 output not writable.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    films = sub.add_parser("films", help="list the film stocks", description="List the film stocks.")
+    films.add_argument("--json", action="store_true",
+                       help="print a JSON list of {name, kind, iso, character}")
+    films.set_defaults(func=_films)
+
+    preview = sub.add_parser(
+        "preview", help="render one image to a .jpg, .png or .tif",
+        description="Render one image file with a film stock and write it as .jpg, .png or .tif "
+                    "(B&W stocks write a grey image).",
+    )
+    preview.add_argument("image", metavar="IMAGE", help="input image (JPEG, PNG, TIFF, WebP, …)")
+    preview.add_argument("-o", "--output", required=True, metavar="OUT",
+                         help="output file: .jpg/.jpeg (uint8), .png (uint8 or uint16) or .tif/.tiff "
+                              "(uint8 or uint16); default dtype uint8, uint16 for .tif")
+    add_render_arguments(preview, dtypes=("uint8", "uint16"))
+    preview.set_defaults(func=_preview)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        # OpenCV logs decoder complaints on stderr; our own one-line error says what went wrong instead
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        return args.func(args)
+    except CLIError as e:
+        return _fail(str(e), e.code)
+    except (ImageReadError, SettingsError, StockError) as e:
+        return _fail(str(e), EXIT_USAGE)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except BrokenPipeError:  # e.g. `phos_dask films | head`: stop quietly, as other tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return code

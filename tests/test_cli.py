@@ -1,0 +1,164 @@
+"""The command line, run as users run it: `python -m phos_dask …` in a subprocess."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from phos_dask import Settings, all_stocks
+from phos_dask.cli import add_render_arguments, settings_from_args
+from phos_dask.imageio import read_image, write_image
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def phos(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "phos_dask", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int = 2) -> str:
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("phos_dask: error: ")
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def small_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 64×96 crop of the coffee photograph (cup rim: bright and dark areas), as PNG."""
+    crop = read_image(EXAMPLES / "coffee.jpg")[120:184, 250:346]
+    return write_image(tmp_path_factory.mktemp("cli") / "coffee_crop.png", crop)
+
+
+def test_films_table_lists_every_stock() -> None:
+    proc = phos("films")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    stocks = all_stocks()
+    assert len(stocks) == 16
+    assert len(lines) == 1 + len(stocks)  # header + one row per stock
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert set(rows) == set(stocks)
+    for name, stock in stocks.items():
+        fields = rows[name].split()
+        assert fields[1] == ("colour" if stock.is_color else "B&W")
+        assert fields[2] == str(stock.iso)
+        assert rows[name].rstrip().endswith(stock.character)
+
+
+def test_films_json() -> None:
+    proc = phos("films", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert [r["name"] for r in rows] == list(all_stocks())
+    for r in rows:
+        stock = all_stocks()[r["name"]]
+        assert r == {"name": stock.name, "kind": stock.kind, "iso": stock.iso, "character": stock.character}
+    assert sum(r["kind"] == "bw" for r in rows) == 5
+
+
+def test_preview_colour_stock(tmp_path: Path, small_image: Path) -> None:
+    out = tmp_path / "deep" / "er" / "portra.png"
+    proc = phos("preview", small_image, "-o", out, "--film", "portra400", "--seed", "7")
+    assert proc.returncode == 0, proc.stderr
+    assert str(out) in proc.stdout and "96x64" in proc.stdout
+    img = read_image(out)
+    src = read_image(small_image)
+    assert img.shape == (64, 96, 3) and img.dtype == np.uint8
+    assert np.abs(img.astype(int) - src).mean() > 2  # the film look changed the picture …
+    assert np.corrcoef(img[..., 1].ravel(), src[..., 1].ravel())[0, 1] > 0.8  # … but it is still the picture
+
+
+def test_preview_uint16_tiff_and_working_size(tmp_path: Path, small_image: Path) -> None:
+    out = tmp_path / "ektar.tif"
+    proc = phos(
+        "preview", small_image, "-o", out, "--film", "Ektar100", "--working-size", "32", "--grain", "none"
+    )
+    assert proc.returncode == 0, proc.stderr
+    img = read_image(out)
+    assert img.dtype == np.uint16  # .tif defaults to 16 bit
+    assert img.shape == (32, 48, 3)
+
+
+def test_preview_bw_stock_writes_grey(tmp_path: Path, small_image: Path) -> None:
+    out = tmp_path / "hp5.jpg"
+    proc = phos("preview", small_image, "-o", out, "--film", "HP5Plus400")
+    assert proc.returncode == 0, proc.stderr
+    img = read_image(out)
+    assert img.shape == (64, 96) and img.dtype == np.uint8
+
+
+def test_unknown_stock_lists_valid_names(tmp_path: Path, small_image: Path) -> None:
+    out = tmp_path / "x.jpg"
+    proc = phos("preview", small_image, "-o", out, "--film", "Kodachrome64")
+    line = assert_one_line_error(proc)
+    assert "Kodachrome64" in line
+    for name in all_stocks():
+        assert name in line
+    assert not out.exists()
+
+
+def test_missing_input_file(tmp_path: Path) -> None:
+    missing = tmp_path / "no_such_photo.jpg"
+    proc = phos("preview", missing, "-o", tmp_path / "x.jpg", "--film", "Portra400")
+    line = assert_one_line_error(proc)
+    assert str(missing) in line and "no such file" in line
+
+
+def test_corrupt_input_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    proc = phos("preview", bad, "-o", tmp_path / "x.jpg", "--film", "Portra400")
+    line = assert_one_line_error(proc)
+    assert str(bad) in line and "PNG" in line
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["-o", "x.jpg", "--dtype", "uint16"], "--dtype uint16 cannot be written as .jpg"),
+        (["-o", "x.gif"], "unsupported extension '.gif'"),
+        (["-o", "x.jpg", "--scattering", "1.5"], "scattering must be between 0 and 1"),
+        (["-o", "x.jpg", "--grain", "heavy"], "argument --grain: invalid choice: 'heavy'"),
+        (["-o", "x.jpg", "--seed", "-1"], "seed must be an integer between 0 and 2**64-1"),
+    ],
+)
+def test_invalid_settings_are_one_line_errors(
+    tmp_path: Path, small_image: Path, flags: list[str], expected: str
+) -> None:
+    flags = [str(tmp_path / f) if f.startswith("x.") else f for f in flags]
+    proc = phos("preview", small_image, "--film", "Portra400", *flags)
+    assert expected in assert_one_line_error(proc)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_settings_from_args_maps_every_flag() -> None:
+    parser = argparse.ArgumentParser()
+    add_render_arguments(parser)
+    args = parser.parse_args(
+        ["--film", "cinestill800t", "--grain", "coarse", "--grain-size", "2.5", "--grain-intensity", "1.2",
+         "--seed", "0xff", "--scattering", "0.1", "--exposure-time", "30", "--film-format", "6x7",
+         "--working-size", "1000", "--dtype", "float32", "--no-hd-curve", "--linear-input"]
+    )
+    st = settings_from_args(args, image_key="a/b.jpg")
+    assert st == Settings(
+        film="cinestill800t", grain="coarse", grain_size=2.5, grain_intensity=1.2, seed=255,
+        image_key="a/b.jpg", scattering=0.1, exposure_time=30.0, film_format="6x7", working_size=1000,
+        dtype="float32", hd_curve=False, linear_input=True,
+    )
+    # every Settings field is reachable from the flags (a new field must get a flag too)
+    assert {f.name for f in dataclasses.fields(Settings)} - set(vars(args)) == {"image_key"}
+    # without the optional flags, the Settings defaults apply; the dtype fallback is the command's
+    defaults = settings_from_args(parser.parse_args(["--film", "NC200"]), image_key="k", dtype="uint16")
+    assert defaults == Settings(film="NC200", image_key="k", dtype="uint16")
