@@ -1,0 +1,227 @@
+"""Benchmark of the whole-image film model: `render()` on a 24 MP (6000×4000) photograph.
+
+Usage (from the repository root):
+
+    .venv/bin/python bench/engine.py [--repeats 3] [--stocks Portra400,Cinestill800T,HP5Plus400]
+
+Each stock runs in a fresh Python process, so its peak resident memory (``ru_maxrss``) is its own. In that
+process: load the image, one untimed warm-up render on the full image (numba JIT / cache load, first-touch
+page faults), then the best of ``--repeats`` timed renders. Prints a table and writes
+``bench/results/engine-<UTC timestamp>.json`` with seconds, MP/s and peak RSS per stock, the machine and
+the targets (Portra400 with default grain ≤ 2.0 s per 24 MP; peak RSS ≤ 2.5 GB).
+
+The photograph is ``../shared/parity/coffee_3000x2000.jpg`` (or ``examples/coffee.jpg`` when the shared
+folder is absent) enlarged with bicubic interpolation; ``--image`` picks another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_IMAGES = (
+    REPO.parent / "shared" / "parity" / "coffee_3000x2000.jpg",
+    REPO / "examples" / "coffee.jpg",
+)
+DEFAULT_STOCKS = ("Portra400", "Cinestill800T", "HP5Plus400")
+#: Time target: seconds for a 24 MP render of Portra400 with default grain.
+TARGET_SECONDS_PER_24MP = 2.0
+TARGET_STOCK = "Portra400"
+#: Memory target: peak resident set of the rendering process, MB (10**6 bytes).
+TARGET_PEAK_RSS_MB = 2500.0
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident set size of this process in MB (10**6 bytes); Linux reports ru_maxrss in KiB."""
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib * 1024 / 1e6 if sys.platform != "darwin" else kib / 1e6
+
+
+def child(image_path: str, film: str, grain: str, repeats: int) -> dict:
+    """Run in the fresh subprocess: warm up, time `repeats` renders, report as a dict."""
+    from phos_dask import Settings, render
+
+    image = np.load(image_path)
+    rss_loaded = _peak_rss_mb()
+    settings = Settings(film=film, grain=grain, image_key="bench")
+    t0 = time.perf_counter()
+    out = render(image, settings)
+    warmup = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        del out
+        t0 = time.perf_counter()
+        out = render(image, settings)
+        times.append(time.perf_counter() - t0)
+    h, w = image.shape[:2]
+    best = min(times)
+    return {
+        "film": settings.stock.name,
+        "kind": settings.stock.kind,
+        "grain": grain,
+        "width": w,
+        "height": h,
+        "megapixels": h * w / 1e6,
+        "warmup_s": round(warmup, 4),
+        "seconds": [round(t, 4) for t in times],
+        "best_s": round(best, 4),
+        "seconds_per_24mp": round(best * 24e6 / (h * w), 4),
+        "mp_per_s": round(h * w / 1e6 / best, 3),
+        "rss_after_load_mb": round(rss_loaded, 1),
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "output_shape": list(out.shape),
+        "output_dtype": str(out.dtype),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _mem_total_gb() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) * 1024 / 1e9, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _git_revision() -> str | None:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return rev + ("-dirty" if dirty else "")
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    import cv2
+    import numba
+
+    return {
+        "cpu_model": _cpu_model(),
+        "nproc": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "numba_threads": numba.config.NUMBA_NUM_THREADS,
+        "memory_gb": _mem_total_gb(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "opencv": cv2.__version__,
+        "git": _git_revision(),
+    }
+
+
+def make_image(source: Path, width: int, height: int) -> np.ndarray:
+    """The benchmark image: `source` decoded (RGB uint8) and enlarged bicubically to width×height."""
+    import cv2
+
+    from phos_dask.imageio import read_image
+
+    return cv2.resize(read_image(source), (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stocks", default=",".join(DEFAULT_STOCKS), help="comma-separated stock names")
+    parser.add_argument("--grain", default="default", help="grain style for every stock (default: default)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed renders per stock; the best counts")
+    parser.add_argument("--size", default="6000x4000", help="WIDTHxHEIGHT of the test image")
+    parser.add_argument("--image", type=Path, default=None, help="source photograph (default: coffee)")
+    parser.add_argument("--out-dir", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--child", nargs=4, metavar=("NPY", "FILM", "GRAIN", "REPEATS"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:
+        npy, film, grain, repeats = args.child
+        print(json.dumps(child(npy, film, grain, int(repeats))))
+        return 0
+
+    source = args.image or next((p for p in DEFAULT_IMAGES if p.exists()), DEFAULT_IMAGES[-1])
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    started = dt.datetime.now(dt.UTC)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="phos-bench-") as tmp:
+        npy = Path(tmp) / "image.npy"
+        np.save(npy, make_image(source, width, height))
+        for film in (s.strip() for s in args.stocks.split(",") if s.strip()):
+            proc = subprocess.run(
+                [sys.executable, __file__, "--child", str(npy), film, args.grain, str(args.repeats)],
+                capture_output=True, text=True, cwd=REPO,
+            )
+            if proc.returncode != 0:
+                sys.stderr.write(proc.stderr)
+                print(f"engine bench: {film} failed (exit {proc.returncode})", file=sys.stderr)
+                return 1
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            results.append(r)
+            print(f"{r['film']:<14} grain={r['grain']:<8} best {r['best_s']:7.3f} s  "
+                  f"{r['mp_per_s']:6.2f} MP/s  peak RSS {r['peak_rss_mb']:7.1f} MB  "
+                  f"(warm-up {r['warmup_s']:.2f} s; runs {', '.join(f'{t:.3f}' for t in r['seconds'])})")
+
+    targets = {
+        "seconds_per_24mp": TARGET_SECONDS_PER_24MP,
+        "seconds_stock": TARGET_STOCK,
+        "seconds_grain": "default",
+        "peak_rss_mb": TARGET_PEAK_RSS_MB,
+    }
+    timed = [r for r in results if r["film"] == TARGET_STOCK and r["grain"] == "default"]
+    verdict = {
+        "seconds_met": (all(r["seconds_per_24mp"] <= TARGET_SECONDS_PER_24MP for r in timed)
+                        if timed else None),
+        "peak_rss_met": all(r["peak_rss_mb"] <= TARGET_PEAK_RSS_MB for r in results),
+    }
+    report = {
+        "benchmark": "engine: whole-image render()",
+        "date_utc": started.isoformat(timespec="seconds"),
+        "machine": machine(),
+        "image": {"source": str(source.relative_to(REPO.parent)) if source.is_relative_to(REPO.parent)
+                  else str(source), "width": width, "height": height, "dtype": "uint8",
+                  "resize": "cv2.INTER_CUBIC"},
+        "method": f"fresh process per stock; one untimed warm-up render, best of {args.repeats}",
+        "targets": targets,
+        "verdict": verdict,
+        "results": results,
+    }
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    path = args.out_dir / f"engine-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    tmp_path = path.with_suffix(".tmp")
+    tmp_path.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp_path, path)
+    m = report["machine"]
+    print(f"machine: {m['cpu_model']}, {m['cpus_usable']} CPUs usable, {m['memory_gb']} GB, "
+          f"python {m['python']}, numpy {m['numpy']}, numba {m['numba']}")
+    print(f"targets: {TARGET_STOCK} ≤ {TARGET_SECONDS_PER_24MP} s per 24 MP: {verdict['seconds_met']}; "
+          f"peak RSS ≤ {TARGET_PEAK_RSS_MB:.0f} MB: {verdict['peak_rss_met']}")
+    print(f"wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
