@@ -129,34 +129,67 @@ def compose(src, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, eta
             out[y, x] = min(max(v, zero), one)
 
 
+@njit(cache=True, inline="always")
+def _rho(X, r, c, gy, gx, k, T, dT):
+    z = k + ((np.uint64(gy) << np.uint64(32)) | np.uint64(gx)) * np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    t = np.int64(z >> np.uint64(48))
+    frac = np.float32((z >> np.uint64(24)) & np.uint64(0xFFFFFF)) * _f32(2.0**-24)
+    u = T[t] + frac * dT[t]
+    a = np.sqrt(_f32(180.0) / max(_f32(1000.0) * X[r, c], _f32(1.0)))
+    return a * u
+
+
 @njit(parallel=True, cache=True)
 def grain_rho(X, rmap, cmap, y0, x0, key, T, dT):
     nr, nc = rmap.shape[0], cmap.shape[0]
     out = np.empty((nr, nc), dtype=np.float32)
-    golden = np.uint64(0x9E3779B97F4A7C15)
-    m1 = np.uint64(0xBF58476D1CE4E5B9)
-    m2 = np.uint64(0x94D049BB133111EB)
-    s30, s27, s31, s32 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(32)
-    s48, s24 = np.uint64(48), np.uint64(24)
-    low24 = np.uint64(0xFFFFFF)
     k = np.uint64(key)
-    inv24 = _f32(2.0**-24)
-    e0, e018, one = _f32(1000.0), _f32(180.0), _f32(1.0)
     for i in prange(nr):
         r = rmap[i]
-        gy = np.uint64(r + y0) << s32
         for j in range(nc):
             c = cmap[j]
-            z = k + (gy | np.uint64(c + x0)) * golden
-            z = (z ^ (z >> s30)) * m1
-            z = (z ^ (z >> s27)) * m2
-            z = z ^ (z >> s31)
-            t = np.int64(z >> s48)
-            frac = np.float32((z >> s24) & low24) * inv24
-            u = T[t] + frac * dT[t]
-            a = np.sqrt(e018 / max(e0 * X[r, c], one))
-            out[i, j] = a * u
+            out[i, j] = _rho(X, r, c, r + y0, c + x0, k, T, dT)
     return out
+
+
+@njit(parallel=True, cache=True)
+def grain_noise(X, rmap, cmap, y0, x0, key, T, dT, taps, out):
+    """G ⊛ (a(X)·u) on the 'valid' part of the rows rmap × columns cmap, block by block of rows so the
+    unblurred noise never exists as a whole plane."""
+    r = (taps.shape[0] - 1) // 2
+    h, w = rmap.shape[0] - 2 * r, cmap.shape[0] - 2 * r
+    nc = cmap.shape[0]
+    k = np.uint64(key)
+    block = 64
+    nblocks = (h + block - 1) // block
+    for b in prange(nblocks):
+        lo = b * block
+        hi = min(h, lo + block)
+        buf = np.empty((hi - lo + 2 * r, nc), dtype=np.float32)
+        for i in range(hi - lo + 2 * r):
+            row = rmap[lo + i]
+            for j in range(nc):
+                c = cmap[j]
+                buf[i, j] = _rho(X, row, c, row + y0, c + x0, k, T, dT)
+        tmp = np.empty(nc, dtype=np.float32)
+        for y in range(hi - lo):
+            t = taps[r]
+            for x in range(nc):
+                tmp[x] = t * buf[y + r, x]
+            for q in range(1, r + 1):
+                t = taps[r + q]
+                for x in range(nc):
+                    tmp[x] += t * (buf[y + r - q, x] + buf[y + r + q, x])
+            t = taps[r]
+            for x in range(w):
+                out[lo + y, x] = t * tmp[x + r]
+            for q in range(1, r + 1):
+                t = taps[r + q]
+                for x in range(w):
+                    out[lo + y, x] += t * (tmp[x + r - q] + tmp[x + r + q])
 
 
 @njit(parallel=True, cache=True)

@@ -135,6 +135,22 @@ def grain_rho(X, rmap, cmap, y0: int, x0: int, key: int):
     return grain.signal_gain(xp, X[xp.asarray(rmap)][:, xp.asarray(cmap)]) * u
 
 
+def grain_noise(X, rmap, cmap, y0: int, x0: int, key: int, taps: np.ndarray, out):
+    """taps ⊛ (a(X)·u) on the valid part of X[rmap][:, cmap] (len(taps) = 2r+1) into out (h, w)."""
+    from phos_dask.film import grain  # noqa: PLC0415
+
+    if _is_cpu(X):
+        from phos_dask.film import _cpu  # noqa: PLC0415
+
+        T, dT = grain.normal_table()
+        _cpu.grain_noise(X, rmap, cmap, y0, x0, np.uint64(key), T, dT, taps, out)
+        return out
+    r = (len(taps) - 1) // 2
+    rho = grain_rho(X, rmap, cmap, y0, x0, key)
+    out[...] = blur_valid(rho, taps[None, :], taps[None, :], np.array([r], np.int64))
+    return out
+
+
 def mix(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: float, wd, ws):
     """S6: Z_c = wd_c·Y'_c + ws_c·X_c + Σ_p coef[c,p]·clip(noise_p·nscale, -1, 1)."""
     if _is_cpu(Yp):

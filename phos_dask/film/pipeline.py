@@ -259,12 +259,9 @@ def noise_planes(X, origin: tuple[int, int], out_box: Box, shape: tuple[int, int
     r = plan.grain_radius
     rows = reflect_index(np.arange(y0 - r, y1 + r), shape[0]) - origin[0]
     cols = reflect_index(np.arange(x0 - r, x1 + r), shape[1]) - origin[1]
-    taps = plan.grain_taps[None, :]
-    radii = np.array([r], np.int64)
     planes = xp.empty((len(plan.grain_keys), y1 - y0, x1 - x0), xp.float32)
     for c, key in enumerate(plan.grain_keys):
-        rho = ops.grain_rho(X[c], rows, cols, origin[0], origin[1], key)
-        planes[c] = ops.blur_valid(rho, taps, taps, radii, out=planes[c])
+        ops.grain_noise(X[c], rows, cols, origin[0], origin[1], key, plan.grain_taps, planes[c])
     return planes
 
 
