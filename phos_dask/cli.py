@@ -22,7 +22,7 @@ from typing import NoReturn
 import cv2
 
 from phos_dask import __version__
-from phos_dask.imageio import WRITE_FORMATS, ImageReadError, read_image, write_image
+from phos_dask.imageio import ImageReadError, check_writable, read_image, write_image
 from phos_dask.render import render
 from phos_dask.settings import DTYPES, FILM_FORMATS, GRAIN_STYLES, Settings, SettingsError
 from phos_dask.stocks import StockError, all_stocks
@@ -132,13 +132,11 @@ def _films(args: argparse.Namespace) -> int:
 def _preview(args: argparse.Namespace) -> int:
     src = Path(args.image)
     out = Path(args.output)
-    ext = out.suffix.lower()
-    if ext not in WRITE_FORMATS:
-        raise CLIError(f"cannot write {str(out)!r}: unsupported extension {out.suffix or '(none)'!r}; "
-                       f"use .jpg, .png or .tif")
-    dtype = args.dtype or ("uint16" if ext in (".tif", ".tiff") else "uint8")
-    if dtype not in WRITE_FORMATS[ext]:
-        raise CLIError(f"--dtype {dtype} cannot be written as {ext} (8-bit only); use .png or .tif")
+    dtype = args.dtype or ("uint16" if out.suffix.lower() in (".tif", ".tiff") else "uint8")
+    try:
+        check_writable(out, dtype)  # refuse before rendering
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     if out.exists() and src.exists() and out.resolve() == src.resolve():
         raise CLIError(f"output {str(out)!r} is the input file; choose another output path")
     settings = settings_from_args(args, image_key=src.name, dtype=dtype)

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import tifffile
 
-__all__ = ["JPEG_QUALITY", "WRITE_FORMATS", "ImageReadError", "read_image", "write_image"]
+__all__ = ["JPEG_QUALITY", "WRITE_FORMATS", "ImageReadError", "check_writable", "read_image", "write_image"]
 
 #: JPEG quality used by `write_image` (0–100).
 JPEG_QUALITY = 95
@@ -116,6 +116,26 @@ def _to_rgb(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+def check_writable(path: str | os.PathLike[str], dtype: str) -> None:
+    """Raise ValueError (one line naming the file) unless `path`'s extension can hold `dtype` samples.
+
+    Lets a command refuse an output before spending time on the render; `write_image` checks the same.
+    """
+    p = Path(path)
+    ext = p.suffix.lower()
+    if ext not in WRITE_FORMATS:
+        raise ValueError(
+            f"cannot write {str(p)!r}: unsupported extension {p.suffix or '(none)'!r}; "
+            f"use one of {', '.join(WRITE_FORMATS)}"
+        )
+    allowed = WRITE_FORMATS[ext]
+    if dtype not in allowed:
+        hint = " (float output can only be written as .tif)" if dtype.startswith("float") else ""
+        raise ValueError(
+            f"cannot write {str(p)!r}: {ext} holds {' or '.join(allowed)} data, got {dtype}{hint}"
+        )
+
+
 def write_image(path: str | os.PathLike[str], array: np.ndarray) -> Path:
     """Write `array` to `path`, choosing the format from the extension; returns the path written.
 
@@ -127,18 +147,8 @@ def write_image(path: str | os.PathLike[str], array: np.ndarray) -> Path:
     """
     p = Path(path)
     ext = p.suffix.lower()
-    if ext not in WRITE_FORMATS:
-        raise ValueError(
-            f"cannot write {str(p)!r}: unsupported extension {p.suffix or '(none)'!r}; "
-            f"use one of {', '.join(WRITE_FORMATS)}"
-        )
     array = np.asarray(array)
-    allowed = WRITE_FORMATS[ext]
-    if array.dtype.name not in allowed:
-        hint = " (float output can only be written as .tif)" if array.dtype.kind == "f" else ""
-        raise ValueError(
-            f"cannot write {str(p)!r}: {ext} holds {' or '.join(allowed)} data, got {array.dtype.name}{hint}"
-        )
+    check_writable(p, array.dtype.name)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)) or 0 in array.shape[:2]:

@@ -127,8 +127,8 @@ def test_corrupt_input_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [
-        (["-o", "x.jpg", "--dtype", "uint16"], "--dtype uint16 cannot be written as .jpg"),
-        (["-o", "x.gif"], "unsupported extension '.gif'"),
+        (["-o", "x.jpg", "--dtype", "uint16"], ".jpg holds uint8 data, got uint16"),
+        (["-o", "x.gif"], "x.gif': unsupported extension '.gif'"),
         (["-o", "x.jpg", "--scattering", "1.5"], "scattering must be between 0 and 1"),
         (["-o", "x.jpg", "--grain", "heavy"], "argument --grain: invalid choice: 'heavy'"),
         (["-o", "x.jpg", "--seed", "-1"], "seed must be an integer between 0 and 2**64-1"),
