@@ -86,18 +86,23 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         raise ImageReadError(f"cannot read image {str(p)!r}: it is a directory") from None
     except OSError as e:
         raise ImageReadError(f"cannot read image {str(p)!r}: {e.strerror or e}") from None
+    return decode_image(data, str(p))
+
+
+def decode_image(data: bytes, name: str) -> np.ndarray:
+    """Decode an image file's bytes (`name` is only for messages); same result and errors as read_image."""
     if not data:
-        raise ImageReadError(f"cannot read image {str(p)!r}: the file is empty")
+        raise ImageReadError(f"cannot read image {name!r}: the file is empty")
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), _DECODE_FLAGS)
     except cv2.error as e:  # e.g. an image over OpenCV's pixel limit
         msg = str(e).strip().splitlines()[-1] if str(e).strip() else "decoder error"
-        raise ImageReadError(f"cannot decode image {str(p)!r}: {msg}") from None
+        raise ImageReadError(f"cannot decode image {name!r}: {msg}") from None
     if image is None:
         kind = _sniff(data)
         why = (f"corrupt, truncated or unsupported {kind} data" if kind else
                "not a recognised image format")
-        raise ImageReadError(f"cannot decode image {str(p)!r}: {why}")
+        raise ImageReadError(f"cannot decode image {name!r}: {why}")
     return _to_rgb(image)
 
 
