@@ -112,8 +112,8 @@ def _to_rgb(image: np.ndarray) -> np.ndarray:
         channels = image.shape[2]
         if channels in (1, 2):  # grey, or grey + alpha
             image = image[:, :, 0]
-        elif channels == 3:
-            image = image[:, :, ::-1]
+        elif channels == 3:  # in place: a gigapixel decode must not be copied
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
         else:  # BGRA or more: keep the colour channels only
             image = image[:, :, 2::-1]
     if image.dtype == np.float64:

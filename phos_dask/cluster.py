@@ -1,0 +1,42 @@
+"""Where a job runs: a local cluster of worker processes, or an existing scheduler."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+from distributed import Client, LocalCluster
+
+#: Worker processes run single-threaded kernels: the cluster, not numba, provides the parallelism.
+WORKER_ENV = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+class ClusterError(RuntimeError):
+    """The scheduler cannot be reached or the cluster cannot start."""
+
+
+@contextlib.contextmanager
+def connect(scheduler: str | None = None, scheduler_file: str | None = None, workers: int | None = None,
+            dashboard_address: str = "127.0.0.1:8787", timeout: float = 20.0) -> Iterator[Client]:
+    """A Client: to `scheduler` (tcp://host:port) or `scheduler_file` if given, else to a new
+    LocalCluster of `workers` single-threaded processes (default: one per core) on 127.0.0.1."""
+    if scheduler or scheduler_file:
+        try:
+            client = Client(scheduler, scheduler_file=scheduler_file, timeout=timeout)
+        except (OSError, TimeoutError) as e:
+            where = scheduler or f"the scheduler file {scheduler_file!r}"
+            raise ClusterError(f"cannot reach the Dask scheduler at {where}: {e}") from None
+        with client:
+            yield client
+        return
+    n = workers or os.cpu_count() or 1
+    with LocalCluster(
+        n_workers=n,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=dashboard_address,
+        env=WORKER_ENV,
+    ) as cluster, Client(cluster) as client:
+        yield client

@@ -1,0 +1,162 @@
+"""A job: every image under a source, rendered into one output store, resumably, with a report."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from phos_dask import __version__
+from phos_dask.film.pipeline import make_plan
+from phos_dask.progress import Progress
+from phos_dask.settings import Settings
+from phos_dask.sources import SourceItem, discover
+from phos_dask.store import REPORT, image_status, open_root, write_json
+from phos_dask.tasks import WHOLE_LIMIT_MP, JobConfig
+from phos_dask.tiles import DEFAULT_TILE, TilePlan, pyramid_shapes
+
+#: Peak bytes of working memory per pixel of a render window (measured: 24 MP colour ≈ 1.1 GB).
+BYTES_PER_PX = {"color": 46, "bw": 22}
+
+
+class JobError(ValueError):
+    """A job that cannot start as asked (bad source, output in use with other settings, …)."""
+
+
+@dataclass
+class JobSpec:
+    source: str
+    out: str
+    settings: Settings = field(default_factory=Settings)
+    tile: int = DEFAULT_TILE
+    whole_limit_mp: float = WHOLE_LIMIT_MP
+    overwrite: bool = False
+    storage_options: dict[str, Any] | None = None
+
+    def config(self) -> JobConfig:
+        return JobConfig(self.out, self.settings.replace(image_key=""), self.tile, self.whole_limit_mp,
+                         self.storage_options)
+
+
+@dataclass
+class JobPlan:
+    spec: JobSpec
+    todo: list[SourceItem]
+    skipped: list[SourceItem]
+
+
+def plan_job(spec: JobSpec) -> JobPlan:
+    """Find the inputs and sort them into work to do and finished images to skip (resume)."""
+    try:
+        items = discover(spec.source, spec.storage_options)
+    except FileNotFoundError as e:
+        raise JobError(str(e)) from None
+    if not items:
+        raise JobError(f"no images found under {spec.source!r}")
+    root = open_root(spec.out, spec.storage_options)
+    fingerprint = spec.config().fingerprint()
+    todo, skipped, clash = [], [], []
+    for item in items:
+        status = image_status(root, item.key)
+        if status is None:
+            todo.append(item)
+        elif status.get("fingerprint") == fingerprint and status.get("source", {}).get("size") == item.size:
+            skipped.append(item)
+        elif spec.overwrite:
+            todo.append(item)
+        else:
+            clash.append(item.key)
+    if clash:
+        raise JobError(
+            f"{len(clash)} image(s) in {spec.out!r} were made with other settings or from another file "
+            f"(e.g. {clash[0]!r}); rerun with --overwrite to replace them, or choose another --out"
+        )
+    return JobPlan(spec, todo, skipped)
+
+
+def _manifest(spec: JobSpec, items: list[SourceItem]) -> dict[str, Any]:
+    return {
+        "version": __version__,
+        "settings": spec.settings.replace(image_key="").to_dict(),
+        "fingerprint": spec.config().fingerprint(),
+        "seed": spec.settings.seed,
+        "source": spec.source,
+        "inputs": {it.key: it.relpath for it in items},
+    }
+
+
+def run_job(spec: JobSpec, client, progress: Progress | None = None) -> dict[str, Any]:
+    """Run the job on a distributed Client and return its report (also written to OUT/_report.json)."""
+    from phos_dask.graph import submit_job  # noqa: PLC0415  (Dask only where work is submitted)
+
+    started = datetime.now(UTC)
+    t0 = time.perf_counter()
+    plan = plan_job(spec)
+    root = open_root(spec.out, spec.storage_options)
+    previous = dict(root.attrs).get("phos", {})
+    manifest = _manifest(spec, plan.todo + plan.skipped)
+    manifest["inputs"] = {**previous.get("inputs", {}), **manifest["inputs"]}
+    root.attrs.update({"phos": manifest})
+    progress = progress or Progress(len(plan.todo) + len(plan.skipped), tty=False)
+    results: dict[str, dict[str, Any]] = {}
+
+    def record(item: SourceItem, result: dict[str, Any]) -> None:
+        results[item.key] = {"key": item.key, "source": item.relpath, **result}
+        progress.update(results[item.key])
+
+    for item in plan.skipped:
+        record(item, {"status": "skipped"})
+    submit_job(client, spec.config(), plan.todo, record)
+    progress.close()
+    images = [results[it.key] for it in plan.skipped + plan.todo]
+    counts = {s: sum(1 for r in images if r["status"] == s) for s in ("done", "skipped", "failed")}
+    report = {
+        "version": __version__,
+        "source": spec.source,
+        "out": spec.out,
+        "fingerprint": manifest["fingerprint"],
+        "settings": manifest["settings"],
+        "started": started.isoformat(timespec="seconds"),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "counts": counts,
+        "megapixels": round(sum(r.get("megapixels", 0.0) for r in images if r["status"] == "done"), 3),
+        "images": images,
+    }
+    write_json(spec.out, REPORT, report, spec.storage_options)
+    return report
+
+
+def dry_run(spec: JobSpec) -> dict[str, Any]:
+    """The plan without computing: per image its size, scale, halo, tiles, peak task memory, bytes out."""
+    from phos_dask.graph import plan_mode  # noqa: PLC0415
+
+    plan = plan_job(spec)
+    cfg = spec.config()
+    rows = []
+    itemsize = {"uint8": 1, "uint16": 2, "float16": 2, "float32": 4}[spec.settings.dtype]
+    for item in plan.todo:
+        mode, shape = plan_mode(cfg, item)
+        row: dict[str, Any] = {"key": item.key, "source": item.relpath, "mode": mode}
+        if shape is not None:
+            st = cfg.image_settings(item)
+            mp = make_plan(st, shape)
+            tp = TilePlan.build(shape, cfg.tile, mp.halo)
+            per_px = BYTES_PER_PX["color" if mp.stock.is_color else "bw"]
+            if mode == "whole":
+                peak = shape[0] * shape[1] * per_px
+            else:
+                win = max((t.window[1] - t.window[0]) * (t.window[3] - t.window[2]) for t in tp)
+                peak = max(win * per_px, shape[0] * shape[1] * 3 * 2)
+            out_px = sum(h * w for h, w in pyramid_shapes(shape))
+            row.update({
+                "shape": list(shape), "scale": round(mp.s, 4), "halo": mp.halo,
+                "tiles": 1 if mode == "whole" else tp.count, "tile": tp.tile,
+                "peak_task_bytes": int(peak), "bytes_out": int(out_px * mp.channels * itemsize),
+            })
+        rows.append(row)
+    return {
+        "source": spec.source, "out": spec.out, "images": len(rows), "skipped": len(plan.skipped),
+        "bytes_out": sum(r.get("bytes_out", 0) for r in rows),
+        "plan": rows,
+    }

@@ -1,0 +1,66 @@
+"""Finding the inputs of a job and sizing them cheaply (header only) before any pixel work."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import fsspec
+
+from phos_dask.store import unique_keys
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".webp", ".bmp", ".jp2", ".pgm", ".ppm", ".pnm"}
+)
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One input: where it is, its path relative to the source root, its output key and its size."""
+
+    url: str
+    relpath: str
+    key: str
+    size: int
+
+
+def discover(source: str, storage_options: dict | None = None) -> list[SourceItem]:
+    """Every image file under `source` (a folder, a single file, or an fsspec URL), sorted by path."""
+    fs, root = fsspec.core.url_to_fs(source, **(storage_options or {}))
+    if not fs.exists(root):
+        raise FileNotFoundError(f"source {source!r} does not exist")
+    protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
+    local = protocol in ("file", "local")
+    if fs.isfile(root):
+        entries = {root: fs.info(root)}
+        base = os.path.dirname(root.rstrip("/"))
+    else:
+        entries = fs.find(root, detail=True)
+        base = root.rstrip("/")
+    found = []
+    for path, info in sorted(entries.items()):
+        if Path(path).suffix.lower() not in IMAGE_EXTENSIONS or info.get("type") == "directory":
+            continue
+        rel = path[len(base) :].lstrip("/") if path.startswith(base) else Path(path).name
+        if any(part.startswith(".") for part in rel.split("/")):
+            continue  # hidden files and folders
+        url = path if local else fs.unstrip_protocol(path)
+        found.append((url, rel, int(info.get("size") or 0)))
+    keys = unique_keys([rel for _, rel, _ in found])
+    return [SourceItem(url, rel, keys[rel], size) for url, rel, size in found]
+
+
+def probe_shape(url: str, storage_options: dict | None = None) -> tuple[int, int] | None:
+    """(rows, cols) of the upright image from its header alone, or None when the header is unreadable
+    (the decoder then decides, and reports the error)."""
+    from PIL import Image  # noqa: PLC0415
+
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with fsspec.open(url, "rb", **(storage_options or {})) as f, Image.open(f) as im:
+            w, h = im.size
+            orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - any header problem means "decode to find out"
+        return None
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)

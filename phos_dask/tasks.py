@@ -1,0 +1,179 @@
+"""The work a job's tasks do, as plain functions of (job config, source item, …): read → model → write.
+
+No Dask here: graph.py decides which of these run where. Every function is idempotent, so a retry after a
+worker dies writes the same bytes again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import fsspec
+import numpy as np
+
+from phos_dask import __version__
+from phos_dask.film.pipeline import Plan, make_plan, render_region
+from phos_dask.imageio import decode_image
+from phos_dask.render import prepare
+from phos_dask.settings import Settings
+from phos_dask.sources import SourceItem
+from phos_dask.store import (
+    create_image,
+    finish_pyramid,
+    mark_complete,
+    open_root,
+    staging_path,
+    write_tile,
+)
+from phos_dask.tiles import DEFAULT_TILE, TilePlan
+
+#: Images up to this many megapixels (after working size) run as one task: no halo is recomputed and
+#: nothing is staged. A 32 MP render peaks near 1.6 GB.
+WHOLE_LIMIT_MP = 32.0
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """What every task of a job needs: small and picklable."""
+
+    out_url: str
+    settings: Settings
+    tile: int = DEFAULT_TILE
+    whole_limit_mp: float = WHOLE_LIMIT_MP
+    storage_options: dict[str, Any] | None = field(default=None, hash=False, compare=False)
+
+    def image_settings(self, item: SourceItem) -> Settings:
+        return self.settings.replace(image_key=item.relpath)
+
+    def fingerprint(self) -> str:
+        return self.settings.fingerprint()
+
+    def runs_whole(self, shape: tuple[int, int]) -> bool:
+        """Whether an image of this (working-size) shape is one task rather than staged tiles."""
+        plan = TilePlan.build(shape, self.tile, 0)
+        return plan.count == 1 or shape[0] * shape[1] <= self.whole_limit_mp * 1e6
+
+
+def _read(item: SourceItem, storage_options: dict | None) -> tuple[np.ndarray, str]:
+    with fsspec.open(item.url, "rb", **(storage_options or {})) as f:
+        data = f.read()
+    return decode_image(data, item.url), hashlib.sha256(data).hexdigest()
+
+
+def _chw(out: np.ndarray) -> np.ndarray:
+    return out[None] if out.ndim == 2 else np.moveaxis(out, -1, 0)
+
+
+def _device() -> str:
+    return f"cpu ({socket.gethostname()})"
+
+
+def _provenance(cfg: JobConfig, item: SourceItem, st: Settings, plan: Plan, tp: TilePlan, digest: str,
+                mode: str, seconds: float) -> dict[str, Any]:
+    return {
+        "source": {"url": item.url, "relpath": item.relpath, "size": item.size, "sha256": digest},
+        "stock": plan.stock.name,
+        "settings": st.to_dict(),
+        "fingerprint": cfg.fingerprint(),
+        "image_seed": str(st.image_seed()),
+        "scale": plan.s,
+        "halo": plan.halo,
+        "shape": list(tp.shape),
+        "tile_plan": {"mode": mode, "tile": tp.tile, "grid": list(tp.grid), "tiles": tp.count},
+        "software": {"phos_dask": __version__},
+        "device": _device(),
+        "seconds": round(seconds, 3),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _result(item: SourceItem, shape: tuple[int, int], seconds: float, **extra: Any) -> dict[str, Any]:
+    return {"key": item.key, "status": "done", "seconds": round(seconds, 3),
+            "megapixels": round(shape[0] * shape[1] / 1e6, 3), **extra}
+
+
+def process_whole(cfg: JobConfig, item: SourceItem) -> dict[str, Any]:
+    """One task for the whole image: read, render, write every chunk and level, mark complete."""
+    t0 = time.perf_counter()
+    st = cfg.image_settings(item)
+    image, digest = _read(item, cfg.storage_options)
+    image = prepare(image, st)
+    shape = image.shape[:2]
+    plan = make_plan(st, shape)
+    tp = TilePlan.build(shape, cfg.tile, plan.halo)
+    out = _chw(render_region(image, (0, 0), shape, (0, shape[0], 0, shape[1]), plan))
+    del image
+    root = open_root(cfg.out_url, cfg.storage_options)
+    create_image(root, item.key, out.shape[0], shape, st.dtype, tp)
+    for tile in tp:
+        y0, y1, x0, x1 = tile.box
+        write_tile(root, item.key, tp, tile, out[:, y0:y1, x0:x1])
+    finish_pyramid(root, item.key, shape)
+    seconds = time.perf_counter() - t0
+    mark_complete(root, item.key, out.shape[0], shape, st.dtype,
+                  _provenance(cfg, item, st, plan, tp, digest, "whole", seconds))
+    return _result(item, shape, seconds)
+
+
+def stage(cfg: JobConfig, item: SourceItem) -> dict[str, Any]:
+    """Decode a large image once into the staging area and create its (empty) output arrays."""
+    t0 = time.perf_counter()
+    st = cfg.image_settings(item)
+    image, digest = _read(item, cfg.storage_options)
+    image = prepare(image, st)
+    shape = image.shape[:2]
+    plan = make_plan(st, shape)
+    tp = TilePlan.build(shape, cfg.tile, plan.halo)
+    root = open_root(cfg.out_url, cfg.storage_options)
+    staged = root.create_array(
+        staging_path(item.key), shape=image.shape, dtype=image.dtype,
+        chunks=(tp.tile, tp.tile, 3), overwrite=True, fill_value=0,
+    )
+    for y0 in range(0, shape[0], tp.tile):  # row bands of whole chunks: one writer, bounded copies
+        staged[y0 : y0 + tp.tile] = image[y0 : y0 + tp.tile]
+    del image
+    create_image(root, item.key, plan.channels, shape, st.dtype, tp)
+    return {"shape": list(shape), "sha256": digest, "tiles": [t.index for t in tp],
+            "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _tile_context(cfg: JobConfig, item: SourceItem, shape: tuple[int, int]):
+    st = cfg.image_settings(item)
+    plan = make_plan(st, shape)
+    return st, plan, TilePlan.build(shape, cfg.tile, plan.halo)
+
+
+def process_tile(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], index: tuple[int, int]) -> float:
+    """Render one tile from its padded window of the staged input and write its chunks; returns seconds."""
+    t0 = time.perf_counter()
+    shape = tuple(staged["shape"])
+    _, plan, tp = _tile_context(cfg, item, shape)
+    tile = next(t for t in tp if t.index == tuple(index))
+    root = open_root(cfg.out_url, cfg.storage_options)
+    wy0, wy1, wx0, wx1 = tile.window
+    window = root[staging_path(item.key)][wy0:wy1, wx0:wx1]
+    out = _chw(render_region(window, (wy0, wx0), shape, tile.box, plan))
+    write_tile(root, item.key, tp, tile, out)
+    return time.perf_counter() - t0
+
+
+def finalize(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], *tile_seconds: float) -> dict[str, Any]:
+    """After every tile: the remaining pyramid levels, metadata and completion marker; staging removed."""
+    t0 = time.perf_counter()
+    shape = tuple(staged["shape"])
+    st, plan, tp = _tile_context(cfg, item, shape)
+    root = open_root(cfg.out_url, cfg.storage_options)
+    finish_pyramid(root, item.key, shape)
+    seconds = staged["seconds"] + sum(tile_seconds) + (time.perf_counter() - t0)
+    mark_complete(root, item.key, plan.channels, shape, st.dtype,
+                  _provenance(cfg, item, st, plan, tp, staged["sha256"], "tiled", seconds))
+    try:
+        del root[staging_path(item.key)]
+    except KeyError:
+        pass
+    return _result(item, shape, seconds, tiles=tp.count)

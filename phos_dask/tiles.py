@@ -1,0 +1,111 @@
+"""Tile geometry: the output grid of an image, each tile's padded read window, and the pyramid blocks a
+tile owns. Pure integer arithmetic; boxes are half-open global (y0, y1, x0, x1) in px."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+DEFAULT_TILE = 2048
+MIN_TILE = 256
+#: Tiles are multiples of this, so pyramid levels 1..6 split along tile edges (2**6 = 64).
+TILE_ALIGN = 64
+TILE_LEVELS = 6
+PYRAMID_MAX_SIDE = 1024
+
+Box = tuple[int, int, int, int]
+
+
+def effective_tile(requested: int, halo: int) -> int:
+    """The tile side actually used: at least MIN_TILE and the halo, rounded up to a multiple of 64."""
+    side = max(int(requested), MIN_TILE, halo)
+    return math.ceil(side / TILE_ALIGN) * TILE_ALIGN
+
+
+def pyramid_shapes(shape: tuple[int, int], max_side: int = PYRAMID_MAX_SIDE) -> list[tuple[int, int]]:
+    """(rows, cols) of each pyramid level: level 0 is the image, each next one ceil-halved, down to the
+    first level whose long side is ≤ max_side."""
+    shapes = [tuple(shape)]
+    while max(shapes[-1]) > max_side:
+        h, w = shapes[-1]
+        shapes.append((math.ceil(h / 2), math.ceil(w / 2)))
+    return shapes  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Tile:
+    index: tuple[int, int]  # (row, column) in the tile grid
+    box: Box  # output pixels
+    window: Box  # input pixels read: box + halo, clipped to the image
+
+    @property
+    def name(self) -> str:
+        return f"{self.index[0]}-{self.index[1]}"
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    shape: tuple[int, int]
+    tile: int
+    halo: int
+
+    @classmethod
+    def build(cls, shape: tuple[int, int], requested_tile: int, halo: int) -> TilePlan:
+        return cls(tuple(shape), effective_tile(requested_tile, halo), halo)  # type: ignore[arg-type]
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return math.ceil(self.shape[0] / self.tile), math.ceil(self.shape[1] / self.tile)
+
+    @property
+    def count(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def __iter__(self) -> Iterator[Tile]:
+        H, W = self.shape
+        t, h = self.tile, self.halo
+        for i in range(self.grid[0]):
+            for j in range(self.grid[1]):
+                y0, x0 = i * t, j * t
+                y1, x1 = min(H, y0 + t), min(W, x0 + t)
+                window = (max(0, y0 - h), min(H, y1 + h), max(0, x0 - h), min(W, x1 + h))
+                yield Tile((i, j), (y0, y1, x0, x1), window)
+
+    def chunk_shape(self, level: int) -> tuple[int, int]:
+        """Chunk (rows, cols) of pyramid level `level` for levels a tile writes itself (≤ TILE_LEVELS)."""
+        assert level <= TILE_LEVELS
+        return self.tile >> level, self.tile >> level
+
+    def level_box(self, tile: Tile, level: int) -> Box:
+        """The block of pyramid level `level` that `tile` owns (exactly one chunk of that level)."""
+        y0, y1, x0, x1 = tile.box
+        f = 1 << level
+        return y0 // f, math.ceil(y1 / f), x0 // f, math.ceil(x1 / f)
+
+    def read_bytes(self, channels: int, itemsize: int) -> int:
+        """Bytes of input all tiles read together (halo overlap included)."""
+        return sum(
+            (t.window[1] - t.window[0]) * (t.window[3] - t.window[2]) for t in self
+        ) * channels * itemsize
+
+
+def assert_one_writer_per_chunk(plan: TilePlan, chunks: list[tuple[int, int]]) -> None:
+    """Every chunk of every tile-written level belongs to exactly one tile: `chunks[level]` is the
+    (rows, cols) chunk shape of that level's array. Raises AssertionError naming the first conflict."""
+    shapes = pyramid_shapes(plan.shape)
+    for level in range(min(len(chunks), len(shapes), TILE_LEVELS + 1)):
+        ch, cw = chunks[level]
+        owners: dict[tuple[int, int], tuple[int, int]] = {}
+        for tile in plan:
+            y0, y1, x0, x1 = plan.level_box(tile, level)
+            if y0 % ch or x0 % cw or y1 - y0 > ch or x1 - x0 > cw:
+                raise AssertionError(f"tile {tile.index} is not one chunk of level {level} (chunks {ch}×{cw})")
+            key = (y0 // ch, x0 // cw)
+            if key in owners:
+                raise AssertionError(f"chunk {key} of level {level} written by {owners[key]} and {tile.index}")
+            owners[key] = tile.index
+        lh, lw = shapes[level]
+        expected = math.ceil(lh / ch) * math.ceil(lw / cw)
+        if len(owners) != expected:
+            raise AssertionError(f"level {level}: {len(owners)} tiles for {expected} chunks")

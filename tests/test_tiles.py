@@ -1,0 +1,77 @@
+"""Tile geometry: the grid covers the image exactly once, windows carry the halo, chunks have one writer."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from phos_dask.tiles import (
+    MIN_TILE,
+    TILE_ALIGN,
+    TilePlan,
+    assert_one_writer_per_chunk,
+    effective_tile,
+    pyramid_shapes,
+)
+
+SHAPES = [(1, 1), (255, 257), (777, 1013), (2000, 3001), (4096, 4096), (15000, 20000)]
+
+
+@pytest.mark.parametrize(("shape", "tile", "halo"), list(itertools.product(SHAPES, [1, 300, 1024, 2048], [0, 23, 170])))
+def test_tiles_cover_every_pixel_exactly_once(shape, tile, halo):
+    plan = TilePlan.build(shape, tile, halo)
+    if shape[0] * shape[1] > 5e6:
+        coverage = np.zeros((plan.grid[0], plan.grid[1]), np.int64)
+        area = 0
+        for t in plan:
+            y0, y1, x0, x1 = t.box
+            coverage[t.index] += 1
+            area += (y1 - y0) * (x1 - x0)
+        assert area == shape[0] * shape[1] and np.all(coverage == 1)
+        return
+    seen = np.zeros(shape, np.int64)
+    for t in plan:
+        y0, y1, x0, x1 = t.box
+        seen[y0:y1, x0:x1] += 1
+    assert np.all(seen == 1)
+
+
+@pytest.mark.parametrize(("shape", "tile", "halo"), list(itertools.product(SHAPES[:5], [300, 1024], [0, 23, 170])))
+def test_windows_carry_the_halo_clipped_only_at_the_image_edge(shape, tile, halo):
+    H, W = shape
+    for t in TilePlan.build(shape, tile, halo):
+        y0, y1, x0, x1 = t.box
+        wy0, wy1, wx0, wx1 = t.window
+        assert wy0 == max(0, y0 - halo) and wy1 == min(H, y1 + halo)
+        assert wx0 == max(0, x0 - halo) and wx1 == min(W, x1 + halo)
+
+
+def test_small_tiles_grow_to_the_minimum_and_the_halo_aligned():
+    assert effective_tile(1, 0) == MIN_TILE
+    assert effective_tile(300, 10) == 320
+    assert effective_tile(256, 400) == 448
+    assert effective_tile(2048, 170) == 2048
+    assert all(effective_tile(t, h) % TILE_ALIGN == 0 for t in range(1, 3000, 97) for h in (0, 50, 333))
+
+
+def test_pyramid_goes_down_to_1024_px_on_the_long_side():
+    assert pyramid_shapes((777, 1013)) == [(777, 1013)]
+    assert pyramid_shapes((2000, 3001)) == [(2000, 3001), (1000, 1501), (500, 751)]
+    assert pyramid_shapes((15000, 20000))[-1] == (469, 625)
+
+
+@pytest.mark.parametrize(("shape", "tile"), list(itertools.product(SHAPES, [300, 1024, 2048])))
+def test_every_chunk_of_every_level_has_exactly_one_writer(shape, tile):
+    plan = TilePlan.build(shape, tile, 0)
+    levels = len(pyramid_shapes(shape))
+    assert_one_writer_per_chunk(plan, [plan.chunk_shape(k) for k in range(min(levels, 7))])
+
+
+def test_chunks_that_straddle_tiles_are_caught():
+    plan = TilePlan.build((1000, 1000), 300, 0)  # 320 px tiles
+    with pytest.raises(AssertionError, match="not one chunk"):
+        assert_one_writer_per_chunk(plan, [(256, 256)])
+    with pytest.raises(AssertionError, match="not one chunk"):
+        assert_one_writer_per_chunk(plan, [(640, 640)])
