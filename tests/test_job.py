@@ -1,0 +1,171 @@
+"""Archive jobs on a real multi-process local cluster, into real Zarr stores on disk."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.request
+from pathlib import Path
+
+import cv2
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+
+from phos_dask import Settings, render
+from phos_dask.cluster import connect
+from phos_dask.imageio import read_image
+from phos_dask.job import JobError, JobSpec, dry_run, run_job
+from phos_dask.tiles import MIN_TILE
+
+
+@pytest.fixture(scope="module")
+def client():
+    with connect(workers=2, dashboard_address="127.0.0.1:0") as c:
+        yield c
+
+
+def _photo_bucket(tmp: Path, photo: np.ndarray) -> Path:
+    """Odd-sized inputs made from a real photograph: 1013×777 JPEG, 2000×3001 PNG, a grey PNG in a subfolder."""
+    src = tmp / "bucket"
+    (src / "sub dir").mkdir(parents=True)
+    bgr = cv2.cvtColor(photo, cv2.COLOR_RGB2BGR)
+    cv2.imwrite(str(src / "odd.jpg"), cv2.resize(bgr, (777, 1013), interpolation=cv2.INTER_AREA))
+    cv2.imwrite(str(src / "wide.png"), cv2.resize(bgr, (3001, 2000), interpolation=cv2.INTER_CUBIC))
+    grey = cv2.cvtColor(cv2.resize(bgr, (640, 430)), cv2.COLOR_BGR2GRAY)
+    cv2.imwrite(str(src / "sub dir" / "grey.png"), grey)
+    return src
+
+
+@pytest.fixture(scope="module")
+def bucket(tmp_path_factory, photo) -> Path:
+    return _photo_bucket(tmp_path_factory.mktemp("job"), photo)
+
+
+def _levels(out: Path, key: str) -> list[np.ndarray]:
+    group = zarr.open_group(str(out), mode="r")[key]
+    return [group[str(k)][...] for k in range(len(group.attrs["ome"]["multiscales"][0]["datasets"]))]
+
+
+@pytest.mark.parametrize("film", ["Portra400", "HP5Plus400"])
+def test_tiled_runs_equal_the_whole_image_at_every_tile_size(client, bucket, tmp_path, film):
+    st = Settings(film=film, seed=42, dtype="uint16", grain="default")
+    outputs = {}
+    for tile, whole_limit in [(MIN_TILE, 0.0), (300, 0.0), (1024, 0.0), (4096, 1e9)]:
+        out = tmp_path / f"t{tile}.zarr"
+        report = run_job(JobSpec(str(bucket), str(out), st, tile=tile, whole_limit_mp=whole_limit), client)
+        assert report["counts"] == {"done": 3, "skipped": 0, "failed": 0}
+        outputs[tile] = {k: _levels(out, k) for k in ("odd.jpg", "wide.png", "sub_dir__grey.png")}
+    # the model run on the whole array in one call is the oracle
+    ref = render(read_image(bucket / "wide.png"), st.replace(image_key="wide.png"))
+    ref = ref[None] if ref.ndim == 2 else np.moveaxis(ref, -1, 0)
+    for tile, levels in outputs.items():
+        np.testing.assert_array_equal(levels["wide.png"][0], ref, err_msg=f"tile {tile}")
+        for key in levels:
+            assert len(levels[key]) == len(outputs[4096][key])
+            for a, b in zip(levels[key], outputs[4096][key], strict=True):
+                np.testing.assert_array_equal(a, b, err_msg=f"{key} tile {tile}")
+    assert outputs[4096]["wide.png"][0].shape == ((3 if film == "Portra400" else 1), 2000, 3001)
+    assert len(outputs[4096]["wide.png"]) == 3  # 3001 → 1501 → 751 px
+
+
+def test_output_is_valid_ome_zarr_and_opens_with_plain_zarr_and_dask(client, bucket, tmp_path):
+    from ome_zarr_models.v05.image import Image
+
+    out = tmp_path / "ome.zarr"
+    run_job(JobSpec(str(bucket), str(out), Settings(dtype="uint16"), tile=512, whole_limit_mp=0.0), client)
+    root = zarr.open_group(str(out), mode="r")
+    assert root.metadata.zarr_format == 3
+    for key in ("odd.jpg", "wide.png", "sub_dir__grey.png"):
+        group = root[key]
+        Image.from_zarr(group)  # raises on invalid OME-Zarr 0.5 metadata
+        arr = da.from_zarr(group["0"])
+        assert arr.dtype == np.uint16 and arr.shape[0] == 3
+        phos = group.attrs["phos"]
+        assert phos["status"] == "complete" and phos["stock"] == "Portra400"
+        assert len(phos["source"]["sha256"]) == 64 and phos["halo"] > 0
+        assert phos["settings"]["image_key"] == phos["source"]["relpath"]
+    assert set(root.attrs["phos"]["inputs"]) == {"odd.jpg", "wide.png", "sub_dir__grey.png"}
+    report = json.loads((out / "_report.json").read_text())
+    assert {r["status"] for r in report["images"]} == {"done"}
+    assert all(r["megapixels"] > 0 and r["seconds"] > 0 for r in report["images"])
+    assert "_staging" not in root or not list(root["_staging"].keys())
+
+
+def test_rerun_skips_finished_images_and_redoes_a_deleted_one(client, bucket, tmp_path):
+    out = tmp_path / "resume.zarr"
+    spec = JobSpec(str(bucket), str(out), Settings(seed=7), tile=512, whole_limit_mp=0.5)
+    first = run_job(spec, client)
+    assert first["counts"]["done"] == 3
+    before = {k: _levels(out, k) for k in ("odd.jpg", "wide.png")}
+    chunk = out / "wide.png" / "0" / "c" / "0" / "0" / "0"
+    stamp = chunk.stat().st_mtime_ns
+
+    again = run_job(spec, client)
+    assert again["counts"] == {"done": 0, "skipped": 3, "failed": 0}
+    assert chunk.stat().st_mtime_ns == stamp  # not even rewritten
+
+    shutil.rmtree(out / "odd.jpg")
+    third = run_job(spec, client)
+    assert third["counts"] == {"done": 1, "skipped": 2, "failed": 0}
+    assert [r["key"] for r in third["images"] if r["status"] == "done"] == ["odd.jpg"]
+    for k in before:
+        for a, b in zip(before[k], _levels(out, k), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_an_incomplete_image_is_redone(client, bucket, tmp_path):
+    out = tmp_path / "partial.zarr"
+    spec = JobSpec(str(bucket), str(out), Settings(), tile=512, whole_limit_mp=0.0)
+    run_job(spec, client)
+    group = zarr.open_group(str(out), mode="r+")["wide.png"]
+    group.attrs.update({"phos": {"status": "in-progress"}})  # as if killed before its marker
+    group["0"][:, :100, :100] = 0
+    rerun = run_job(spec, client)
+    assert [r["key"] for r in rerun["images"] if r["status"] == "done"] == ["wide.png"]
+    assert _levels(out, "wide.png")[0][:, :100, :100].max() > 0
+
+
+def test_other_settings_on_existing_output_are_refused_unless_overwrite(client, bucket, tmp_path):
+    out = tmp_path / "clash.zarr"
+    run_job(JobSpec(str(bucket), str(out), Settings(film="Portra400")), client)
+    with pytest.raises(JobError, match="--overwrite"):
+        run_job(JobSpec(str(bucket), str(out), Settings(film="Velvia50")), client)
+    report = run_job(JobSpec(str(bucket), str(out), Settings(film="Velvia50"), overwrite=True), client)
+    assert report["counts"]["done"] == 3
+    assert zarr.open_group(str(out), mode="r")["odd.jpg"].attrs["phos"]["stock"] == "Velvia50"
+
+
+def test_one_bad_file_fails_alone(client, bucket, tmp_path):
+    src = tmp_path / "mixed"
+    shutil.copytree(bucket, src)
+    (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG")
+    out = tmp_path / "mixed.zarr"
+    report = run_job(JobSpec(str(src), str(out), Settings()), client)
+    assert report["counts"] == {"done": 3, "skipped": 0, "failed": 1}
+    bad = next(r for r in report["images"] if r["status"] == "failed")
+    assert "broken.jpg" in bad["error"] and "\n" not in bad["error"]
+    assert zarr.open_group(str(out), mode="r")["odd.jpg"].attrs["phos"]["status"] == "complete"
+
+
+def test_dry_run_plans_without_computing(bucket, tmp_path):
+    out = tmp_path / "dry.zarr"
+    plan = dry_run(JobSpec(str(bucket), str(out), Settings(dtype="uint16"), tile=1024, whole_limit_mp=0.0))
+    rows = {r["key"]: r for r in plan["plan"]}
+    assert rows["wide.png"]["tiles"] == 6 and rows["wide.png"]["shape"] == [2000, 3001]
+    assert rows["wide.png"]["halo"] > 0 and rows["wide.png"]["peak_task_bytes"] > 0
+    assert plan["bytes_out"] > 2000 * 3001 * 3 * 2
+    assert not list(zarr.open_group(str(out), mode="r").keys())
+
+
+def test_the_dashboard_is_served_and_lists_the_job_tasks(client, bucket, tmp_path):
+    run_job(JobSpec(str(bucket), str(tmp_path / "dash.zarr"), Settings(), tile=512, whole_limit_mp=0.0), client)
+    base = client.dashboard_link.rsplit("/", 1)[0]
+    with urllib.request.urlopen(f"{base}/status", timeout=10) as r:
+        page = r.read().decode()
+    assert r.status == 200 and "bokeh" in page.lower() and "install" not in page.lower()
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    for prefix in ("film-tile", "decode", "finalize"):
+        assert f'task_prefix_name="{prefix}"' in metrics
