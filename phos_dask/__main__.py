@@ -2,4 +2,5 @@
 
 from phos_dask.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # worker processes spawned by a local cluster import this module too
+    raise SystemExit(main())

@@ -1,10 +1,12 @@
-"""Command line: `python -m phos_dask films` and `python -m phos_dask preview IMAGE -o OUT --film NAME`.
+"""Command line: `python -m phos_dask films`, `… preview IMAGE -o OUT --film NAME` and
+`… run SOURCE --out OUT.zarr --film NAME` (a whole archive on a Dask cluster).
 
 A thin shell over the Python API. Exit codes: 0 success; 2 for anything wrong with what the user gave
 (bad flag, unknown stock, setting out of range, missing or undecodable input file, output extension or
 dtype that cannot be written) — also for a file that fails to decode, since that too is an input the user
 chose; 1 when the output cannot be written (permissions, full disk); 130 on Ctrl-C. Every such error is
-one line on stderr, `phos_dask: error: …`, never a traceback.
+one line on stderr, `phos_dask: error: …`, never a traceback. `run` exits 0 when every image succeeded,
+1 when some failed (all others finished), 2 for usage or configuration errors.
 """
 
 from __future__ import annotations
@@ -154,6 +156,55 @@ def _preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from phos_dask.cluster import ClusterError, connect
+    from phos_dask.job import JobError, JobSpec, dry_run, plan_job, run_job
+    from phos_dask.progress import Progress
+
+    settings = settings_from_args(args, image_key="", dtype="uint16")
+    spec = JobSpec(source=args.source, out=args.out, settings=settings, tile=args.tile,
+                   whole_limit_mp=args.whole_limit, overwrite=args.overwrite)
+    try:
+        if args.dry_run:
+            plan = dry_run(spec)
+            if args.json:
+                print(json.dumps(plan, indent=2))
+            else:
+                _print_plan(plan)
+            return 0
+        plan = plan_job(spec)  # usage errors surface before a cluster starts
+        with connect(args.scheduler, args.scheduler_file, args.workers, args.dashboard_address) as client:
+            print(f"dashboard: {client.dashboard_link}", file=sys.stderr, flush=True)
+            progress = Progress(0, tty=None if not args.json else False)
+            report = run_job(spec, client, progress, plan)
+    except (JobError, ClusterError) as e:
+        raise CLIError(str(e)) from None
+    counts = report["counts"]
+    print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
+          f"{report['megapixels']:.1f} MP in {report['seconds']:.1f} s; report: {args.out}/_report.json",
+          file=sys.stderr)
+    for r in report["images"]:
+        if r["status"] == "failed":
+            print(f"{PROG}: failed: {r['source']}: {r['error']}", file=sys.stderr)
+    return 1 if counts["failed"] else 0
+
+
+def _print_plan(plan: dict) -> None:
+    print(f"{plan['images']} image(s) to render from {plan['source']} into {plan['out']} "
+          f"({plan['skipped']} already complete); about {plan['bytes_out'] / 1e9:.2f} GB to write")
+    rows = [("IMAGE", "SIZE", "SCALE", "HALO", "MODE", "TILES", "PEAK MB", "OUT MB")]
+    for r in plan["plan"]:
+        if "shape" not in r:
+            rows.append((r["source"], "?", "?", "?", r["mode"], "?", "?", "?"))
+            continue
+        rows.append((r["source"], f"{r['shape'][1]}x{r['shape'][0]}", f"{r['scale']:.3f}", str(r["halo"]),
+                     r["mode"], str(r["tiles"]), f"{r['peak_task_bytes'] / 1e6:.0f}",
+                     f"{r['bytes_out'] / 1e6:.1f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `phos_dask` argument parser with its sub-commands."""
     parser = _Parser(prog=PROG, description="The Phos film model (bloom, halation, grain, filmic tone).",
@@ -177,6 +228,32 @@ def build_parser() -> argparse.ArgumentParser:
                               "(uint8 or uint16); default dtype uint8, uint16 for .tif")
     add_render_arguments(preview, dtypes=("uint8", "uint16"))
     preview.set_defaults(func=_preview)
+
+    run = sub.add_parser(
+        "run", help="render every image under a folder into an OME-Zarr store on a Dask cluster",
+        description="Render every image under SOURCE into OUT (a Zarr v3 group of OME-Zarr images), tile "
+                    "by tile on a Dask cluster. Reruns skip finished images.",
+    )
+    run.add_argument("source", metavar="SOURCE", help="folder (searched recursively) or single image")
+    run.add_argument("--out", required=True, metavar="OUT.zarr", help="output Zarr store")
+    add_render_arguments(run, dtypes=("uint8", "uint16", "float16"))
+    run.add_argument("--tile", type=integer, default=2048, metavar="PX",
+                     help="tile side in px for images rendered in tiles (default 2048; grown to at least "
+                          "256 px and the model's halo, rounded up to a multiple of 64)")
+    run.add_argument("--whole-limit", type=float, default=32.0, metavar="MP",
+                     help="images up to this many megapixels run as one task (default 32; 0 = always tile)")
+    run.add_argument("--workers", type=integer, default=None, metavar="N",
+                     help="local cluster: worker processes, one thread each (default: one per core)")
+    run.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="use this existing Dask scheduler")
+    run.add_argument("--scheduler-file", metavar="FILE", help="use the scheduler described in FILE")
+    run.add_argument("--dashboard-address", default="127.0.0.1:8787", metavar="HOST:PORT",
+                     help="local cluster's dashboard (default 127.0.0.1:8787; :0 picks a free port)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace finished images that were made with other settings")
+    run.add_argument("--dry-run", action="store_true", help="print the plan and compute nothing")
+    run.add_argument("--json", action="store_true",
+                     help="progress as one JSON line per image even on a terminal (and --dry-run as JSON)")
+    run.set_defaults(func=_run)
     return parser
 
 

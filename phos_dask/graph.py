@@ -15,8 +15,8 @@ from typing import Any
 from distributed import Client, Future, as_completed
 
 from phos_dask import tasks
-from phos_dask.sources import SourceItem, probe_shape
 from phos_dask.render import output_shape
+from phos_dask.sources import SourceItem, probe_shape
 
 ResultCallback = Callable[[SourceItem, dict[str, Any]], None]
 
@@ -101,9 +101,9 @@ def submit_job(client: Client, cfg: tasks.JobConfig, items: Iterable[SourceItem]
 def _one_line(fut: Future) -> str:
     try:
         exc = fut.exception()
-    except Exception as e:  # noqa: BLE001 - a cancelled or lost future
+    except Exception as e:
         return f"{type(e).__name__}: {e}"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    from phos_dask.imageio import ImageReadError  # noqa: PLC0415
+    from phos_dask.imageio import ImageReadError
 
     return text if isinstance(exc, ImageReadError | ValueError) else f"{type(exc).__name__}: {text}"

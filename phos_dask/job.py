@@ -12,7 +12,7 @@ from phos_dask.film.pipeline import make_plan
 from phos_dask.progress import Progress
 from phos_dask.settings import Settings
 from phos_dask.sources import SourceItem, discover
-from phos_dask.store import REPORT, image_status, open_root, write_json
+from phos_dask.store import REPORT, STAGING, image_status, open_root, write_json
 from phos_dask.tasks import WHOLE_LIMIT_MP, JobConfig
 from phos_dask.tiles import DEFAULT_TILE, TilePlan, pyramid_shapes
 
@@ -86,19 +86,22 @@ def _manifest(spec: JobSpec, items: list[SourceItem]) -> dict[str, Any]:
     }
 
 
-def run_job(spec: JobSpec, client, progress: Progress | None = None) -> dict[str, Any]:
-    """Run the job on a distributed Client and return its report (also written to OUT/_report.json)."""
-    from phos_dask.graph import submit_job  # noqa: PLC0415  (Dask only where work is submitted)
+def run_job(spec: JobSpec, client, progress: Progress | None = None, plan: JobPlan | None = None
+            ) -> dict[str, Any]:
+    """Run the job on a distributed Client and return its report (also written to OUT/_report.json).
+    `plan` is plan_job(spec) when the caller has made it already."""
+    from phos_dask.graph import submit_job
 
     started = datetime.now(UTC)
     t0 = time.perf_counter()
-    plan = plan_job(spec)
+    plan = plan or plan_job(spec)
     root = open_root(spec.out, spec.storage_options)
     previous = dict(root.attrs).get("phos", {})
     manifest = _manifest(spec, plan.todo + plan.skipped)
     manifest["inputs"] = {**previous.get("inputs", {}), **manifest["inputs"]}
     root.attrs.update({"phos": manifest})
     progress = progress or Progress(len(plan.todo) + len(plan.skipped), tty=False)
+    progress.total = len(plan.todo) + len(plan.skipped)
     results: dict[str, dict[str, Any]] = {}
 
     def record(item: SourceItem, result: dict[str, Any]) -> None:
@@ -124,12 +127,22 @@ def run_job(spec: JobSpec, client, progress: Progress | None = None) -> dict[str
         "images": images,
     }
     write_json(spec.out, REPORT, report, spec.storage_options)
+    _drop_empty_staging(root)
     return report
+
+
+def _drop_empty_staging(root) -> None:
+    try:
+        staging = root[STAGING]
+    except KeyError:
+        return
+    if not list(staging.keys()):
+        del root[STAGING]
 
 
 def dry_run(spec: JobSpec) -> dict[str, Any]:
     """The plan without computing: per image its size, scale, halo, tiles, peak task memory, bytes out."""
-    from phos_dask.graph import plan_mode  # noqa: PLC0415
+    from phos_dask.graph import plan_mode
 
     plan = plan_job(spec)
     cfg = spec.config()

@@ -54,13 +54,13 @@ def discover(source: str, storage_options: dict | None = None) -> list[SourceIte
 def probe_shape(url: str, storage_options: dict | None = None) -> tuple[int, int] | None:
     """(rows, cols) of the upright image from its header alone, or None when the header is unreadable
     (the decoder then decides, and reports the error)."""
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = None
     try:
         with fsspec.open(url, "rb", **(storage_options or {})) as f, Image.open(f) as im:
             w, h = im.size
             orientation = im.getexif().get(0x0112, 1)
-    except Exception:  # noqa: BLE001 - any header problem means "decode to find out"
+    except Exception:
         return None
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)

@@ -45,7 +45,7 @@ def safe_key(relpath: str) -> str:
 
 def unique_keys(relpaths: list[str]) -> dict[str, str]:
     """relpath → key for every input, unique even when two paths make the same safe key."""
-    import hashlib  # noqa: PLC0415
+    import hashlib
 
     keys: dict[str, str] = {}
     seen: dict[str, int] = {}
@@ -187,7 +187,7 @@ def staging_path(key: str) -> str:
 def write_json(url: str, name: str, payload: Any, storage_options: dict | None = None) -> None:
     """A JSON document beside the images (e.g. _report.json), replaced atomically where the
     filesystem allows (local: write a temporary file, then rename)."""
-    import fsspec  # noqa: PLC0415
+    import fsspec
 
     fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
     path = f"{root.rstrip('/')}/{name}"

@@ -6,6 +6,7 @@ worker dies writes the same bytes again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import socket
 import time
@@ -172,8 +173,6 @@ def finalize(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], *tile_sec
     seconds = staged["seconds"] + sum(tile_seconds) + (time.perf_counter() - t0)
     mark_complete(root, item.key, plan.channels, shape, st.dtype,
                   _provenance(cfg, item, st, plan, tp, staged["sha256"], "tiled", seconds))
-    try:
+    with contextlib.suppress(KeyError):
         del root[staging_path(item.key)]
-    except KeyError:
-        pass
     return _result(item, shape, seconds, tiles=tp.count)

@@ -137,10 +137,10 @@ def grain_rho(X, rmap, cmap, y0: int, x0: int, key: int):
 
 def grain_noise(X, rmap, cmap, y0: int, x0: int, key: int, taps: np.ndarray, out):
     """taps ⊛ (a(X)·u) on the valid part of X[rmap][:, cmap] (len(taps) = 2r+1) into out (h, w)."""
-    from phos_dask.film import grain  # noqa: PLC0415
+    from phos_dask.film import grain
 
     if _is_cpu(X):
-        from phos_dask.film import _cpu  # noqa: PLC0415
+        from phos_dask.film import _cpu
 
         T, dT = grain.normal_table()
         _cpu.grain_noise(X, rmap, cmap, y0, x0, np.uint64(key), T, dT, taps, out)
