@@ -25,6 +25,7 @@ from phos_dask.settings import Settings
 from phos_dask.sources import SourceItem
 from phos_dask.store import (
     create_image,
+    fast_compressor,
     finish_pyramid,
     mark_complete,
     open_root,
@@ -133,7 +134,7 @@ def stage(cfg: JobConfig, item: SourceItem) -> dict[str, Any]:
     root = open_root(cfg.out_url, cfg.storage_options)
     staged = root.create_array(
         staging_path(item.key), shape=image.shape, dtype=image.dtype,
-        chunks=(tp.tile, tp.tile, 3), overwrite=True, fill_value=0,
+        chunks=(tp.tile, tp.tile, 3), overwrite=True, fill_value=0, compressors=fast_compressor(),
     )
     for y0 in range(0, shape[0], tp.tile):  # row bands of whole chunks: one writer, bounded copies
         staged[y0 : y0 + tp.tile] = image[y0 : y0 + tp.tile]

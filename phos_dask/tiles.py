@@ -17,9 +17,17 @@ PYRAMID_MAX_SIDE = 1024
 Box = tuple[int, int, int, int]
 
 
+#: A tile's padded window is kept under this many px (≈ 1.5 GB of working memory for a colour render).
+MAX_WINDOW_PX = 32_000_000
+
+
 def effective_tile(requested: int, halo: int) -> int:
-    """The tile side actually used: at least MIN_TILE and the halo, rounded up to a multiple of 64."""
+    """The tile side actually used, rounded up to a multiple of 64: at least MIN_TILE and the halo, and
+    grown towards 4× the halo (so recomputed halo stays ≤ ~2× the tile's own work) as far as the padded
+    window stays under MAX_WINDOW_PX."""
     side = max(int(requested), MIN_TILE, halo)
+    if side < 4 * halo:
+        side = max(side, min(4 * halo, math.isqrt(MAX_WINDOW_PX) - 2 * halo))
     return math.ceil(side / TILE_ALIGN) * TILE_ALIGN
 
 

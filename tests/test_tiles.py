@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from phos_dask.tiles import (
+    MAX_WINDOW_PX,
     MIN_TILE,
     TILE_ALIGN,
     TilePlan,
@@ -51,8 +52,14 @@ def test_windows_carry_the_halo_clipped_only_at_the_image_edge(shape, tile, halo
 def test_small_tiles_grow_to_the_minimum_and_the_halo_aligned():
     assert effective_tile(1, 0) == MIN_TILE
     assert effective_tile(300, 10) == 320
-    assert effective_tile(256, 400) == 448
     assert effective_tile(2048, 170) == 2048
+
+
+def test_tiles_grow_towards_four_halos_within_the_memory_bound():
+    assert effective_tile(256, 100) == 448  # 4 × halo, aligned
+    assert effective_tile(2048, 850) == 3456  # a 300 MP scan at s = 5: halo overhead kept near 2×
+    big = effective_tile(2048, 1700)  # s = 10: memory wins over the 4× rule
+    assert big < 4 * 1700 and (big + 2 * 1700) ** 2 <= MAX_WINDOW_PX * 1.05
     assert all(effective_tile(t, h) % TILE_ALIGN == 0 for t in range(1, 3000, 97) for h in (0, 50, 333))
 
 
