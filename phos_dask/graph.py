@@ -80,7 +80,7 @@ def submit_job(client: Client, cfg: tasks.JobConfig, items: Iterable[SourceItem]
         image = running.pop(fut.key)
         if fut.status != "finished":
             on_result(image.item, {"key": image.item.key, "status": "failed", "error": _one_line(fut)})
-        elif image.stage == "decode":
+        elif image.stage == "decode" and fut.result().get("status") == "staged":
             staged = fut.result()
             tiles = [
                 client.submit(tasks.process_tile, cfg, image.item, fut, tuple(idx),

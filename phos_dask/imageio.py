@@ -91,6 +91,8 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
 
 def decode_image(data: bytes, name: str) -> np.ndarray:
     """Decode an image file's bytes (`name` is only for messages); same result and errors as read_image."""
+    # OpenCV would also log its complaint on stderr; ImageReadError already says it in one line
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     if not data:
         raise ImageReadError(f"cannot read image {name!r}: the file is empty")
     try:

@@ -19,7 +19,7 @@ import numpy as np
 
 from phos_dask import __version__
 from phos_dask.film.pipeline import Plan, make_plan, render_region
-from phos_dask.imageio import decode_image
+from phos_dask.imageio import ImageReadError, decode_image
 from phos_dask.render import prepare
 from phos_dask.settings import Settings
 from phos_dask.sources import SourceItem
@@ -61,10 +61,23 @@ class JobConfig:
         return plan.count == 1 or shape[0] * shape[1] <= self.whole_limit_mp * 1e6
 
 
+class InputError(ValueError):
+    """An input that cannot be used (unreadable, not an image): the image fails alone, without a traceback."""
+
+
 def _read(item: SourceItem, storage_options: dict | None) -> tuple[np.ndarray, str]:
-    with fsspec.open(item.url, "rb", **(storage_options or {})) as f:
-        data = f.read()
-    return decode_image(data, item.url), hashlib.sha256(data).hexdigest()
+    try:
+        with fsspec.open(item.url, "rb", **(storage_options or {})) as f:
+            data = f.read()
+        return decode_image(data, item.url), hashlib.sha256(data).hexdigest()
+    except ImageReadError as e:
+        raise InputError(str(e)) from None
+    except OSError as e:
+        raise InputError(f"cannot read {item.url!r}: {e.strerror or e}") from None
+
+
+def _failed(item: SourceItem, error: Exception) -> dict[str, Any]:
+    return {"key": item.key, "status": "failed", "error": str(error)}
 
 
 def _chw(out: np.ndarray) -> np.ndarray:
@@ -103,7 +116,10 @@ def process_whole(cfg: JobConfig, item: SourceItem) -> dict[str, Any]:
     """One task for the whole image: read, render, write every chunk and level, mark complete."""
     t0 = time.perf_counter()
     st = cfg.image_settings(item)
-    image, digest = _read(item, cfg.storage_options)
+    try:
+        image, digest = _read(item, cfg.storage_options)
+    except InputError as e:
+        return _failed(item, e)
     image = prepare(image, st)
     shape = image.shape[:2]
     plan = make_plan(st, shape)
@@ -123,10 +139,14 @@ def process_whole(cfg: JobConfig, item: SourceItem) -> dict[str, Any]:
 
 
 def stage(cfg: JobConfig, item: SourceItem) -> dict[str, Any]:
-    """Decode a large image once into the staging area and create its (empty) output arrays."""
+    """Decode a large image once into the staging area and create its (empty) output arrays.
+    Returns {"status": "failed", …} instead for an unusable input."""
     t0 = time.perf_counter()
     st = cfg.image_settings(item)
-    image, digest = _read(item, cfg.storage_options)
+    try:
+        image, digest = _read(item, cfg.storage_options)
+    except InputError as e:
+        return _failed(item, e)
     image = prepare(image, st)
     shape = image.shape[:2]
     plan = make_plan(st, shape)
@@ -140,7 +160,7 @@ def stage(cfg: JobConfig, item: SourceItem) -> dict[str, Any]:
         staged[y0 : y0 + tp.tile] = image[y0 : y0 + tp.tile]
     del image
     create_image(root, item.key, plan.channels, shape, st.dtype, tp)
-    return {"shape": list(shape), "sha256": digest, "tiles": [t.index for t in tp],
+    return {"status": "staged", "shape": list(shape), "sha256": digest, "tiles": [t.index for t in tp],
             "seconds": round(time.perf_counter() - t0, 3)}
 
 
