@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -41,3 +42,15 @@ def small_photo(photo) -> np.ndarray:
 @pytest.fixture(scope="session")
 def read_rgb():
     return _read_rgb
+
+
+def make_photo_bucket(tmp: Path, photo: np.ndarray) -> Path:
+    """Odd-sized inputs made from a real photograph: 1013×777 JPEG, 2000×3001 PNG, a grey PNG in a subfolder."""
+    src = tmp / "bucket"
+    (src / "sub dir").mkdir(parents=True)
+    bgr = cv2.cvtColor(photo, cv2.COLOR_RGB2BGR)
+    cv2.imwrite(str(src / "odd.jpg"), cv2.resize(bgr, (777, 1013), interpolation=cv2.INTER_AREA))
+    cv2.imwrite(str(src / "wide.png"), cv2.resize(bgr, (3001, 2000), interpolation=cv2.INTER_CUBIC))
+    grey = cv2.cvtColor(cv2.resize(bgr, (640, 430)), cv2.COLOR_BGR2GRAY)
+    cv2.imwrite(str(src / "sub dir" / "grey.png"), grey)
+    return src

@@ -7,11 +7,11 @@ import shutil
 import urllib.request
 from pathlib import Path
 
-import cv2
 import dask.array as da
 import numpy as np
 import pytest
 import zarr
+from conftest import make_photo_bucket
 
 from phos_dask import Settings, render
 from phos_dask.cluster import connect
@@ -26,21 +26,9 @@ def client():
         yield c
 
 
-def _photo_bucket(tmp: Path, photo: np.ndarray) -> Path:
-    """Odd-sized inputs made from a real photograph: 1013×777 JPEG, 2000×3001 PNG, a grey PNG in a subfolder."""
-    src = tmp / "bucket"
-    (src / "sub dir").mkdir(parents=True)
-    bgr = cv2.cvtColor(photo, cv2.COLOR_RGB2BGR)
-    cv2.imwrite(str(src / "odd.jpg"), cv2.resize(bgr, (777, 1013), interpolation=cv2.INTER_AREA))
-    cv2.imwrite(str(src / "wide.png"), cv2.resize(bgr, (3001, 2000), interpolation=cv2.INTER_CUBIC))
-    grey = cv2.cvtColor(cv2.resize(bgr, (640, 430)), cv2.COLOR_BGR2GRAY)
-    cv2.imwrite(str(src / "sub dir" / "grey.png"), grey)
-    return src
-
-
 @pytest.fixture(scope="module")
 def bucket(tmp_path_factory, photo) -> Path:
-    return _photo_bucket(tmp_path_factory.mktemp("job"), photo)
+    return make_photo_bucket(tmp_path_factory.mktemp("job"), photo)
 
 
 def _levels(out: Path, key: str) -> list[np.ndarray]:

@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-
-from test_job import _photo_bucket
+from conftest import make_photo_bucket
 
 ENV = {**os.environ, "NUMBA_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -26,7 +25,7 @@ def _run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def bucket(tmp_path_factory, photo) -> Path:
-    return _photo_bucket(tmp_path_factory.mktemp("cli"), photo)
+    return make_photo_bucket(tmp_path_factory.mktemp("cli"), photo)
 
 
 @pytest.fixture(scope="module")
@@ -141,4 +140,4 @@ def test_dry_run_prints_the_plan_and_writes_no_pixels(bucket, tmp_path):
     plan = json.loads(result.stdout)
     modes = {r["key"]: r["mode"] for r in plan["plan"]}
     assert modes == {"odd.jpg": "whole", "wide.png": "tiled", "sub_dir__grey.png": "whole"}  # one tile = whole
-    assert not [k for k in zarr.open_group(str(out), mode="r").keys()]
+    assert not list(zarr.open_group(str(out), mode="r").group_keys())
