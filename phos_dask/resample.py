@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
 
 
@@ -20,6 +19,8 @@ def working_shape(shape: tuple[int, int], n: int) -> tuple[int, int]:
 
 def resample_to(image: np.ndarray, n: int) -> np.ndarray:
     """The image with its short side resampled to n px (dtype kept)."""
+    import cv2
+
     h, w = image.shape[:2]
     nh, nw = working_shape((h, w), n)
     if (nh, nw) == (h, w):

@@ -1,0 +1,41 @@
+"""The film model on CuPy computes what the CPU kernels compute. Skipped without a CUDA GPU and CuPy
+(bench/gpu_check.py is the fuller check, run on a GPU machine; its results are in bench/results/)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from phos_dask import Settings, make_plan, render, render_window
+
+cp = pytest.importorskip("cupy")
+try:
+    if cp.cuda.runtime.getDeviceCount() < 1:
+        pytest.skip("no CUDA device", allow_module_level=True)
+except Exception as exc:  # no driver: CUDARuntimeError
+    pytest.skip(f"no usable CUDA device ({exc})", allow_module_level=True)
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.parametrize("film", ["Portra400", "Cinestill800T", "HP5Plus400"])
+def test_gpu_render_matches_the_cpu(small_photo, film):
+    st = Settings(film=film, seed=3, image_key="k", dtype="float32")
+    cpu = render(small_photo, st)
+    gpu = cp.asnumpy(render(cp.asarray(small_photo), st))
+    assert np.abs(cpu - gpu).max() < 2e-5
+    codes = np.abs(render(small_photo, st.replace(dtype="uint8")).astype(int)
+                   - cp.asnumpy(render(cp.asarray(small_photo), st.replace(dtype="uint8"))).astype(int))
+    assert codes.max() <= 1
+
+
+def test_gpu_region_equals_gpu_whole(small_photo):
+    st = Settings(film="Cinestill800T", seed=1)
+    g = cp.asarray(small_photo)
+    whole = cp.asnumpy(render(g, st))
+    H, W = small_photo.shape[:2]
+    h = make_plan(st, (H, W)).halo
+    box = (40, 200, 100, 333)
+    win = (max(0, 40 - h), min(H, 200 + h), max(0, 100 - h), min(W, 333 + h))
+    got = cp.asnumpy(render_window(g[win[0] : win[1], win[2] : win[3]], (win[0], win[2]), (H, W), box, st))
+    np.testing.assert_array_equal(got, whole[40:200, 100:333])
