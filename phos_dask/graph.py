@@ -8,6 +8,7 @@ with those prefixes, then an 8-hex-digit token of the image, so the dashboard gr
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +31,7 @@ class _Image:
     item: SourceItem
     stage: str  # "whole" | "decode" | "finalize"
     token: str
-    extra: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
 
 
 def plan_mode(cfg: tasks.JobConfig, item: SourceItem) -> tuple[str, tuple[int, int] | None]:
@@ -46,7 +47,8 @@ def submit_job(client: Client, cfg: tasks.JobConfig, items: Iterable[SourceItem]
                window: int | None = None) -> None:
     """Run every item; call on_result(item, result) as each image ends, in completion order.
 
-    result: {"status": "done", "seconds", "megapixels", …} or {"status": "failed", "error": one line}.
+    result: {"status": "done", "seconds" (task time), "wall_seconds", "megapixels", …} or
+    {"status": "failed", "error": one line, "wall_seconds"}.
     At most `window` images are in flight (default: 2 × the cluster's threads, at least 4).
     """
     if window is None:
@@ -75,13 +77,18 @@ def submit_job(client: Client, cfg: tasks.JobConfig, items: Iterable[SourceItem]
                 return
             start(item)
 
+    def finish(image: _Image, result: dict[str, Any]) -> None:
+        result = {**result, "wall_seconds": round(time.perf_counter() - image.started, 3)}
+        on_result(image.item, result)
+
     fill()
     for fut in ac:
         image = running.pop(fut.key)
-        if fut.status != "finished":
-            on_result(image.item, {"key": image.item.key, "status": "failed", "error": _one_line(fut)})
-        elif image.stage == "decode" and fut.result().get("status") == "staged":
-            staged = fut.result()
+        result = fut.result() if fut.status == "finished" else None
+        if result is None:
+            finish(image, {"key": image.item.key, "status": "failed", "error": _one_line(fut)})
+        elif image.stage == "decode" and result.get("status") == "staged":
+            staged = result
             tiles = [
                 client.submit(tasks.process_tile, cfg, image.item, fut, tuple(idx),
                               key=f"film-tile-{image.token}-{idx[0]}-{idx[1]}-{image.item.key}", pure=False)
@@ -89,11 +96,11 @@ def submit_job(client: Client, cfg: tasks.JobConfig, items: Iterable[SourceItem]
             ]
             fin = client.submit(tasks.finalize, cfg, image.item, fut, *tiles,
                                 key=f"finalize-{image.token}-{image.item.key}", pure=False)
-            running[fin.key] = _Image(image.item, "finalize", image.token)
+            running[fin.key] = _Image(image.item, "finalize", image.token, image.started)
             ac.add(fin)
             del tiles
         else:
-            on_result(image.item, fut.result())
+            finish(image, result)
         fut.release()
         fill()
 

@@ -9,7 +9,6 @@ its completion marker (`attributes.phos.status == "complete"`) are written last,
 from __future__ import annotations
 
 import json
-import math
 import re
 from typing import Any
 
@@ -17,6 +16,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from phos_dask.pyramid import downsample2
 from phos_dask.tiles import TILE_LEVELS, TilePlan, assert_one_writer_per_chunk, pyramid_shapes
 
 OME_VERSION = "0.5"
@@ -105,22 +105,6 @@ def create_image(root: zarr.Group, key: str, channels: int, shape: tuple[int, in
     for name, (shp, chk) in wanted.items():
         group.create_array(name, shape=shp, dtype=dtype, chunks=chk, compressors=fast_compressor(),
                            dimension_names=("c", "y", "x"), fill_value=0)
-
-
-def downsample2(block: np.ndarray) -> np.ndarray:
-    """2×2 mean of a (C, h, w) block (odd edges average what is there); integers round half up."""
-    C, h, w = block.shape
-    H2, W2 = math.ceil(h / 2), math.ceil(w / 2)
-    acc = np.zeros((C, H2, W2), np.float64 if block.dtype.kind == "f" else np.int64)
-    cnt = np.zeros((1, H2, W2), np.int64)
-    for dy in (0, 1):
-        for dx in (0, 1):
-            part = block[:, dy::2, dx::2]
-            acc[:, : part.shape[1], : part.shape[2]] += part
-            cnt[:, : part.shape[1], : part.shape[2]] += 1
-    if block.dtype.kind == "f":
-        return (acc / cnt).astype(block.dtype)
-    return ((acc + cnt // 2) // cnt).astype(block.dtype)
 
 
 def write_tile(root: zarr.Group, key: str, plan: TilePlan, tile, block: np.ndarray) -> None:

@@ -156,8 +156,9 @@ def stage(cfg: JobConfig, item: SourceItem) -> dict[str, Any]:
         staging_path(item.key), shape=image.shape, dtype=image.dtype,
         chunks=(tp.tile, tp.tile, 3), overwrite=True, fill_value=0, compressors=fast_compressor(),
     )
-    for y0 in range(0, shape[0], tp.tile):  # row bands of whole chunks: one writer, bounded copies
-        staged[y0 : y0 + tp.tile] = image[y0 : y0 + tp.tile]
+    for tile in tp:  # whole chunks, one at a time: one writer, small temporaries
+        y0, y1, x0, x1 = tile.box
+        staged[y0:y1, x0:x1] = image[y0:y1, x0:x1]
     del image
     create_image(root, item.key, plan.channels, shape, st.dtype, tp)
     return {"status": "staged", "shape": list(shape), "sha256": digest, "tiles": [t.index for t in tp],

@@ -223,3 +223,19 @@ def test_write_creates_parent_folders_and_leaves_no_temp_file(tmp_path: Path) ->
     write_image(target, _pattern("uint8", None))
     assert target.is_file()
     assert sorted(p.name for p in target.parent.iterdir()) == ["c.PNG"]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_all_eight_exif_orientations_match_opencv(tmp_path: Path, orientation: int) -> None:
+    """JPEGs decode in place through libjpeg-turbo; OpenCV's own EXIF handling is the oracle."""
+    stored = np.zeros((40, 60, 3), np.uint8)
+    stored[:10, :20] = (230, 20, 20)
+    stored[30:, 50:] = (20, 230, 20)
+    stored[:, 28:31] = (20, 20, 230)
+    ok, buf = cv2.imencode(".jpg", stored[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    jpeg = buf.tobytes()
+    path = tmp_path / f"o{orientation}.jpg"
+    path.write_bytes(jpeg[:2] + _exif_app1(orientation) + jpeg[2:])
+    expected = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(read_image(path), expected)

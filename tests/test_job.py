@@ -7,6 +7,7 @@ import shutil
 import urllib.request
 from pathlib import Path
 
+import cv2
 import dask.array as da
 import numpy as np
 import pytest
@@ -157,3 +158,25 @@ def test_the_dashboard_is_served_and_lists_the_job_tasks(client, bucket, tmp_pat
         metrics = r.read().decode()
     for prefix in ("film-tile", "decode", "finalize"):
         assert f'task_prefix_name="{prefix}"' in metrics
+
+
+def test_work_is_submitted_through_a_bounded_window(client, tmp_path, small_photo):
+    """A big archive never becomes one big graph: at most `window` images hold futures at a time."""
+    from phos_dask.graph import submit_job
+    from phos_dask.sources import discover
+
+    src = tmp_path / "many"
+    src.mkdir()
+    for i in range(8):
+        cv2.imwrite(str(src / f"p{i}.png"), np.roll(small_photo, 17 * i, axis=1)[..., ::-1])
+    spec = JobSpec(str(src), str(tmp_path / "w.zarr"), Settings())
+    alive: list[int] = []
+    done: list[str] = []
+
+    def on_result(item, result):
+        alive.append(len(client.futures))
+        done.append(result["status"])
+
+    submit_job(client, spec.config(), discover(str(src)), on_result, window=2)
+    assert done == ["done"] * 8
+    assert max(alive) <= 2

@@ -214,15 +214,28 @@ def mix(Yp, X, xy, xx, noise, coef, nscale, wd, ws):
     return out
 
 
+@njit(cache=True, inline="always")
+def _code(v, vb, t, start, base, shift, last):
+    """The largest k with t[k] ≤ v: the bucket of v's float32 bits gives the first candidate, and seven
+    branchless steps search the ≤ 127 codes after it (thresholds are sorted, +inf-padded)."""
+    b = min(max(np.int64(vb >> shift) - base, 0), last)
+    k = np.int64(start[b])
+    for step in (64, 32, 16, 8, 4, 2, 1):
+        k += step * (v >= t[k + step])
+    return k if v > 0 else 0
+
+
 @njit(parallel=True, cache=True)
-def mix_encode(Yp, X, xy, xx, noise, coef, nscale, wd, ws, thresholds, out):
+def mix_encode(Yp, X, xy, xx, noise, coef, nscale, wd, ws, thresholds, starts, base, shift, out):
     C, h, w = Yp.shape
     P = noise.shape[0]
-    half = (thresholds.shape[1] - 1) // 2
+    last = starts.shape[1] - 2
     lo, hi = _f32(-1.0), _f32(1.0)
+    sh = np.uint32(shift)
     for y in prange(h):
         n = np.empty((P, w), dtype=np.float32)
         z = np.empty(w, dtype=np.float32)
+        zb = z.view(np.uint32)
         for p in range(P):
             for x in range(w):
                 n[p, x] = min(max(noise[p, y, x] * nscale, lo), hi)
@@ -235,20 +248,9 @@ def mix_encode(Yp, X, xy, xx, noise, coef, nscale, wd, ws, thresholds, out):
                 for x in range(w):
                     z[x] += k * n[p, x]
             t = thresholds[c]
-            if half == 128:
-                for x in range(w):
-                    v = z[x]
-                    k = 0
-                    for step in (128, 64, 32, 16, 8, 4, 2, 1):
-                        k += step * (v >= t[k + step])
-                    out[y, x, c] = k
-            else:
-                for x in range(w):
-                    v = z[x]
-                    k = 0
-                    for step in (32768, 16384, 8192, 4096, 2048, 1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1):
-                        k += step * (v >= t[k + step])
-                    out[y, x, c] = k
+            st = starts[c]
+            for x in range(w):
+                out[y, x, c] = _code(z[x], zb[x], t, st, base, sh, last)
 
 
 @njit(parallel=True, cache=True)

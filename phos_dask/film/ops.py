@@ -176,9 +176,12 @@ def mix_encode(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: float, 
     C, h, w = Yp.shape
     if _is_cpu(Yp):
         from phos_dask.film import _cpu
+        from phos_dask.film.tone import BUCKET_BASE, BUCKET_SHIFT
 
+        starts = np.stack([t.start for t in tables])
         out = np.empty((h, w, C), dtype)
-        _cpu.mix_encode(Yp, X, xy, xx, noise, coef, _f32(nscale), wd, ws, thresholds, out)
+        _cpu.mix_encode(Yp, X, xy, xx, noise, coef, _f32(nscale), wd, ws, thresholds, starts, BUCKET_BASE,
+                        BUCKET_SHIFT, out)
         return out
     xp = namespace(Yp)
     Z = mix(Yp, X, xy, xx, noise, coef, nscale, wd, ws)

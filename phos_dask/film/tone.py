@@ -70,12 +70,35 @@ def quantise(xp, F, vmax: int):
 class QuantTable:
     """Exact thresholds of one channel's monotone chain: code(Z) = max{k : Z ≥ thresholds[k]}.
 
-    `thresholds` has vmax+2 = 2^bits+1 float32 entries, [0] = -inf and [vmax+1] = +inf, each rounded up to
-    float32 so that comparing a float32 Z equals comparing with the exact value; a branchless binary
-    search of `bits` steps finds a pixel's code.
+    `thresholds[1..vmax]` are the steps, each rounded up to float32 so that comparing a float32 Z equals
+    comparing with the exact value; [0] is -inf and the entries past vmax are +inf.
     """
 
     thresholds: np.ndarray
+    #: first code of each bucket of positive float32 Z, bucketed by the top bits of its bit pattern (see
+    #: BUCKET_SHIFT); the last entry is vmax. A pixel's code lies in [start[b], start[b+1]].
+    start: np.ndarray
+
+
+#: Buckets keep 10 mantissa bits (1024 per octave) of positive float32 Z from 2**-24 up to 2**6.
+BUCKET_SHIFT = 13
+BUCKET_BASE = int(np.float32(2.0**-24).view(np.uint32)) >> BUCKET_SHIFT
+BUCKET_COUNT = (int(np.float32(2.0**6).view(np.uint32)) >> BUCKET_SHIFT) - BUCKET_BASE
+
+
+#: A bucket may hold at most this many codes: the per-pixel search is 7 fixed steps.
+BUCKET_MAX_CODES = 127
+
+
+def _bucket_starts(thresholds: np.ndarray, vmax: int) -> np.ndarray | None:
+    lower = ((np.arange(BUCKET_COUNT, dtype=np.uint32) + BUCKET_BASE) << BUCKET_SHIFT).view(np.float32)
+    t = thresholds[1 : vmax + 1]
+    start = np.searchsorted(t, lower, side="right").astype(np.int64)
+    start[0] = 0  # bucket 0 also takes every positive Z below 2**-24
+    start = np.concatenate([start, [np.isfinite(t).sum()]])  # the top bucket ends at the last reachable code
+    if np.diff(start).max() > BUCKET_MAX_CODES:
+        return None
+    return start.astype(np.int32)
 
 
 def _chain64(Z: np.ndarray, tone: Tone, hd: HDCurve | None, vmax: int) -> np.ndarray:
@@ -100,7 +123,10 @@ def quant_table(tone: Tone, hd: HDCurve | None, vmax: int) -> QuantTable | None:
     t32 = hi.astype(np.float32)
     t32 = np.where(t32.astype(np.float64) < hi, np.nextafter(t32, np.float32(np.inf)), t32)
     t32 = np.where(reachable, t32, np.float32(np.inf))
-    return QuantTable(np.concatenate([[-np.inf], t32, [np.inf]]).astype(np.float32))
+    # +inf past vmax, and enough of it that a search step never reads beyond the array
+    thresholds = np.concatenate([[-np.inf], t32, np.full(BUCKET_MAX_CODES + 1, np.inf)]).astype(np.float32)
+    start = _bucket_starts(thresholds, vmax)
+    return None if start is None else QuantTable(thresholds, start)
 
 
 def linear_to_code_reference(xp, Z, tone: Tone, hd: HDCurve | None, vmax: int):
