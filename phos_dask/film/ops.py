@@ -169,6 +169,27 @@ def mix(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: float, wd, ws)
     return xp.stack(out)
 
 
+def mix_filmic_encode(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: float, wd, ws, tone_, vmax: int):
+    """`mix`, then filmic (no H&D curve) and sRGB codes: (C, h, w) → (h, w, C) uint8/uint16.
+    tone_: one stocks.Tone per channel."""
+    from phos_dask.film import tone
+
+    dtype = np.uint8 if vmax == 255 else np.uint16
+    C, h, w = Yp.shape
+    if _is_cpu(Yp):
+        from phos_dask.film import _cpu
+
+        consts = np.array([[t.A, t.B, t.C, t.D, t.E, t.F] for t in tone_], np.float32)
+        guess, steps = tone.code_tables(vmax)
+        out = np.empty((h, w, C), dtype)
+        _cpu.mix_filmic_encode(Yp, X, xy, xx, noise, coef, _f32(nscale), wd, ws, consts, guess, steps, out)
+        return out
+    xp = namespace(Yp)
+    Z = mix(Yp, X, xy, xx, noise, coef, nscale, wd, ws)
+    codes = [tone.quantise(xp, tone.filmic(xp, Z[c], tone_[c]), vmax) for c in range(C)]
+    return xp.stack(codes, axis=-1)
+
+
 def mix_encode(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: float, wd, ws, tables, vmax: int):
     """`mix` then each channel's QuantTable: (C, h, w) → (h, w, C) uint8/uint16 codes."""
     dtype = np.uint8 if vmax == 255 else np.uint16

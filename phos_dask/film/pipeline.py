@@ -242,7 +242,9 @@ def render_region(window, window_origin: tuple[int, int], shape: tuple[int, int]
         Yp = Y
     noise = noise_planes(X, xo, out_box, shape, plan)
     args = (Yp, X, y0 - xo[0], x0 - xo[1], noise, plan.grain_coef, plan.grain_nscale, plan.wd, plan.ws)
-    if plan.vmax is not None and plan.tables is not None:
+    if plan.vmax is not None and plan.hd is None:
+        out = ops.mix_filmic_encode(*args, (plan.stock.tone,) * C, plan.vmax)
+    elif plan.vmax is not None and plan.tables is not None:
         out = ops.mix_encode(*args, plan.tables, plan.vmax)
     else:
         out = _encode(ops.mix(*args), plan)

@@ -129,6 +129,20 @@ def quant_table(tone: Tone, hd: HDCurve | None, vmax: int) -> QuantTable | None:
     return None if start is None else QuantTable(thresholds, start)
 
 
+@cache
+def code_tables(vmax: int, cells: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """(guess, steps) for coding a linear F in [0, 1]: guess[j] = enc((j/cells)²)·vmax (float32), and
+    steps[k] = dec((k - 0.5)/vmax) rounded up to float32 for k = 1..vmax, steps[0] = -inf,
+    steps[vmax+1] = +inf, so that code(F) = max{k : F ≥ steps[k]} exactly."""
+    u = np.arange(cells + 1, dtype=np.float64) / cells
+    guess = (srgb_encode(np, u * u) * vmax).astype(np.float32)
+    exact = srgb_decode(np, (np.arange(1, vmax + 1, dtype=np.float64) - 0.5) / vmax)
+    t32 = exact.astype(np.float32)
+    t32 = np.where(t32.astype(np.float64) < exact, np.nextafter(t32, np.float32(np.inf)), t32)
+    steps = np.concatenate([[-np.inf], t32, [np.inf]]).astype(np.float32)
+    return guess, steps
+
+
 def linear_to_code_reference(xp, Z, tone: Tone, hd: HDCurve | None, vmax: int):
     """Direct evaluation of the chain in float32 then rounding: the definition the tables must follow."""
     return quantise(xp, tone_chain(xp, Z.astype(xp.float32), tone, hd), vmax)
