@@ -8,16 +8,20 @@ from collections.abc import Iterator
 
 from distributed import Client, LocalCluster
 
-#: Worker processes run single-threaded kernels: the cluster, not numba, provides the parallelism.
+#: Worker processes run single-threaded kernels: the cluster, not numba, provides the parallelism
+#: (tasks read PHOS_DASK_KERNEL_THREADS; NUMBA_NUM_THREADS itself must not differ between processes that
+#: share numba's on-disk cache).
 #: Arrays up to 1 GiB come from the heap and it is not trimmed between tasks, so each image reuses the
 #: pages the last one touched (Dask's default MALLOC_TRIM_THRESHOLD_ makes every image page-fault all its
 #: arrays afresh: measured +1 to 2 s per 24 MP image). Peak memory is unchanged; idle RSS stays at peak.
 WORKER_ENV = {
-    "NUMBA_NUM_THREADS": "1",
+    "PHOS_DASK_KERNEL_THREADS": "1",
+    "OMP_WAIT_POLICY": "PASSIVE",
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
     "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
     "MALLOC_TRIM_THRESHOLD_": str((1 << 31) - 1),
+    "MALLOC_ARENA_MAX": "1",  # tasks run in worker threads, whose arenas would mmap every big array
 }
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _halve_int(block, out):
     C, h, w = block.shape
     H2, W2 = out.shape[1], out.shape[2]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import socket
 import time
 from dataclasses import dataclass, field
@@ -65,6 +66,23 @@ class InputError(ValueError):
     """An input that cannot be used (unreadable, not an image): the image fails alone, without a traceback."""
 
 
+def limit_kernel_threads() -> None:
+    """Inside a Dask worker, run the CPU kernels on PHOS_DASK_KERNEL_THREADS threads (default 1: the
+    cluster's workers are the parallelism); elsewhere leave numba's default (every core)."""
+    wanted = os.environ.get("PHOS_DASK_KERNEL_THREADS")
+    if wanted is None:
+        try:
+            from distributed import get_worker
+
+            get_worker()
+        except (ImportError, ValueError):
+            return
+        wanted = "1"
+    import numba
+
+    numba.set_num_threads(max(1, min(int(wanted), numba.config.NUMBA_NUM_THREADS)))
+
+
 def _read(item: SourceItem, storage_options: dict | None) -> tuple[np.ndarray, str]:
     try:
         with fsspec.open(item.url, "rb", **(storage_options or {})) as f:
@@ -114,6 +132,7 @@ def _result(item: SourceItem, shape: tuple[int, int], seconds: float, **extra: A
 
 def process_whole(cfg: JobConfig, item: SourceItem) -> dict[str, Any]:
     """One task for the whole image: read, render, write every chunk and level, mark complete."""
+    limit_kernel_threads()
     t0 = time.perf_counter()
     st = cfg.image_settings(item)
     try:
@@ -141,6 +160,7 @@ def process_whole(cfg: JobConfig, item: SourceItem) -> dict[str, Any]:
 def stage(cfg: JobConfig, item: SourceItem) -> dict[str, Any]:
     """Decode a large image once into the staging area and create its (empty) output arrays.
     Returns {"status": "failed", …} instead for an unusable input."""
+    limit_kernel_threads()
     t0 = time.perf_counter()
     st = cfg.image_settings(item)
     try:
@@ -173,6 +193,7 @@ def _tile_context(cfg: JobConfig, item: SourceItem, shape: tuple[int, int]):
 
 def process_tile(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], index: tuple[int, int]) -> float:
     """Render one tile from its padded window of the staged input and write its chunks; returns seconds."""
+    limit_kernel_threads()
     t0 = time.perf_counter()
     shape = tuple(staged["shape"])
     _, plan, tp = _tile_context(cfg, item, shape)
@@ -187,6 +208,7 @@ def process_tile(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], index
 
 def finalize(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], *tile_seconds: float) -> dict[str, Any]:
     """After every tile: the remaining pyramid levels, metadata and completion marker; staging removed."""
+    limit_kernel_threads()
     t0 = time.perf_counter()
     shape = tuple(staged["shape"])
     st, plan, tp = _tile_context(cfg, item, shape)

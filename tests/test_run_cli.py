@@ -15,7 +15,7 @@ import pytest
 import zarr
 from conftest import make_photo_bucket
 
-ENV = {**os.environ, "NUMBA_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 def _run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ from numba import njit, prange
 _f32 = np.float32
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def front_lut(img, table, matrix, factors, use_factors):
     h, w = img.shape[0], img.shape[1]
     C = matrix.shape[0]
@@ -31,7 +31,7 @@ def front_lut(img, table, matrix, factors, use_factors):
     return out
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def front_linear(lin, matrix, factors, use_factors):
     h, w = lin.shape[0], lin.shape[1]
     C = matrix.shape[0]
@@ -48,7 +48,7 @@ def front_linear(lin, matrix, factors, use_factors):
     return out
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def cells(src, rmap, cmap, f, thr, eta):
     nr, nc = rmap.shape[0] // f, cmap.shape[0] // f
     out = np.empty((nr, nc), dtype=np.float32)
@@ -68,7 +68,7 @@ def cells(src, rmap, cmap, f, thr, eta):
     return out
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def blur_valid(src, taps_v, taps_h, radii, out):
     n = taps_v.shape[0]
     r = (taps_v.shape[1] - 1) // 2
@@ -109,7 +109,7 @@ def blur_valid(src, taps_v, taps_h, radii, out):
                 out[y, x] += acc[x]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def compose(src, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, eta, out):
     h, w = rj.shape[0], cj.shape[0]
     zero, one = _f32(0.0), _f32(1.0)
@@ -142,7 +142,7 @@ def _rho(X, r, c, gy, gx, k, T, dT):
     return a * u
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def grain_rho(X, rmap, cmap, y0, x0, key, T, dT):
     nr, nc = rmap.shape[0], cmap.shape[0]
     out = np.empty((nr, nc), dtype=np.float32)
@@ -155,7 +155,7 @@ def grain_rho(X, rmap, cmap, y0, x0, key, T, dT):
     return out
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def grain_noise(X, rmap, cmap, y0, x0, key, T, dT, taps, out):
     """G ⊛ (a(X)·u) on the 'valid' part of the rows rmap × columns cmap, block by block of rows so the
     unblurred noise never exists as a whole plane."""
@@ -192,7 +192,7 @@ def grain_noise(X, rmap, cmap, y0, x0, key, T, dT, taps, out):
                     out[lo + y, x] += t * (tmp[x + r - q] + tmp[x + r + q])
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def mix(Yp, X, xy, xx, noise, coef, nscale, wd, ws):
     C, h, w = Yp.shape
     P = noise.shape[0]
@@ -225,7 +225,7 @@ def _code(v, vb, t, start, base, shift, last):
     return k if v > 0 else 0
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def mix_encode(Yp, X, xy, xx, noise, coef, nscale, wd, ws, thresholds, starts, base, shift, out):
     C, h, w = Yp.shape
     P = noise.shape[0]
@@ -253,7 +253,7 @@ def mix_encode(Yp, X, xy, xx, noise, coef, nscale, wd, ws, thresholds, starts, b
                 out[y, x, c] = _code(z[x], zb[x], t, st, base, sh, last)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def mix_filmic_encode(Yp, X, xy, xx, noise, coef, nscale, wd, ws, tone, guess, steps, out):
     """mix → filmic → sRGB code without an H&D curve: the code of F is first read off `guess` (enc(u²)·vmax
     at u = j/cells, interpolated in u = sqrt(F), within 0.02 of the exact value) and then settled exactly
@@ -293,7 +293,7 @@ def mix_filmic_encode(Yp, X, xy, xx, noise, coef, nscale, wd, ws, tone, guess, s
                 out[y, x, c] = k
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def any_above(src, y0, y1, x0, x1, thr):
     found = np.zeros(y1 - y0, dtype=np.bool_)
     for y in prange(y0, y1):
