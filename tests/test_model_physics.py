@@ -203,11 +203,16 @@ def test_reference_ops_agree_with_the_fused_cpu_kernels(small_photo):
     try:
         ops.FORCE_REFERENCE = True
         reference = render(small_photo, st)
-        ref_codes = render(small_photo, st.replace(dtype="uint8"))
+        ref_codes = {dt: render(small_photo, st.replace(dtype=dt)) for dt in ("uint8", "uint16")}
+        ref_bw = render(small_photo, st.replace(film="TriX400", dtype="uint16"))
     finally:
         ops.FORCE_REFERENCE = False
     assert np.abs(fused - reference).max() < 2e-5
-    assert np.abs(ref_codes.astype(int) - render(small_photo, st.replace(dtype="uint8"))).max() <= 1
+    for dt, ref in ref_codes.items():
+        diff = np.abs(ref.astype(int) - render(small_photo, st.replace(dtype=dt)))
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+    bw = render(small_photo, st.replace(film="TriX400", dtype="uint16"))
+    assert np.abs(ref_bw.astype(int) - bw).max() <= 1
 
 
 def test_exposure_time_darkens_a_long_exposure(small_photo):
