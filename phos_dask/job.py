@@ -33,6 +33,8 @@ class JobSpec:
     whole_limit_mp: float = WHOLE_LIMIT_MP
     overwrite: bool = False
     storage_options: dict[str, Any] | None = None
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
 
     def config(self) -> JobConfig:
         return JobConfig(self.out, self.settings.replace(image_key=""), self.tile, self.whole_limit_mp,
@@ -49,7 +51,7 @@ class JobPlan:
 def plan_job(spec: JobSpec) -> JobPlan:
     """Find the inputs and sort them into work to do and finished images to skip (resume)."""
     try:
-        items = discover(spec.source, spec.storage_options)
+        items = discover(spec.source, spec.storage_options, spec.include, spec.exclude)
     except FileNotFoundError as e:
         raise JobError(str(e)) from None
     if not items:

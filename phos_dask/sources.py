@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +27,18 @@ class SourceItem:
     size: int
 
 
-def discover(source: str, storage_options: dict | None = None) -> list[SourceItem]:
-    """Every image file under `source` (a folder, a single file, or an fsspec URL), sorted by path."""
+def _selected(rel: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
+    """Glob patterns match the path relative to the source or the file name alone (`*.tif`, `raw/**`)."""
+    def hit(patterns: Sequence[str]) -> bool:
+        return any(fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(rel.rsplit("/", 1)[-1], p) for p in patterns)
+
+    return (not include or hit(include)) and not hit(exclude)
+
+
+def discover(source: str, storage_options: dict | None = None, include: Sequence[str] = (),
+             exclude: Sequence[str] = ()) -> list[SourceItem]:
+    """Every image file under `source` (a folder, a single file, or an fsspec URL), sorted by path,
+    restricted to paths matching any `include` glob and none of the `exclude` globs."""
     fs, root = fsspec.core.url_to_fs(source, **(storage_options or {}))
     if not fs.exists(root):
         raise FileNotFoundError(f"source {source!r} does not exist")
@@ -45,6 +57,8 @@ def discover(source: str, storage_options: dict | None = None) -> list[SourceIte
         rel = path[len(base) :].lstrip("/") if path.startswith(base) else Path(path).name
         if any(part.startswith(".") for part in rel.split("/")):
             continue  # hidden files and folders
+        if not _selected(rel, include, exclude):
+            continue
         url = path if local else fs.unstrip_protocol(path)
         found.append((url, rel, int(info.get("size") or 0)))
     keys = unique_keys([rel for _, rel, _ in found])

@@ -180,3 +180,13 @@ def test_work_is_submitted_through_a_bounded_window(client, tmp_path, small_phot
     submit_job(client, spec.config(), discover(str(src)), on_result, window=2)
     assert done == ["done"] * 8
     assert max(alive) <= 2
+
+
+def test_include_and_exclude_globs_select_inputs(bucket):
+    from phos_dask.sources import discover
+
+    everything = {i.relpath for i in discover(str(bucket))}
+    assert everything == {"odd.jpg", "wide.png", "sub dir/grey.png"}
+    assert {i.relpath for i in discover(str(bucket), include=["*.png"])} == {"wide.png", "sub dir/grey.png"}
+    assert {i.relpath for i in discover(str(bucket), exclude=["sub dir/*"])} == {"odd.jpg", "wide.png"}
+    assert {i.relpath for i in discover(str(bucket), include=["*.png"], exclude=["wide.*"])} == {"sub dir/grey.png"}
