@@ -83,10 +83,29 @@ def limit_kernel_threads() -> None:
     numba.set_num_threads(max(1, min(int(wanted), numba.config.NUMBA_NUM_THREADS)))
 
 
+#: Waits (s) between attempts at reading a source after a transient storage error (the S3 client also
+#: retries each request itself).
+READ_BACKOFF = (0.5, 1.0, 2.0, 4.0)
+_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def _fetch(url: str, storage_options: dict | None) -> bytes:
+    for wait in (*READ_BACKOFF, None):
+        try:
+            with fsspec.open(url, "rb", **(storage_options or {})) as f:
+                return f.read()
+        except _PERMANENT:
+            raise
+        except OSError:
+            if wait is None:
+                raise
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
 def _read(item: SourceItem, storage_options: dict | None) -> tuple[np.ndarray, str]:
     try:
-        with fsspec.open(item.url, "rb", **(storage_options or {})) as f:
-            data = f.read()
+        data = _fetch(item.url, storage_options)
         return decode_image(data, item.url), hashlib.sha256(data).hexdigest()
     except ImageReadError as e:
         raise InputError(str(e)) from None
