@@ -1,30 +1,82 @@
 """Reading and writing ordinary image files (spec stage S0 and the preview's output).
 
-`read_image` decodes JPEG, PNG, TIFF, WebP, BMP, AVIF, JPEG 2000, PNM, … and returns the array
-the film model takes: RGB channel order (never BGR), the file's own bit depth (uint8, uint16 or float32),
-EXIF orientation applied, grey kept 2-D, alpha dropped, palettes expanded. Pixel values are the file's sRGB
-codes, unchanged. Embedded ICC profiles are not converted (the pixels are taken as sRGB).
+`read_image` and `decode_image` decode JPEG, PNG, TIFF/BigTIFF, WebP, BMP, AVIF, JPEG 2000, PNM, … and return
+the array the film model takes: RGB channel order (never BGR), the file's own bit depth (uint8, uint16 or
+float32), EXIF orientation applied, grey kept 2-D, alpha dropped (not composited), palettes expanded, CMYK
+converted to RGB, and the pixels in sRGB: an embedded ICC profile other than sRGB is converted first.
+`decode_image_info` returns the same array and what the decoder learned (format, bit depth, linear light,
+what became of the ICC profile). `open_region_reader` reads windows of a tiled TIFF, decoding only the tiles
+a window touches, so a tile task never holds the whole image.
+
+Decoders:
+
+* JPEG: colour and grey are decoded by libjpeg-turbo through imagecodecs straight into the result array
+  (OpenCV holds two copies of a decoded image at its peak: 1.8 GB for a 300 MP JPEG instead of 0.9 GB). CMYK
+  (and YCCK) JPEGs go through Pillow, which undoes Adobe's inverted CMYK; anything else through OpenCV.
+* TIFF and BigTIFF: tifffile, with imagecodecs' codecs (deflate, LZW, zstd, JPEG, WebP, …), strips or
+  tiles, contiguous or planar samples. The photometric interpretation is applied here: min-is-white
+  inverted, palettes expanded (to uint8 when the colour map holds 8-bit values, else uint16), CMYK converted,
+  1–7-bit samples scaled to 0–255 and 9–15-bit ones to 0–65535, float16/float64 made float32. A TIFF that
+  tifffile cannot read (old-style JPEG, subsampled YCbCr, …) goes to OpenCV (libtiff).
+* Everything else (PNG, WebP, BMP, …): OpenCV, with Pillow reading the header only (the ICC profile, and
+  whether a PNG is grey + alpha, which OpenCV would otherwise replicate into three channels).
+
+Colour management. The profile comes from the file (JPEG APP2, PNG iCCP, WebP ICCP, TIFF tag 34675) and is
+applied with LittleCMS 2 through imagecodecs' `cms_transform`: the library Pillow's ImageCms wraps, but it
+works on NumPy arrays of 8-bit, 16-bit and float samples alike (ImageCms has no 16-bit RGB mode), so a 16-bit
+file stays 16-bit through the conversion. The rules:
+
+* Target: LittleCMS's built-in sRGB for integer data. Float data are linear light (issue 4: float TIFFs),
+  so their target is linear sRGB (sRGB primaries and white, gamma 1); a float TIFF tagged with the ordinary
+  (encoded) sRGB profile is therefore linearised, as its tag says it should be.
+* Whether a profile already is sRGB is decided by what it does, not by its name: LittleCMS maps a 9×9×9 grid
+  (grey: a 256-step ramp) from the profile to the target in float, and a profile moving no value by more
+  than 2/255 counts as sRGB (the variants of sRGB, v2 or v4, pass; a "linear sRGB" does not). Such pixels
+  are left bit for bit as decoded: ``info["icc"] == "srgb"``.
+* Anything else is converted, rendering intent perceptual (for matrix/TRC profiles such as Adobe RGB,
+  ProPhoto or Display P3 that is the same as relative colorimetric); out-of-gamut colours are clipped at 0
+  and at the top of the range (float: at 0 only, light above 1 is kept). 8-bit RGB uses LittleCMS's
+  optimised 8-bit transform (within one code of an exact float evaluation). 16-bit RGB uses the unoptimised
+  16-bit pipeline (the optimised one resamples onto a 3-D table that errs by thousands of codes near the
+  gamut edge): exact, but about 0.2 µs a pixel, ~4 s for 24 MP. Grey data go through a 256- or
+  65536-entry table that LittleCMS fills; CMYK data through the CMYK profile when there is one.
+* Limits: a profile of another colour space than the pixels (an RGB profile on a grey image), or one that
+  cannot be parsed, is ignored (``"none"``); Lab and other colour spaces are not handled. Untagged files are
+  taken as sRGB: PNG gAMA/cHRM chunks without iCCP, and EXIF's "Adobe RGB" InteropIndex (R03) without a
+  profile, are not read. Untagged CMYK uses Pillow's naive formula (R = (1 − C)(1 − K), …).
 
 `write_image` writes .jpg/.jpeg (quality 95), .png and .tif/.tiff (through tifffile, so 16-bit RGB is
 stored as RGB with the right photometric tag).
-
-Colour and grey JPEGs are decoded by libjpeg-turbo through imagecodecs straight into the result array (OpenCV
-holds two copies of a decoded image at its peak: 1.8 GB for a 300 MP JPEG instead of 0.9 GB); everything
-else, and any JPEG that path declines (CMYK, …), goes through OpenCV.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
+import math
 import os
+import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import tifffile
 
-__all__ = ["JPEG_QUALITY", "WRITE_FORMATS", "ImageReadError", "check_writable", "read_image", "write_image"]
+__all__ = [
+    "JPEG_QUALITY",
+    "WRITE_FORMATS",
+    "ImageReadError",
+    "RegionReader",
+    "check_writable",
+    "decode_image",
+    "decode_image_info",
+    "open_region_reader",
+    "read_image",
+    "write_image",
+]
 
 #: JPEG quality used by `write_image` (0–100).
 JPEG_QUALITY = 95
@@ -42,7 +94,7 @@ WRITE_FORMATS: dict[str, tuple[str, ...]] = {
 # (IMREAD_UNCHANGED would keep the alpha channel but silently ignores the orientation tag.)
 _DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
 
-# Leading bytes of the formats we can name when a decode fails (for the error message only).
+# Leading bytes of the formats we can name (for messages and `decode_image_info`).
 _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"\xff\xd8\xff", "JPEG"),
     (b"\x89PNG\r\n\x1a\n", "PNG"),
@@ -54,7 +106,34 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"GIF89a", "GIF"),
     (b"BM", "BMP"),
     (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (b"#?RADIANCE", "HDR"),
+    (b"#?RGBE", "HDR"),
+    (b"v/1\x01", "EXR"),
+    (b"PF\n", "PFM"),
+    (b"Pf\n", "PFM"),
 )
+
+#: EXIF orientation → the view of the stored pixels that shows the picture upright.
+_ORIENT = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: a[::-1].swapaxes(0, 1),
+    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+    8: lambda a: a[:, ::-1].swapaxes(0, 1),
+}
+
+#: LittleCMS rendering intent (0 perceptual, 1 relative colorimetric, 2 saturation, 3 absolute).
+_INTENT = 0
+#: cmsFLAGS_NOOPTIMIZE: evaluate the full pipeline for each pixel (exact 16-bit transforms).
+_CMS_NOOPTIMIZE = 0x0100
+#: A profile that moves no probe value by more than this (0–1 scale) counts as sRGB.
+_SRGB_TOLERANCE = 2 / 255
+#: Samples per chunk for the in-place colour conversions (bounds the temporary memory).
+_CHUNK_SAMPLES = 1 << 22
 
 
 class ImageReadError(ValueError):
@@ -70,16 +149,25 @@ def _sniff(data: bytes) -> str | None:
         return "WebP"
     if data[4:12] in (b"ftypavif", b"ftypavis"):
         return "AVIF"
+    if len(data) > 2 and data[:1] == b"P" and data[1:2] in b"1234567" and data[2:3].isspace():
+        return "PNM"
     return None
+
+
+def _one_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, shortened for a one-line error."""
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Decode the image file at `path`.
 
     Returns an (h, w, 3) RGB array, or (h, w) for a grey file, of dtype uint8 or uint16 (sRGB codes,
-    0–255 / 0–65535) or float32 (as stored, normally sRGB-encoded in [0, 1]). EXIF orientation is applied,
-    so h and w are those of the upright picture. Alpha is dropped (not composited); palette images are
-    expanded to RGB. Raises `ImageReadError` for a missing, empty, unreadable, corrupt or unsupported file.
+    0–255 / 0–65535) or float32 (as stored: linear light for TIFFs). EXIF orientation is applied, so h and w
+    are those of the upright picture. Alpha is dropped (not composited); palette images are expanded to
+    RGB, CMYK converted to RGB; an embedded ICC profile other than sRGB is converted to sRGB (see the module
+    doc). Raises `ImageReadError` for a missing, empty, unreadable, corrupt or unsupported file.
     """
     p = Path(path)
     try:
@@ -93,57 +181,125 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     return decode_image(data, str(p))
 
 
-#: EXIF orientation → the view of the stored pixels that shows the picture upright.
-_ORIENT = {
-    1: lambda a: a,
-    2: lambda a: a[:, ::-1],
-    3: lambda a: a[::-1, ::-1],
-    4: lambda a: a[::-1],
-    5: lambda a: a.swapaxes(0, 1),
-    6: lambda a: a[::-1].swapaxes(0, 1),
-    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
-    8: lambda a: a[:, ::-1].swapaxes(0, 1),
-}
+def decode_image(data: bytes, name: str) -> np.ndarray:
+    """Decode an image file's bytes (`name` is only for messages); same result and errors as read_image."""
+    return decode_image_info(data, name)[0]
 
 
-def _decode_jpeg(data: bytes) -> np.ndarray | None:
-    """A colour or grey JPEG decoded in place into its final array (upright: EXIF orientation applied as a
-    view, so the result may be non-contiguous); None for anything this path does not handle."""
+def decode_image_info(data: bytes, name: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """Decode an image file's bytes like `decode_image`, and say what was found.
+
+    Returns (array, info). The array is exactly `decode_image`'s (upright; it may be a non-contiguous view).
+    info: ``"format"`` ("JPEG", "PNG", "TIFF" (BigTIFF too), "WebP", "BMP", …, or "unknown"),
+    ``"bits"`` (8, 16 or 32: the array's sample size), ``"linear"`` (True for float data, which are linear
+    light), ``"icc"`` ("none": no usable profile, taken as sRGB; "srgb": a profile that is sRGB (for float
+    data: linear sRGB), pixels untouched; "converted:<profile description>": converted to sRGB).
+    """
+    if not data:
+        raise ImageReadError(f"cannot read image {name!r}: the file is empty")
+    kind = _sniff(data)
+    decoded: _Decoded | None = None
+    header: _Header | None = None
+    tiff_problem = ""
+    if kind in ("TIFF", "BigTIFF"):
+        try:
+            decoded = _decode_tiff(data)
+        except Exception as e:  # let OpenCV (libtiff) try; say what tifffile said if it fails too
+            tiff_problem = f" ({_one_line(e)})"
+    else:
+        header = _pil_header(data, exif=kind == "JPEG")
+        if kind == "JPEG" and header is not None:
+            decoded = _decode_jpeg(data, header)
+    if decoded is None:
+        if kind == "PNG":  # IHDR colour type 4 (Pillow reports a 16-bit one as RGBA)
+            grey_alpha = len(data) > 25 and data[25] == 4
+        else:
+            grey_alpha = header is not None and header.mode in ("LA", "La")
+        pixels = _decode_opencv(data, name, kind, grey_alpha, tiff_problem)
+        fmt = kind or (header.format if header is not None and header.format else "unknown")
+        decoded = _Decoded(pixels, fmt, header.icc if header is not None else None)
+    pixels, icc = _colour_manage(decoded.pixels, decoded.icc, decoded.cmyk)
+    image = _ORIENT[decoded.orientation](pixels)
+    fmt = "TIFF" if decoded.fmt == "BigTIFF" else decoded.fmt
+    info = {"format": fmt, "bits": image.dtype.itemsize * 8, "linear": image.dtype.kind == "f", "icc": icc}
+    return image, info
+
+
+@dataclass
+class _Header:
+    """What Pillow reads from a file's header without decoding the pixels."""
+
+    format: str | None
+    mode: str
+    size: tuple[int, int]
+    orientation: int
+    icc: bytes | None
+
+
+@dataclass
+class _Decoded:
+    """A decoder's result before colour management and orientation."""
+
+    pixels: np.ndarray  # (h, w) grey, (h, w, 3) RGB, or (h, w, 4) CMYK ink amounts; as stored
+    fmt: str
+    icc: bytes | None = None
+    orientation: int = 1  # EXIF/TIFF orientation still to apply (1: none, or the decoder applied it)
+    cmyk: bool = False
+
+
+def _pil_header(data: bytes, exif: bool) -> _Header | None:
+    """Pillow's reading of the header (format, mode, size, orientation if `exif`, ICC profile), or None.
+
+    Only JPEG's EXIF is looked at: for a PNG Pillow may decode the whole image to find an eXIf chunk (OpenCV
+    applies the orientation of the other formats itself).
+    """
     try:
-        import imagecodecs
         from PIL import Image
 
         Image.MAX_IMAGE_PIXELS = None
         with Image.open(io.BytesIO(data)) as im:
-            mode, (w, h) = im.mode, im.size
-            orientation = im.getexif().get(0x0112, 1)
-        if mode not in ("RGB", "L") or orientation not in _ORIENT:
-            return None
-        out = np.empty((h, w, 3) if mode == "RGB" else (h, w), np.uint8)
-        imagecodecs.jpeg8_decode(data, out=out)
+            orientation = im.getexif().get(0x0112, 1) if exif else 1
+            return _Header(im.format, im.mode, im.size, orientation, im.info.get("icc_profile") or None)
+    except Exception:
+        return None
+
+
+def _decode_jpeg(data: bytes, header: _Header) -> _Decoded | None:
+    """A colour or grey JPEG decoded in place into its final array (orientation still to apply), or a CMYK
+    one decoded by Pillow (ink amounts, Adobe's inversion undone); None for anything else."""
+    if header.orientation not in _ORIENT:
+        return None
+    w, h = header.size
+    try:
+        if header.mode in ("RGB", "L"):
+            import imagecodecs
+
+            out = np.empty((h, w, 3) if header.mode == "RGB" else (h, w), np.uint8)
+            imagecodecs.jpeg8_decode(data, out=out)
+            return _Decoded(out, "JPEG", header.icc, header.orientation)
+        if header.mode == "CMYK":
+            from PIL import Image
+
+            with Image.open(io.BytesIO(data)) as im:
+                ink = np.array(im)
+            return _Decoded(ink, "JPEG", header.icc, header.orientation, cmyk=True)
     except Exception:  # any doubt: let OpenCV decode it (and report its errors)
         return None
-    return _ORIENT[orientation](out)
+    return None
 
 
-def decode_image(data: bytes, name: str) -> np.ndarray:
-    """Decode an image file's bytes (`name` is only for messages); same result and errors as read_image."""
-    if data[:3] == b"\xff\xd8\xff":
-        image = _decode_jpeg(data)
-        if image is not None:
-            return image
+def _decode_opencv(data: bytes, name: str, kind: str | None, grey_alpha: bool, detail: str = "") -> np.ndarray:
+    """OpenCV's decode (orientation applied) as RGB or grey; grey + alpha read as grey."""
     # OpenCV would also log its complaint on stderr; ImageReadError already says it in one line
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    if not data:
-        raise ImageReadError(f"cannot read image {name!r}: the file is empty")
+    flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_GRAYSCALE if grey_alpha else _DECODE_FLAGS
     try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), _DECODE_FLAGS)
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error as e:  # e.g. an image over OpenCV's pixel limit
         msg = str(e).strip().splitlines()[-1] if str(e).strip() else "decoder error"
         raise ImageReadError(f"cannot decode image {name!r}: {msg}") from None
     if image is None:
-        kind = _sniff(data)
-        why = (f"corrupt, truncated or unsupported {kind} data" if kind else
+        why = (f"corrupt, truncated or unsupported {kind} data{detail}" if kind else
                "not a recognised image format")
         raise ImageReadError(f"cannot decode image {name!r}: {why}")
     return _to_rgb(image)
@@ -162,6 +318,404 @@ def _to_rgb(image: np.ndarray) -> np.ndarray:
     if image.dtype == np.float64:
         image = image.astype(np.float32)
     return np.ascontiguousarray(image)
+
+
+# --- TIFF -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _TiffLayout:
+    """How a TIFF page's samples become the model's pixels (shared by whole-file and region reads)."""
+
+    kind: str  # "grey", "grey-inverted" (min-is-white), "rgb", "palette" or "cmyk"
+    dtype: np.dtype  # the samples' dtype as tifffile decodes them
+    bits: int  # bits per sample as stored
+    colormap: np.ndarray | None  # (3, 2**bits) uint16, for palettes
+
+    @classmethod
+    def of(cls, page: tifffile.TiffPage) -> _TiffLayout:
+        """The layout of `page`; ValueError for what this decoder does not handle."""
+        if page.dtype is None:
+            raise ValueError(f"unsupported sample format {page.sampleformat}, {page.bitspersample}-bit")
+        dtype = np.dtype(page.dtype)
+        if dtype.kind not in "buf" or (dtype.kind == "u" and dtype.itemsize > 2):
+            raise ValueError(f"unsupported sample type {dtype}")
+        if page.imagedepth > 1:
+            raise ValueError("volumetric image")
+        photometric, samples = int(page.photometric), int(page.samplesperpixel)
+        colormap = None
+        if photometric in (0, 1):
+            kind = "grey-inverted" if photometric == 0 else "grey"
+        elif photometric == 2 and samples >= 3:
+            kind = "rgb"
+        elif photometric == 6 and samples >= 3 and page.compression in (6, 7, 34892):
+            kind = "rgb"  # JPEG-compressed YCbCr: the JPEG decoder delivers RGB
+        elif photometric == 3 and samples == 1 and page.colormap is not None and dtype.kind != "f":
+            kind, colormap = "palette", np.asarray(page.colormap)
+        elif photometric == 5 and samples >= 4 and page.tags.valueof(332, 1) == 1:  # InkSet CMYK
+            kind = "cmyk"
+        else:
+            raise ValueError(f"unsupported photometric interpretation {photometric} with {samples} samples")
+        return cls(kind, dtype, int(page.bitspersample), colormap)
+
+    @property
+    def out_dtype(self) -> np.dtype:
+        """The dtype `finish` returns."""
+        if self.kind == "palette":
+            return np.dtype(np.uint8 if self._colormap8 else np.uint16)
+        if self.dtype.kind == "f":
+            return np.dtype(np.float32)
+        return np.dtype(np.uint8 if self.dtype.kind == "b" or self.dtype.itemsize == 1 else np.uint16)
+
+    @property
+    def channels(self) -> int:
+        """1 for grey, 3 for colour."""
+        return 1 if self.kind.startswith("grey") else 3
+
+    @property
+    def _colormap8(self) -> bool:
+        return self.colormap is not None and not np.any(self.colormap % 257)
+
+    def finish(self, samples: np.ndarray) -> tuple[np.ndarray, bool]:
+        """(h, w, s) decoded samples → (pixels, is_cmyk): grey (h, w), RGB (h, w, 3) or CMYK ink (h, w, 4)."""
+        if self.kind == "palette":
+            index = samples[..., 0]
+            table = (self.colormap // 257).astype(np.uint8) if self._colormap8 else self.colormap.astype(np.uint16)
+            return np.ascontiguousarray(table.T)[index.astype(np.intp, copy=False)], False
+        take = {"grey": 1, "grey-inverted": 1, "rgb": 3, "cmyk": 4}[self.kind]
+        a = samples[..., 0] if take == 1 else samples[..., :take]
+        if a.dtype.kind == "b":
+            a = a.view(np.uint8) * np.uint8(255)
+        elif a.dtype.kind == "f":
+            a = a.astype(np.float32, copy=False)
+        elif self.bits not in (8, 16):  # 1–7 or 9–15 significant bits: stretch to the container's range
+            top, full = (1 << self.bits) - 1, np.iinfo(a.dtype).max
+            ramp = np.minimum(np.arange(full + 1), top)
+            a = np.round(ramp * (full / top)).astype(a.dtype)[a]
+        a = np.ascontiguousarray(a)
+        if self.kind == "grey-inverted":
+            if a.dtype.kind == "f":
+                np.subtract(1, a, out=a)
+            else:
+                np.subtract(np.iinfo(a.dtype).max, a, out=a)
+        return a, self.kind == "cmyk"
+
+
+def _tiff_icc(page: tifffile.TiffPage) -> bytes | None:
+    """The page's embedded ICC profile (tag 34675), or None."""
+    tag = page.tags.get(34675)
+    value = tag.value if tag is not None else None
+    return bytes(value) if isinstance(value, (bytes, bytearray)) and value else None
+
+
+def _samples_last(raw: np.ndarray) -> np.ndarray:
+    """tifffile's normalised (separate samples, depth, h, w, contiguous samples) array → (h, w, samples)."""
+    if raw.shape[0] == 1:
+        return raw[0, 0]
+    return np.moveaxis(raw[:, 0, :, :, 0], 0, -1)
+
+
+def _decode_tiff(data: bytes) -> _Decoded:
+    """The first page of a TIFF or BigTIFF through tifffile; raises for anything it cannot read."""
+    with tifffile.TiffFile(io.BytesIO(data)) as tf:
+        page = tf.pages.first
+        layout = _TiffLayout.of(page)
+        orientation = int(page.tags.valueof(274, 1))
+        icc = _tiff_icc(page)
+        raw = page.asarray(squeeze=False)
+    pixels, cmyk = layout.finish(_samples_last(raw))
+    del raw
+    return _Decoded(pixels, "TIFF", icc, orientation if orientation in _ORIENT else 1, cmyk)
+
+
+# --- colour management -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Profile:
+    """An embedded ICC profile that LittleCMS accepted."""
+
+    data: bytes
+    space: str  # ICC colour space signature, stripped: "RGB", "GRAY", "CMYK", …
+    description: str
+
+
+@functools.lru_cache(maxsize=16)
+def _profile(icc: bytes) -> _Profile | None:
+    """The parsed profile, or None when LittleCMS cannot read it."""
+    try:
+        from PIL import ImageCms
+
+        p = ImageCms.ImageCmsProfile(io.BytesIO(icc)).profile
+        space = p.xcolor_space.strip()
+        description = " ".join((p.profile_description or "").split()) or "unnamed profile"
+    except Exception:
+        return None
+    return _Profile(icc, space, description)
+
+
+@functools.cache
+def _target_profile(linear: bool) -> bytes:
+    """LittleCMS's sRGB, or linear sRGB (same primaries and white, gamma 1) for linear-light data."""
+    import imagecodecs
+
+    if linear:
+        return imagecodecs.cms_profile(
+            "rgb", whitepoint=[0.3127, 0.3290], primaries=[0.64, 0.33, 0.30, 0.60, 0.15, 0.06], gamma=1.0
+        )
+    return imagecodecs.cms_profile("srgb")
+
+
+def _cms(samples: np.ndarray, icc: bytes, space: str, linear: bool, out: np.ndarray | None = None) -> np.ndarray:
+    """LittleCMS: `samples` ("rgb", "gray" or "cmyk" colour space) from `icc` to (linear) sRGB RGB."""
+    import imagecodecs
+
+    flags = _CMS_NOOPTIMIZE if samples.dtype == np.uint16 else None
+    return imagecodecs.cms_transform(
+        samples, icc, _target_profile(linear), colorspace=space, outcolorspace="rgb",
+        intent=_INTENT, flags=flags, out=out,
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _is_srgb(icc: bytes, space: str, linear: bool) -> bool:
+    """Whether converting from `icc` to the target moves no probe value by more than `_SRGB_TOLERANCE`."""
+    if space == "gray":
+        probe = np.linspace(0, 1, 256, dtype=np.float32)[None]
+        expected = np.repeat(probe[..., None], 3, axis=-1)
+    else:
+        axis = np.linspace(0, 1, 9, dtype=np.float32)
+        probe = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(1, -1, 3)
+        expected = probe
+    try:
+        got = np.clip(_cms(probe, icc, space, linear), 0, 1)
+    except Exception:
+        return False
+    return bool(np.abs(got - expected).max() <= _SRGB_TOLERANCE)
+
+
+def _rows_per_chunk(pixels: np.ndarray) -> int:
+    return max(1, _CHUNK_SAMPLES // max(1, pixels[0].size))
+
+
+def _colour_manage(pixels: np.ndarray, icc: bytes | None, cmyk: bool) -> tuple[np.ndarray, str]:
+    """Pixels in sRGB (linear sRGB for float data) and the `info["icc"]` label; CMYK becomes RGB.
+
+    `pixels` is the decoder's own contiguous array and is converted in place where the layout stays.
+    """
+    profile = _profile(icc) if icc else None
+    if cmyk:
+        if profile is not None and profile.space == "CMYK":
+            return _convert_cmyk_icc(pixels, profile.data), f"converted:{profile.description}"
+        return _cmyk_to_rgb(pixels), "none"
+    grey = pixels.ndim == 2
+    if profile is None or profile.space != ("GRAY" if grey else "RGB"):
+        return pixels, "none"
+    space, linear = ("gray" if grey else "rgb"), pixels.dtype.kind == "f"
+    if _is_srgb(profile.data, space, linear):
+        return pixels, "srgb"
+    try:
+        if grey and not linear:
+            _convert_grey_table(pixels, profile.data)
+        else:
+            _convert_in_place(pixels, profile.data, space)
+    except Exception:  # LittleCMS refused the profile for a transform: leave the pixels as they are
+        return pixels, "none"
+    return pixels, f"converted:{profile.description}"
+
+
+def _convert_in_place(pixels: np.ndarray, icc: bytes, space: str) -> None:
+    """RGB (any dtype) or float grey, chunk by chunk, written back into `pixels`."""
+    rows = _rows_per_chunk(pixels)
+    float_data = pixels.dtype.kind == "f"
+    buf = None if space == "gray" else np.empty((min(rows, len(pixels)), *pixels.shape[1:]), pixels.dtype)
+    for r0 in range(0, len(pixels), rows):
+        block = pixels[r0 : r0 + rows]
+        if space == "gray":  # float grey → RGB; the channels of a neutral agree, keep green
+            block[...] = _cms(block, icc, space, True)[..., 1]
+        else:
+            block[...] = _cms(block, icc, space, float_data, out=buf[: len(block)])
+        if float_data:
+            np.maximum(block, 0, out=block)
+
+
+def _convert_grey_table(pixels: np.ndarray, icc: bytes) -> None:
+    """8/16-bit grey through a table with one entry per code, computed by LittleCMS in float."""
+    top = np.iinfo(pixels.dtype).max
+    ramp = np.linspace(0, 1, top + 1, dtype=np.float32)[None]
+    encoded = np.clip(_cms(ramp, icc, "gray", False)[0, :, 1], 0, 1)
+    table = np.round(encoded * top).astype(pixels.dtype)
+    rows = _rows_per_chunk(pixels)
+    for r0 in range(0, len(pixels), rows):
+        block = pixels[r0 : r0 + rows]
+        block[...] = table[block]
+
+
+def _convert_cmyk_icc(ink: np.ndarray, icc: bytes) -> np.ndarray:
+    """CMYK ink amounts through their profile to sRGB (linear sRGB for float data), chunk by chunk."""
+    out = np.empty((*ink.shape[:2], 3), np.float32 if ink.dtype.kind == "f" else ink.dtype)
+    rows = _rows_per_chunk(ink)
+    for r0 in range(0, len(ink), rows):
+        _cms(np.ascontiguousarray(ink[r0 : r0 + rows]), icc, "cmyk", ink.dtype.kind == "f", out=out[r0 : r0 + rows])
+    if out.dtype.kind == "f":
+        np.maximum(out, 0, out=out)
+    return out
+
+
+def _cmyk_to_rgb(ink: np.ndarray) -> np.ndarray:
+    """Untagged CMYK ink amounts → RGB with Pillow's formula, R = (1 − C)(1 − K) rounded (likewise G, B)."""
+    if ink.dtype.kind == "f":
+        return np.ascontiguousarray((1 - ink[..., :3]) * (1 - ink[..., 3:4]), dtype=np.float32)
+    top = int(np.iinfo(ink.dtype).max)
+    out = np.empty((*ink.shape[:2], 3), ink.dtype)
+    rows = _rows_per_chunk(ink)
+    for r0 in range(0, len(ink), rows):
+        block = ink[r0 : r0 + rows].astype(np.int64)
+        nk = top - block[..., 3:4]
+        t = block[..., :3] * nk + (top + 1) // 2  # Pillow's MULDIV255, generalised to the container's range
+        out[r0 : r0 + rows] = nk - ((t + (t >> (8 if top == 255 else 16))) >> (8 if top == 255 else 16))
+    return out
+
+
+# --- region reads ------------------------------------------------------------------------------------------
+
+
+class RegionReader:
+    """Windows of a tiled TIFF's first page, decoding only the tiles that a window touches.
+
+    Made by `open_region_reader`. ``shape`` is (h, w) of the picture (only files with orientation 1 are
+    accepted, so stored and upright agree), ``dtype`` and ``channels`` (1: `read` returns (h, w) grey;
+    3: (h, w, 3) RGB) are those of `read`'s result, and ``info`` is the dict `decode_image_info` would give.
+    `read` returns exactly the same crop of what `decode_image` returns for the whole file (the same
+    photometric handling and colour management). Reads may run from several threads (tifffile's file lock
+    serialises the seeks). The reader pickles as its URL and storage options and reopens the file on its
+    first read (so it can travel to a Dask worker). Close it, or use it as a context manager.
+    """
+
+    def __init__(self, url: str, storage_options: dict | None = None) -> None:
+        """Open `url` and check its first page; ValueError when it cannot be read by region."""
+        self.url = url
+        self.storage_options = dict(storage_options or {})
+        self._lock = threading.Lock()
+        self._handles: tuple[tifffile.TiffFile, Any] | None = None
+        tf = self._tiff()
+        try:
+            page = tf.pages.first
+            if not page.is_tiled or page.imagedepth > 1 or page.is_subsampled:
+                raise ValueError("not a 2-D tiled TIFF page")
+            if int(page.tags.valueof(274, 1)) != 1:
+                raise ValueError("orientation other than 1")
+            self._layout = _TiffLayout.of(page)
+            self._icc = _tiff_icc(page)
+            page.init_decode()
+            self.shape: tuple[int, int] = (int(page.imagelength), int(page.imagewidth))
+        except Exception:
+            self.close()
+            raise
+        cmyk = self._layout.kind == "cmyk"
+        self.channels: int = self._layout.channels
+        self.dtype: np.dtype = self._layout.out_dtype
+        probe = np.zeros((1, 1, 4 if cmyk else 3) if self.channels == 3 else (1, 1), self._layout.out_dtype)
+        _, icc = _colour_manage(probe, self._icc, cmyk)
+        self.info: dict[str, Any] = {
+            "format": "TIFF", "bits": self.dtype.itemsize * 8, "linear": self.dtype.kind == "f", "icc": icc,
+        }
+
+    def _tiff(self) -> tifffile.TiffFile:
+        """The open TiffFile (opened on first use after unpickling)."""
+        with self._lock:
+            if self._handles is None:
+                import fsspec
+
+                fs, path = fsspec.core.url_to_fs(self.url, **self.storage_options)
+                protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+                if "file" in protocols or "local" in protocols:
+                    self._handles = (tifffile.TiffFile(path), None)
+                else:
+                    f = fs.open(path, "rb")
+                    try:
+                        self._handles = (tifffile.TiffFile(f), f)
+                    except Exception:
+                        f.close()
+                        raise
+            return self._handles[0]
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Rows y0:y1 and columns x0:x1 of the picture, as `decode_image` would give them."""
+        h, w = self.shape
+        if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
+            raise ValueError(f"window [{y0}:{y1}, {x0}:{x1}] is not inside the {h}×{w} image {self.url!r}")
+        tf = self._tiff()
+        page = tf.pages.first
+        th, tw = int(page.tilelength), int(page.tilewidth)
+        planes, contig = page.shaped[0], page.shaped[4]
+        down, across = math.ceil(h / th), math.ceil(w / tw)
+        indices = [
+            plane * down * across + ty * across + tx
+            for plane in range(planes)
+            for ty in range(y0 // th, (y1 - 1) // th + 1)
+            for tx in range(x0 // tw, (x1 - 1) // tw + 1)
+        ]
+        kwargs: dict[str, Any] = {"_fullsize": True}
+        if page.compression in (6, 7, 33007, 34892):  # JPEG flavours
+            kwargs.update(jpegtables=page.jpegtables, jpegheader=page.jpegheader)
+        raw = np.empty((planes, y1 - y0, x1 - x0, contig), self._layout.dtype)
+        fh = tf.filehandle
+        segments = fh.read_segments(
+            [page.dataoffsets[i] for i in indices], [page.databytecounts[i] for i in indices], indices,
+            sort=True, lock=fh.lock, flat=True,
+        )
+        for data, index in segments:
+            tile, (plane, _, ty0, tx0, _), _ = page.decode(data, index, **kwargs)
+            ya, yb, xa, xb = max(y0, ty0), min(y1, ty0 + th), max(x0, tx0), min(x1, tx0 + tw)
+            target = raw[plane, ya - y0 : yb - y0, xa - x0 : xb - x0]
+            if tile is None:
+                target[...] = page.nodata
+            else:
+                target[...] = tile[0, ya - ty0 : yb - ty0, xa - tx0 : xb - tx0]
+        pixels, cmyk = self._layout.finish(raw[0] if planes == 1 else np.moveaxis(raw[..., 0], 0, -1))
+        del raw
+        return _colour_manage(pixels, self._icc, cmyk)[0]
+
+    def close(self) -> None:
+        """Close the file (a later `read` reopens it)."""
+        with self._lock:
+            handles, self._handles = self._handles, None
+        if handles is not None:
+            handles[0].close()
+            if handles[1] is not None:
+                handles[1].close()
+
+    def __enter__(self) -> RegionReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handles"] = None
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        h, w = self.shape
+        return f"RegionReader({self.url!r}, {h}×{w}×{self.channels} {self.dtype})"
+
+
+def open_region_reader(path_or_url: str, storage_options: dict | None = None) -> RegionReader | None:
+    """A `RegionReader` for a TIFF/BigTIFF whose first page is tiled (and upright: orientation 1, in a
+    photometric layout this module decodes), else None — also for a file that cannot be opened or parsed,
+    so the caller falls back to `decode_image`, which reports the problem. `path_or_url` is a local path or
+    an fsspec URL (`storage_options` go to fsspec)."""
+    try:
+        return RegionReader(str(path_or_url), storage_options)
+    except Exception:
+        return None
 
 
 def check_writable(path: str | os.PathLike[str], dtype: str) -> None:
