@@ -132,6 +132,8 @@ _INTENT = 0
 _CMS_NOOPTIMIZE = 0x0100
 #: A profile that moves no probe value by more than this (0–1 scale) counts as sRGB.
 _SRGB_TOLERANCE = 2 / 255
+#: TIFF compression codes of the JPEG flavours (their decoder delivers RGB from YCbCr, subsampled or not).
+_JPEG_COMPRESSIONS = (6, 7, 33007, 34892)
 #: Samples per chunk for the in-place colour conversions (bounds the temporary memory).
 _CHUNK_SAMPLES = 1 << 22
 
@@ -206,6 +208,8 @@ def decode_image_info(data: bytes, name: str) -> tuple[np.ndarray, dict[str, Any
             decoded = _decode_tiff(data)
         except Exception as e:  # let OpenCV (libtiff) try; say what tifffile said if it fails too
             tiff_problem = f" ({_one_line(e)})"
+    elif kind == "WebP":  # Pillow's WebP reader sets up a whole decoder (and canvas) just to open a file
+        header = _Header("WEBP", "", (0, 0), 1, _webp_icc(data))
     else:
         header = _pil_header(data, exif=kind == "JPEG")
         if kind == "JPEG" and header is not None:
@@ -262,6 +266,19 @@ def _pil_header(data: bytes, exif: bool) -> _Header | None:
             return _Header(im.format, im.mode, im.size, orientation, im.info.get("icc_profile") or None)
     except Exception:
         return None
+
+
+def _webp_icc(data: bytes) -> bytes | None:
+    """The ICCP chunk of a WebP file (RIFF chunks: fourcc, little-endian size, data padded to even), or None."""
+    pos, end = 12, min(len(data), 8 + int.from_bytes(data[4:8], "little"))
+    while pos + 8 <= end:
+        fourcc, size = data[pos : pos + 4], int.from_bytes(data[pos + 4 : pos + 8], "little")
+        if fourcc == b"ICCP":
+            return data[pos + 8 : pos + 8 + size] or None
+        if fourcc in (b"VP8 ", b"VP8L", b"ANIM"):  # the profile comes before the image data
+            return None
+        pos += 8 + size + (size & 1)
+    return None
 
 
 def _decode_jpeg(data: bytes, header: _Header) -> _Decoded | None:
@@ -348,7 +365,7 @@ class _TiffLayout:
             kind = "grey-inverted" if photometric == 0 else "grey"
         elif photometric == 2 and samples >= 3:
             kind = "rgb"
-        elif photometric == 6 and samples >= 3 and page.compression in (6, 7, 34892):
+        elif photometric == 6 and samples >= 3 and page.compression in _JPEG_COMPRESSIONS:
             kind = "rgb"  # JPEG-compressed YCbCr: the JPEG decoder delivers RGB
         elif photometric == 3 and samples == 1 and page.colormap is not None and dtype.kind != "f":
             kind, colormap = "palette", np.asarray(page.colormap)
@@ -601,8 +618,10 @@ class RegionReader:
         tf = self._tiff()
         try:
             page = tf.pages.first
-            if not page.is_tiled or page.imagedepth > 1 or page.is_subsampled:
+            if not page.is_tiled or page.imagedepth > 1:
                 raise ValueError("not a 2-D tiled TIFF page")
+            if page.is_subsampled and page.compression not in _JPEG_COMPRESSIONS:
+                raise ValueError("chroma-subsampled YCbCr")
             if int(page.tags.valueof(274, 1)) != 1:
                 raise ValueError("orientation other than 1")
             self._layout = _TiffLayout.of(page)
@@ -657,7 +676,7 @@ class RegionReader:
             for tx in range(x0 // tw, (x1 - 1) // tw + 1)
         ]
         kwargs: dict[str, Any] = {"_fullsize": True}
-        if page.compression in (6, 7, 33007, 34892):  # JPEG flavours
+        if page.compression in _JPEG_COMPRESSIONS:
             kwargs.update(jpegtables=page.jpegtables, jpegheader=page.jpegheader)
         raw = np.empty((planes, y1 - y0, x1 - x0, contig), self._layout.dtype)
         fh = tf.filehandle
