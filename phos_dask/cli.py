@@ -1,5 +1,6 @@
-"""Command line: `python -m phos_dask films`, `… preview IMAGE -o OUT --film NAME` and
-`… run SOURCE --out OUT.zarr --film NAME` (a whole archive on a Dask cluster).
+"""Command line: `python -m phos_dask films`, `… preview IMAGE -o OUT --film NAME`,
+`… run SOURCE --out OUT.zarr --film NAME` (a whole archive on a Dask cluster) and
+`… export OUT.zarr --to DIR --format jpeg|png|tiff16` (a store's images as ordinary files).
 
 A thin shell over the Python API. Exit codes: 0 success; 2 for anything wrong with what the user gave
 (bad flag, unknown stock, setting out of range, missing or undecodable input file, output extension or
@@ -7,6 +8,29 @@ dtype that cannot be written) — also for a file that fails to decode, since th
 chose; 1 when the output cannot be written (permissions, full disk); 130 on Ctrl-C. Every such error is
 one line on stderr, `phos_dask: error: …`, never a traceback. `run` exits 0 when every image succeeded,
 1 when some failed (all others finished), 2 for usage or configuration errors.
+
+`run` flags beyond the render flags:
+
+* `--include GLOB`, `--exclude GLOB` (repeatable): only inputs whose path relative to SOURCE, or whose
+  file name, matches some `--include` and no `--exclude` (`*.tif`, `raw/**`).
+* `--storage-option KEY=VALUE` (repeatable): fsspec options for SOURCE and OUT (e.g. `anon=true`,
+  `client_kwargs.endpoint_url=http://host:9000`; dots in KEY make nested options; VALUE is read as JSON
+  when it parses — true, 3, 1.5, "text", {...} — else as a string).
+* `--export FORMAT --export-dir DIR` (together): after the job, write this job's complete images (rendered
+  now or skipped as already finished) as files under DIR (see `export`). Each image that cannot be
+  exported is a line `phos_dask: failed: KEY: export: …` and makes the exit status 1.
+
+After the job `run` writes a contact sheet, `OUT/contact.jpg` (inputs beside results, up to 200 images),
+and prints `contact sheet: PATH` on stderr; if that fails it prints `phos_dask: warning: …` and the exit
+status is unchanged.
+
+`export OUT.zarr --to DIR --format jpeg|png|tiff16 [--quality Q] [--storage-option KEY=VALUE]` writes every
+complete image of the store as a file named after its input (`sub dir/a.jpg` → `DIR/sub dir/a.jpg`,
+`.png` or `.tif`; folders created), with an sRGB ICC profile and, for JPEG and PNG, the input's EXIF
+(Orientation 1). The formats are 8-bit JPEG (quality Q, default 92), 8-bit PNG and 16-bit TIFF; conversions
+are documented in `phos_dask.export`. It prints one line per failed image, `phos_dask: failed: KEY: …`, and
+a summary on stderr; exit 0 when every image was written, 1 when some failed, 2 when the store is missing
+or a flag is wrong.
 """
 
 from __future__ import annotations
@@ -19,11 +43,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import cv2
 
 from phos_dask import __version__
+from phos_dask.export import FORMATS, JPEG_QUALITY
 from phos_dask.imageio import ImageReadError, check_writable, read_image, write_image
 from phos_dask.render import render
 from phos_dask.settings import DTYPES, FILM_FORMATS, GRAIN_STYLES, Settings, SettingsError
@@ -162,8 +187,13 @@ def _run(args: argparse.Namespace) -> int:
     from phos_dask.progress import Progress
 
     settings = settings_from_args(args, image_key="", dtype="uint16")
+    if (args.export is None) != (args.export_dir is None):
+        raise CLIError("--export and --export-dir go together: give both or neither")
+    storage_options = parse_storage_options(args.storage_option or [])
     spec = JobSpec(source=args.source, out=args.out, settings=settings, tile=args.tile,
-                   whole_limit_mp=args.whole_limit, overwrite=args.overwrite)
+                   whole_limit_mp=args.whole_limit, overwrite=args.overwrite,
+                   storage_options=storage_options or None, include=tuple(args.include or ()),
+                   exclude=tuple(args.exclude or ()))
     try:
         if args.dry_run:
             plan = dry_run(spec)
@@ -186,7 +216,73 @@ def _run(args: argparse.Namespace) -> int:
     for r in report["images"]:
         if r["status"] == "failed":
             print(f"{PROG}: failed: {r['source']}: {r['error']}", file=sys.stderr)
-    return 1 if counts["failed"] else 0
+    _contact_sheet(args.out, storage_options)
+    export_failed = 0
+    if args.export:
+        finished = [r["key"] for r in report["images"] if r["status"] in ("done", "skipped")]
+        export_failed = _export(args.out, args.export_dir, args.export, args.quality, storage_options, finished)
+    return 1 if counts["failed"] or export_failed else 0
+
+
+def _contact_sheet(out: str, storage_options: dict) -> None:
+    """Write OUT/contact.jpg and say where; a failure is a warning, never the command's failure."""
+    from phos_dask.export import write_contact_sheet
+
+    try:
+        path = write_contact_sheet(out, storage_options or None)
+    except Exception as e:
+        print(f"{PROG}: warning: cannot write the contact sheet: {' '.join(str(e).split()) or type(e).__name__}",
+              file=sys.stderr)
+        return
+    if path:
+        print(f"contact sheet: {path}", file=sys.stderr)
+
+
+def _export(out: str, to_dir: str, fmt: str, quality: int, storage_options: dict,
+            keys: list[str] | None = None) -> int:
+    """Export the store's complete images (or `keys`); print failures and a summary; return the failures."""
+    from phos_dask.export import ExportError, export_store
+
+    try:
+        results = export_store(out, to_dir, fmt, quality, storage_options or None, keys)
+    except ExportError as e:
+        raise CLIError(str(e)) from None
+    failed = [r for r in results if r["status"] == "failed"]
+    for r in failed:
+        print(f"{PROG}: failed: {r['key']}: export: {r['error']}", file=sys.stderr)
+    print(f"exported {len(results) - len(failed)} image(s) as {fmt} to {to_dir}"
+          + (f"; {len(failed)} failed" if failed else ""), file=sys.stderr)
+    return len(failed)
+
+
+def _export_command(args: argparse.Namespace) -> int:
+    storage_options = parse_storage_options(args.storage_option or [])
+    return 1 if _export(args.out, args.to, args.format, args.quality, storage_options) else 0
+
+
+def parse_storage_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """`KEY=VALUE` flags → fsspec storage options. VALUE is JSON when it parses (true, 3, "x", {...}), else
+    the text itself; dots in KEY nest (`client_kwargs.endpoint_url=…` → {"client_kwargs": {...}}).
+    Raises CLIError for a pair without '=', an empty key part, or a key given twice."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise CLIError(f"--storage-option {pair!r}: expected KEY=VALUE (KEY may be dotted: a.b=VALUE)")
+        try:
+            value: Any = json.loads(text)
+        except ValueError:
+            value = text
+        node = options
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise CLIError(f"--storage-option {pair!r}: {part!r} is already set to a value")
+        if parts[-1] in node:
+            raise CLIError(f"--storage-option {pair!r}: {key!r} is given twice")
+        node[parts[-1]] = value
+    return options
 
 
 def _print_plan(plan: dict) -> None:
@@ -253,8 +349,48 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the plan and compute nothing")
     run.add_argument("--json", action="store_true",
                      help="progress as one JSON line per image even on a terminal (and --dry-run as JSON)")
+    run.add_argument("--include", action="append", metavar="GLOB",
+                     help="only inputs whose relative path or file name matches (repeatable)")
+    run.add_argument("--exclude", action="append", metavar="GLOB",
+                     help="leave out inputs whose relative path or file name matches (repeatable)")
+    _add_storage_option(run, "SOURCE and OUT")
+    run.add_argument("--export", choices=list(FORMATS), metavar="FORMAT",
+                     help="after the job, also write the images as files: jpeg, png or tiff16 (with --export-dir)")
+    run.add_argument("--export-dir", metavar="DIR", help="folder for --export's files")
+    _add_quality(run)
     run.set_defaults(func=_run)
+
+    export = sub.add_parser(
+        "export", help="write a store's finished images as JPEG, PNG or 16-bit TIFF files",
+        description="Write every complete image of OUT.zarr as a file under DIR named after its input "
+                    "(folders kept), with an sRGB ICC profile and, for JPEG and PNG, the input's EXIF.",
+    )
+    export.add_argument("out", metavar="OUT.zarr", help="output store written by 'phos_dask run'")
+    export.add_argument("--to", required=True, metavar="DIR", help="folder to write into (created as needed)")
+    export.add_argument("--format", required=True, choices=list(FORMATS),
+                        help="jpeg (8-bit), png (8-bit) or tiff16 (16-bit)")
+    _add_quality(export)
+    _add_storage_option(export, "OUT.zarr and the inputs")
+    export.set_defaults(func=_export_command)
     return parser
+
+
+def _quality(text: str) -> int:
+    q = integer(text)
+    if not 1 <= q <= 100:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 100, got {q}")
+    return q
+
+
+def _add_quality(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quality", type=_quality, default=JPEG_QUALITY, metavar="Q",
+                        help="JPEG quality 1-100 (default: %(default)s)")
+
+
+def _add_storage_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
+                        help=f"fsspec option for {what} (repeatable; VALUE read as JSON when it parses; "
+                             "a.b=VALUE nests)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -162,3 +162,86 @@ def test_settings_from_args_maps_every_flag() -> None:
     # without the optional flags, the Settings defaults apply; the dtype fallback is the command's
     defaults = settings_from_args(parser.parse_args(["--film", "NC200"]), image_key="k", dtype="uint16")
     assert defaults == Settings(film="NC200", image_key="k", dtype="uint16")
+
+
+# ------------------------------------------------------------------------------ export, run --export
+
+
+def test_parse_storage_options() -> None:
+    from phos_dask.cli import CLIError, parse_storage_options
+
+    got = parse_storage_options(["anon=true", "client_kwargs.endpoint_url=http://127.0.0.1:9000",
+                                 "client_kwargs.region_name=eu", "block_size=5242880", "token=abc=d",
+                                 'profile="123"', "config_kwargs.retries={\"max_attempts\": 3}"])
+    assert got == {"anon": True, "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000", "region_name": "eu"},
+                   "block_size": 5242880, "token": "abc=d", "profile": "123",
+                   "config_kwargs": {"retries": {"max_attempts": 3}}}
+    assert parse_storage_options([]) == {}
+    for bad in (["anon"], ["=1"], ["a..b=1"], ["a=1", "a=2"], ["a=1", "a.b=2"]):
+        with pytest.raises(CLIError):
+            parse_storage_options(bad)
+
+
+def test_export_of_a_missing_store_is_a_one_line_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nothing.zarr"
+    line = assert_one_line_error(phos("export", missing, "--to", tmp_path / "d", "--format", "png"))
+    assert str(missing) in line and "no output store" in line
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["export", "{out}", "--to", "{d}", "--format", "gif"], "argument --format: invalid choice: 'gif'"),
+        (["export", "{out}", "--to", "{d}", "--format", "jpeg", "--quality", "0"], "between 1 and 100"),
+        (["export", "{out}", "--format", "jpeg"], "--to"),
+        (["run", "{src}", "--out", "{out}", "--film", "Portra400", "--export", "jpeg"],
+         "--export and --export-dir go together"),
+        (["run", "{src}", "--out", "{out}", "--film", "Portra400", "--export-dir", "{d}"],
+         "--export and --export-dir go together"),
+        (["run", "{src}", "--out", "{out}", "--film", "Portra400", "--storage-option", "anon"],
+         "expected KEY=VALUE"),
+    ],
+)
+def test_export_flag_errors_are_one_line(tmp_path: Path, small_image: Path, args: list[str], words: str) -> None:
+    args = [a.format(out=tmp_path / "o.zarr", d=tmp_path / "d", src=small_image) for a in args]
+    assert words in assert_one_line_error(phos(*args))
+    assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "d").exists()
+
+
+def test_run_with_globs_export_and_contact_sheet_then_export(tmp_path: Path, small_image: Path) -> None:
+    src = tmp_path / "src"
+    (src / "sub dir").mkdir(parents=True)
+    crop = read_image(small_image)
+    write_image(src / "a.png", crop)
+    write_image(src / "sub dir" / "b.jpg", crop[::-1])
+    write_image(src / "skip_me.png", crop[:, ::-1])
+    write_image(src / "c.tif", crop)
+    out, exported = tmp_path / "out.zarr", tmp_path / "jpeg"
+    proc = phos("run", src, "--out", out, "--film", "Portra400", "--workers", "2",
+                "--dashboard-address", "127.0.0.1:0", "--json", "--export", "jpeg", "--export-dir", exported,
+                "--exclude", "skip_*", "--include", "*.png", "--include", "sub dir/*")
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    report = json.loads((out / "_report.json").read_text())
+    assert sorted(r["source"] for r in report["images"]) == ["a.png", "sub dir/b.jpg"]
+    files = sorted(p.relative_to(exported).as_posix() for p in exported.rglob("*") if p.is_file())
+    assert files == ["a.jpg", "sub dir/b.jpg"]
+    assert read_image(exported / "a.jpg").shape == (64, 96, 3)
+    assert f"contact sheet: {out / 'contact.jpg'}" in proc.stderr.splitlines()
+    assert read_image(out / "contact.jpg").ndim == 3
+    assert "exported 2 image(s) as jpeg" in proc.stderr
+
+    tiffs = tmp_path / "tiff"
+    again = phos("export", out, "--to", tiffs, "--format", "tiff16")
+    assert again.returncode == 0, again.stderr
+    assert read_image(tiffs / "sub dir" / "b.tif").dtype == np.uint16
+
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "sub dir").write_text("a file where the folder should be")
+    partial = phos("export", out, "--to", blocked, "--format", "png")
+    assert partial.returncode == 1, partial.stderr
+    failed = [line for line in partial.stderr.splitlines() if line.startswith("phos_dask: failed:")]
+    assert len(failed) == 1 and failed[0].startswith("phos_dask: failed: sub_dir__b.jpg: export: ")
+    assert (blocked / "a.png").is_file() and "Traceback" not in partial.stderr
