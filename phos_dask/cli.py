@@ -16,9 +16,9 @@ one line on stderr, `phos_dask: error: …`, never a traceback. `run` exits 0 wh
 * `--storage-option KEY=VALUE` (repeatable): fsspec options for SOURCE and OUT (e.g. `anon=true`,
   `client_kwargs.endpoint_url=http://host:9000`; dots in KEY make nested options; VALUE is read as JSON
   when it parses — true, 3, 1.5, "text", {...} — else as a string).
-* `--export FORMAT --export-dir DIR` (together): after the job, write this job's complete images (rendered
-  now or skipped as already finished) as files under DIR (see `export`). Each image that cannot be
-  exported is a line `phos_dask: failed: KEY: export: …` and makes the exit status 1.
+* `--export FORMAT --export-dir DIR` (together; `--quality Q` for jpeg): after the job, write this job's
+  complete images (rendered now or skipped as already finished) as files under DIR (see `export`). Each
+  image that cannot be exported is a line `phos_dask: failed: KEY: export: …` and makes the exit status 1.
 
 After the job `run` writes a contact sheet, `OUT/contact.jpg` (inputs beside results, up to 200 images),
 and prints `contact sheet: PATH` on stderr; if that fails it prints `phos_dask: warning: …` and the exit
