@@ -62,8 +62,10 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import imagecodecs
 import numpy as np
 import tifffile
+from PIL import Image, ImageCms
 
 __all__ = [
     "JPEG_QUALITY",
@@ -258,8 +260,6 @@ def _pil_header(data: bytes, exif: bool) -> _Header | None:
     applies the orientation of the other formats itself).
     """
     try:
-        from PIL import Image
-
         Image.MAX_IMAGE_PIXELS = None
         with Image.open(io.BytesIO(data)) as im:
             orientation = im.getexif().get(0x0112, 1) if exif else 1
@@ -289,14 +289,10 @@ def _decode_jpeg(data: bytes, header: _Header) -> _Decoded | None:
     w, h = header.size
     try:
         if header.mode in ("RGB", "L"):
-            import imagecodecs
-
             out = np.empty((h, w, 3) if header.mode == "RGB" else (h, w), np.uint8)
             imagecodecs.jpeg8_decode(data, out=out)
             return _Decoded(out, "JPEG", header.icc, header.orientation)
         if header.mode == "CMYK":
-            from PIL import Image
-
             with Image.open(io.BytesIO(data)) as im:
                 ink = np.array(im)
             return _Decoded(ink, "JPEG", header.icc, header.orientation, cmyk=True)
@@ -461,8 +457,6 @@ class _Profile:
 def _profile(icc: bytes) -> _Profile | None:
     """The parsed profile, or None when LittleCMS cannot read it."""
     try:
-        from PIL import ImageCms
-
         p = ImageCms.ImageCmsProfile(io.BytesIO(icc)).profile
         space = p.xcolor_space.strip()
         description = " ".join((p.profile_description or "").split()) or "unnamed profile"
@@ -474,8 +468,6 @@ def _profile(icc: bytes) -> _Profile | None:
 @functools.cache
 def _target_profile(linear: bool) -> bytes:
     """LittleCMS's sRGB, or linear sRGB (same primaries and white, gamma 1) for linear-light data."""
-    import imagecodecs
-
     if linear:
         return imagecodecs.cms_profile(
             "rgb", whitepoint=[0.3127, 0.3290], primaries=[0.64, 0.33, 0.30, 0.60, 0.15, 0.06], gamma=1.0
@@ -485,8 +477,6 @@ def _target_profile(linear: bool) -> bytes:
 
 def _cms(samples: np.ndarray, icc: bytes, space: str, linear: bool, out: np.ndarray | None = None) -> np.ndarray:
     """LittleCMS: `samples` ("rgb", "gray" or "cmyk" colour space) from `icc` to (linear) sRGB RGB."""
-    import imagecodecs
-
     flags = _CMS_NOOPTIMIZE if samples.dtype == np.uint16 else None
     return imagecodecs.cms_transform(
         samples, icc, _target_profile(linear), colorspace=space, outcolorspace="rgb",
@@ -523,7 +513,8 @@ def _colour_manage(pixels: np.ndarray, icc: bytes | None, cmyk: bool) -> tuple[n
     profile = _profile(icc) if icc else None
     if cmyk:
         if profile is not None and profile.space == "CMYK":
-            return _convert_cmyk_icc(pixels, profile.data), f"converted:{profile.description}"
+            with contextlib.suppress(Exception):  # LittleCMS refused it: fall back to the naive formula
+                return _convert_cmyk_icc(pixels, profile.data), f"converted:{profile.description}"
         return _cmyk_to_rgb(pixels), "none"
     grey = pixels.ndim == 2
     if profile is None or profile.space != ("GRAY" if grey else "RGB"):
