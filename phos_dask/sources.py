@@ -9,12 +9,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
+import fsspec.utils
 
 from phos_dask.store import unique_keys
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".webp", ".bmp", ".jp2", ".pgm", ".ppm", ".pnm"}
 )
+
+
+def options_for(url: str, storage_options: dict | None) -> dict:
+    """The job's storage options where `url` is remote; none for local paths (one job may read a bucket
+    and write a local store, or the other way round)."""
+    protocol = fsspec.utils.get_protocol(url)
+    return {} if protocol in ("file", "local") else dict(storage_options or {})
 
 
 @dataclass(frozen=True)
@@ -39,7 +47,7 @@ def discover(source: str, storage_options: dict | None = None, include: Sequence
              exclude: Sequence[str] = ()) -> list[SourceItem]:
     """Every image file under `source` (a folder, a single file, or an fsspec URL), sorted by path,
     restricted to paths matching any `include` glob and none of the `exclude` globs."""
-    fs, root = fsspec.core.url_to_fs(source, **(storage_options or {}))
+    fs, root = fsspec.core.url_to_fs(source, **options_for(source, storage_options))
     if not fs.exists(root):
         raise FileNotFoundError(f"source {source!r} does not exist")
     protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
@@ -72,7 +80,7 @@ def probe_shape(url: str, storage_options: dict | None = None) -> tuple[int, int
 
     Image.MAX_IMAGE_PIXELS = None
     try:
-        with fsspec.open(url, "rb", **(storage_options or {})) as f, Image.open(f) as im:
+        with fsspec.open(url, "rb", **options_for(url, storage_options)) as f, Image.open(f) as im:
             w, h = im.size
             orientation = im.getexif().get(0x0112, 1)
     except Exception:

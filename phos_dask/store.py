@@ -32,7 +32,9 @@ def fast_compressor() -> BloscCodec:
 
 def open_root(url: str, storage_options: dict | None = None) -> zarr.Group:
     """The job's output group, created if missing; never truncated."""
-    return zarr.open_group(store=url, mode="a", storage_options=storage_options or None)
+    from phos_dask.sources import options_for
+
+    return zarr.open_group(store=url, mode="a", storage_options=options_for(url, storage_options) or None)
 
 
 def safe_key(relpath: str) -> str:
@@ -174,7 +176,9 @@ def write_json(url: str, name: str, payload: Any, storage_options: dict | None =
     filesystem allows (local: write a temporary file, then rename)."""
     import fsspec
 
-    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    from phos_dask.sources import options_for
+
+    fs, root = fsspec.core.url_to_fs(url, **options_for(url, storage_options))
     path = f"{root.rstrip('/')}/{name}"
     data = json.dumps(payload, indent=2, default=str).encode()
     if fs.protocol in ("file", ("file", "local")) or "file" in fs.protocol:

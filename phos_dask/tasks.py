@@ -23,7 +23,7 @@ from phos_dask.film.pipeline import Plan, make_plan, render_region
 from phos_dask.imageio import ImageReadError, decode_image
 from phos_dask.render import prepare
 from phos_dask.settings import Settings
-from phos_dask.sources import SourceItem
+from phos_dask.sources import SourceItem, options_for
 from phos_dask.store import (
     create_image,
     fast_compressor,
@@ -92,7 +92,7 @@ _PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirecto
 def _fetch(url: str, storage_options: dict | None) -> bytes:
     for wait in (*READ_BACKOFF, None):
         try:
-            with fsspec.open(url, "rb", **(storage_options or {})) as f:
+            with fsspec.open(url, "rb", **options_for(url, storage_options)) as f:
                 return f.read()
         except _PERMANENT:
             raise

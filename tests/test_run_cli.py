@@ -66,7 +66,6 @@ def external_cluster(tmp_path_factory):
         assert all(p.poll() is not None for p in procs)
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")
 def _level0(out: Path) -> dict[str, np.ndarray]:
     root = zarr.open_group(str(out), mode="r")
     return {k: root[k]["0"][...] for k in sorted(root.group_keys()) if not k.startswith("_")}

@@ -84,3 +84,29 @@ def test_a_server_failing_a_share_of_requests_still_gives_identical_output(s3, c
             np.testing.assert_array_equal(a[k], b[k])
     finally:
         proxy.stop()
+
+
+def test_cli_bucket_to_bucket_then_export_and_a_local_store_from_the_bucket(s3, tmp_path):
+    import subprocess
+    import sys
+
+    server, _ = s3
+    option = f"client_kwargs.endpoint_url={server.endpoint}"
+    common = ["--film", "Velvia50", "--storage-option", option, "--workers", "2", "--dashboard-address", "127.0.0.1:0"]
+    run = subprocess.run(
+        [sys.executable, "-m", "phos_dask", "run", "s3://archive/photos/", "--out", "s3://archive/cli.zarr",
+         *common, "--export", "jpeg", "--export-dir", str(tmp_path / "jpegs")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.relative_to(tmp_path / "jpegs").as_posix() for p in (tmp_path / "jpegs").rglob("*.jpg")) == [
+        "odd.jpg", "sub dir/grey.jpg", "wide.jpg"]
+    fs = s3fs.S3FileSystem(**storage_options(server.endpoint))
+    assert fs.exists("archive/cli.zarr/contact.jpg") and fs.exists("archive/cli.zarr/_report.json")
+    local = subprocess.run(
+        [sys.executable, "-m", "phos_dask", "run", "s3://archive/photos/", "--out", str(tmp_path / "here.zarr"),
+         *common, "--include", "*.jpg"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert local.returncode == 0, local.stderr
+    assert list(zarr.open_group(str(tmp_path / "here.zarr"), mode="r").group_keys()) == ["odd.jpg"]
