@@ -561,10 +561,13 @@ def _convert_grey_table(pixels: np.ndarray, icc: bytes) -> None:
 
 def _convert_cmyk_icc(ink: np.ndarray, icc: bytes) -> np.ndarray:
     """CMYK ink amounts through their profile to sRGB (linear sRGB for float data), chunk by chunk."""
-    out = np.empty((*ink.shape[:2], 3), np.float32 if ink.dtype.kind == "f" else ink.dtype)
+    float_data = ink.dtype.kind == "f"
+    out = np.empty((*ink.shape[:2], 3), np.float32 if float_data else ink.dtype)
     rows = _rows_per_chunk(ink)
     for r0 in range(0, len(ink), rows):
-        _cms(np.ascontiguousarray(ink[r0 : r0 + rows]), icc, "cmyk", ink.dtype.kind == "f", out=out[r0 : r0 + rows])
+        block = ink[r0 : r0 + rows]
+        block = (block * np.float32(100)) if float_data else np.ascontiguousarray(block)  # float CMYK: 0–100 %
+        _cms(block, icc, "cmyk", float_data, out=out[r0 : r0 + rows])
     if out.dtype.kind == "f":
         np.maximum(out, 0, out=out)
     return out

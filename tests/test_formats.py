@@ -125,6 +125,42 @@ def _pillow_srgb(rgb8: np.ndarray, icc: bytes) -> np.ndarray:
     return np.asarray(ImageCms.applyTransform(Image.fromarray(rgb8), transform))
 
 
+def _s15(value: float) -> bytes:
+    """An ICC s15Fixed16Number."""
+    return struct.pack(">i", round(value * 65536))
+
+
+def _cmyk_profile() -> bytes:
+    """A small ICC v2 CMYK input profile made here (no free CMYK profile ships with the test tools): one
+    A2B0 lut8 tag whose 2-point grid maps each CMYK corner to a plausible Lab colour."""
+    ascii_desc = b"Test CMYK\0"
+    desc = b"desc" + bytes(4) + struct.pack(">I", len(ascii_desc)) + ascii_desc + bytes(8) + bytes(3 + 67)
+    wtpt = b"XYZ " + bytes(4) + _s15(0.9642) + _s15(1.0) + _s15(0.8249)
+    cprt = b"text" + bytes(4) + b"No copyright, test data\0"
+    corners = []
+    for c in (0, 1):
+        for m in (0, 1):
+            for y in (0, 1):
+                for k in (0, 1):
+                    light = max(0.04, (1 - 0.35 * c - 0.45 * m - 0.08 * y) * (1 - 0.9 * k))
+                    a = 128 + 60 * m - 45 * c - 10 * y
+                    b = 128 + 70 * y - 40 * c - 25 * m
+                    corners += [round(255 * light), min(255, max(0, a)), min(255, max(0, b))]
+    ramp = bytes(range(256))
+    identity = b"".join(_s15(v) for v in (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    a2b0 = b"mft1" + bytes(4) + bytes([4, 3, 2, 0]) + identity + ramp * 4 + bytes(corners) + ramp * 3
+    tags = [(b"desc", desc), (b"wtpt", wtpt), (b"cprt", cprt), (b"A2B0", a2b0)]
+    offset = 128 + 4 + 12 * len(tags)
+    table, body = struct.pack(">I", len(tags)), b""
+    for sig, data in tags:
+        data += bytes(-len(data) % 4)
+        table += sig + struct.pack(">II", offset + len(body), len(data))
+        body += data
+    header = (struct.pack(">I", offset + len(body)) + bytes(4) + struct.pack(">I", 0x02100000) + b"scnrCMYKLab "
+              + bytes(12) + b"acsp" + bytes(28) + _s15(0.9642) + _s15(1.0) + _s15(0.8249) + bytes(48))
+    return header + table + body
+
+
 def _srgb_encode(linear: np.ndarray) -> np.ndarray:
     linear = np.clip(linear, 0, 1)
     return np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * np.power(linear, 1 / 2.4) - 0.055)
@@ -506,6 +542,30 @@ def test_float_tiff_is_linear_light_and_tagged_floats_become_linear_srgb() -> No
     bright = np.full((4, 4, 3), 4.0, np.float32)
     img = decode_image(_tiff_bytes(bright, photometric="rgb", iccprofile=ADOBE_RGB), "x")
     assert img.min() > 1.5
+
+
+def test_cmyk_with_a_profile_is_converted_through_it() -> None:
+    icc = _cmyk_profile()
+    src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    transform = ImageCms.buildTransform(src, ImageCms.createProfile("sRGB"), "CMYK", "RGB",
+                                        renderingIntent=ImageCms.Intent.PERCEPTUAL)
+    ink = _random("uint8", 4, seed=56)
+    expected = np.asarray(ImageCms.applyTransform(Image.fromarray(ink, "CMYK"), transform))
+    naive = np.asarray(Image.fromarray(ink, "CMYK").convert("RGB"))
+    assert np.abs(expected.astype(int) - naive).max() > 40  # the profile matters
+    img = _decode(_tiff_bytes(ink, photometric="separated", iccprofile=icc), icc="converted:Test CMYK")
+    assert np.abs(img.astype(int) - expected).max() <= 1
+    jpeg = _pil_bytes(Image.fromarray(ink, "CMYK"), "JPEG", quality=95, icc_profile=icc)
+    with Image.open(io.BytesIO(jpeg)) as im:
+        expected = np.asarray(ImageCms.applyTransform(im, transform))
+    img = _decode(jpeg, format="JPEG", icc="converted:Test CMYK")
+    assert np.abs(img.astype(int) - expected).max() <= 1
+    # 16-bit: LittleCMS's unoptimised 16-bit pipeline, equal to its float evaluation (CMYK in 0–100 %)
+    ink16 = _random("uint16", 4, seed=57)
+    img = _decode(_tiff_bytes(ink16, photometric="separated", iccprofile=icc), bits=16)
+    exact = imagecodecs.cms_transform((ink16 / 655.35).astype(np.float32), icc, imagecodecs.cms_profile("srgb"),
+                                      colorspace="cmyk", outcolorspace="rgb")
+    assert np.abs(img - np.clip(exact, 0, 1) * 65535).max() <= 1.0
 
 
 def test_unusable_profiles_are_ignored() -> None:
