@@ -18,8 +18,10 @@ Decoders:
   inverted, palettes expanded (to uint8 when the colour map holds 8-bit values, else uint16), CMYK converted,
   1–7-bit samples scaled to 0–255 and 9–15-bit ones to 0–65535, float16/float64 made float32. A TIFF that
   tifffile cannot read (old-style JPEG, subsampled YCbCr, …) goes to OpenCV (libtiff).
-* Everything else (PNG, WebP, BMP, …): OpenCV, with Pillow reading the header only (the ICC profile, and
-  whether a PNG is grey + alpha, which OpenCV would otherwise replicate into three channels).
+* Everything else (PNG, WebP, BMP, …): OpenCV, which applies EXIF orientation itself. The ICC profile comes
+  from Pillow's reading of the header (WebP's ICCP chunk is found here: Pillow's WebP reader would set up a
+  whole decoder); a PNG's IHDR says whether it is grey + alpha, which OpenCV would otherwise replicate into
+  three channels, so such a PNG is decoded as grey.
 
 Colour management. The profile comes from the file (JPEG APP2, PNG iCCP, WebP ICCP, TIFF tag 34675) and is
 applied with LittleCMS 2 through imagecodecs' `cms_transform`: the library Pillow's ImageCms wraps, but it
@@ -31,15 +33,17 @@ file stays 16-bit through the conversion. The rules:
   (encoded) sRGB profile is therefore linearised, as its tag says it should be.
 * Whether a profile already is sRGB is decided by what it does, not by its name: LittleCMS maps a 9×9×9 grid
   (grey: a 256-step ramp) from the profile to the target in float, and a profile moving no value by more
-  than 2/255 counts as sRGB (the variants of sRGB, v2 or v4, pass; a "linear sRGB" does not). Such pixels
-  are left bit for bit as decoded: ``info["icc"] == "srgb"``.
+  than 2/255 counts as sRGB (variants of sRGB pass: icc-profiles-free's sRGB.icc differs from LittleCMS's
+  by 1.4/255 at most; a "linear sRGB" does not). Such pixels are left bit for bit as decoded:
+  ``info["icc"] == "srgb"``.
 * Anything else is converted, rendering intent perceptual (for matrix/TRC profiles such as Adobe RGB,
   ProPhoto or Display P3 that is the same as relative colorimetric); out-of-gamut colours are clipped at 0
   and at the top of the range (float: at 0 only, light above 1 is kept). 8-bit RGB uses LittleCMS's
   optimised 8-bit transform (within one code of an exact float evaluation). 16-bit RGB uses the unoptimised
   16-bit pipeline (the optimised one resamples onto a 3-D table that errs by thousands of codes near the
   gamut edge): exact, but about 0.2 µs a pixel, ~4 s for 24 MP. Grey data go through a 256- or
-  65536-entry table that LittleCMS fills; CMYK data through the CMYK profile when there is one.
+  65536-entry table that LittleCMS fills; CMYK data through the CMYK profile when there is one (8-bit:
+  the optimised transform, as Pillow's ImageCms does; 16-bit: unoptimised, exact).
 * Limits: a profile of another colour space than the pixels (an RGB profile on a grey image), or one that
   cannot be parsed, is ignored (``"none"``); Lab and other colour spaces are not handled. Untagged files are
   taken as sRGB: PNG gAMA/cHRM chunks without iCCP, and EXIF's "Adobe RGB" InteropIndex (R03) without a
