@@ -602,9 +602,10 @@ class RegionReader:
     accepted, so stored and upright agree), ``dtype`` and ``channels`` (1: `read` returns (h, w) grey;
     3: (h, w, 3) RGB) are those of `read`'s result, and ``info`` is the dict `decode_image_info` would give.
     `read` returns exactly the same crop of what `decode_image` returns for the whole file (the same
-    photometric handling and colour management). Reads may run from several threads (tifffile's file lock
-    serialises the seeks). The reader pickles as its URL and storage options and reopens the file on its
-    first read (so it can travel to a Dask worker). Close it, or use it as a context manager.
+    photometric handling and colour management). Reads may run from several threads (a lock on the file
+    serialises the seeks and reads; decoding runs in parallel). The reader pickles as its URL and storage
+    options and reopens the file on its first read (so it can travel to a Dask worker). Close it, or use it
+    as a context manager.
     """
 
     def __init__(self, url: str, storage_options: dict | None = None) -> None:
@@ -624,7 +625,6 @@ class RegionReader:
                 raise ValueError("orientation other than 1")
             self._layout = _TiffLayout.of(page)
             self._icc = _tiff_icc(page)
-            page.init_decode()
             self.shape: tuple[int, int] = (int(page.imagelength), int(page.imagewidth))
         except Exception:
             self.close()
@@ -646,15 +646,17 @@ class RegionReader:
 
                 fs, path = fsspec.core.url_to_fs(self.url, **self.storage_options)
                 protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-                if "file" in protocols or "local" in protocols:
-                    self._handles = (tifffile.TiffFile(path), None)
-                else:
-                    f = fs.open(path, "rb")
-                    try:
-                        self._handles = (tifffile.TiffFile(f), f)
-                    except Exception:
+                f = None if "file" in protocols or "local" in protocols else fs.open(path, "rb")
+                try:
+                    tf = tifffile.TiffFile(path if f is None else f)
+                    tf.filehandle.set_lock(True)  # reads from several threads share the seek position
+                    if tf.pages.first.is_tiled:
+                        tf.pages.first.init_decode()  # tifffile's decoder setup is not thread-safe
+                except Exception:
+                    if f is not None:
                         f.close()
-                        raise
+                    raise
+                self._handles = (tf, f)
             return self._handles[0]
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:

@@ -681,3 +681,16 @@ def test_region_read_of_a_large_tiled_tiff_touches_only_its_tiles(tmp_path: Path
     whole_bytes = h * w * 3 * 2
     print(f"region read peak {peak / 1e6:.2f} MB, whole image {whole_bytes / 1e6:.0f} MB")
     assert peak < whole_bytes / 8, f"peak {peak / 1e6:.1f} MB for a 512×512 window"
+
+
+def test_region_reads_from_several_threads(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    rgb = _random("uint16", 3, seed=68, shape=(256, 384))
+    path = _write(tmp_path, "t.tif", _tiff_bytes(rgb, photometric="rgb", tile=(32, 32), compression="zlib"))
+    windows = [(y, y + 70, x, x + 90) for y in range(0, 180, 30) for x in range(0, 290, 40)]
+    reader = pickle.loads(pickle.dumps(open_region_reader(str(path))))  # a fresh copy: first reads race
+    with reader, ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda win: reader.read(*win), windows))
+    for (y0, y1, x0, x1), got in zip(windows, results, strict=True):
+        np.testing.assert_array_equal(got, rgb[y0:y1, x0:x1])
