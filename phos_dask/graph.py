@@ -37,8 +37,15 @@ class _Image:
 def plan_mode(cfg: tasks.JobConfig, item: SourceItem) -> tuple[str, tuple[int, int] | None]:
     """("whole" | "tiled", working-size shape or None when the header could not be read)."""
     shape = probe_shape(item.url, cfg.storage_options)
-    if shape is None:
-        return "whole", None  # the decoder will either manage or report the file
+    if shape is None:  # e.g. BigTIFF, which the header reader does not know
+        from phos_dask.imageio import open_region_reader
+        from phos_dask.sources import options_for
+
+        reader = open_region_reader(item.url, options_for(item.url, cfg.storage_options))
+        if reader is None:
+            return "whole", None  # the decoder will either manage or report the file
+        with reader:
+            shape = reader.shape
     shape = output_shape(shape, cfg.settings)
     return ("whole" if cfg.runs_whole(shape) else "tiled"), shape
 

@@ -34,7 +34,11 @@ def open_root(url: str, storage_options: dict | None = None) -> zarr.Group:
     """The job's output group, created if missing; never truncated."""
     from phos_dask.sources import options_for
 
-    return zarr.open_group(store=url, mode="a", storage_options=options_for(url, storage_options) or None)
+    options = options_for(url, storage_options) or None
+    try:
+        return zarr.open_group(store=url, mode="a", storage_options=options)
+    except zarr.errors.ContainsGroupError:  # another task created it a moment ago
+        return zarr.open_group(store=url, mode="r+", storage_options=options)
 
 
 def safe_key(relpath: str) -> str:

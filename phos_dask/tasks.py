@@ -19,8 +19,8 @@ import fsspec
 import numpy as np
 
 from phos_dask import __version__
-from phos_dask.film.pipeline import Plan, make_plan, render_region
-from phos_dask.imageio import ImageReadError, decode_image
+from phos_dask.film.pipeline import Plan, as_rgb, make_plan, render_region
+from phos_dask.imageio import ImageReadError, decode_image_info, open_region_reader
 from phos_dask.render import prepare
 from phos_dask.settings import Settings
 from phos_dask.sources import SourceItem, options_for
@@ -103,10 +103,12 @@ def _fetch(url: str, storage_options: dict | None) -> bytes:
     raise AssertionError("unreachable")
 
 
-def _read(item: SourceItem, storage_options: dict | None) -> tuple[np.ndarray, str]:
+def _read(item: SourceItem, storage_options: dict | None) -> tuple[np.ndarray, str, bool]:
+    """(pixels, sha256 of the file, whether the pixels are linear light: float data, e.g. float TIFF)."""
     try:
         data = _fetch(item.url, storage_options)
-        return decode_image(data, item.url), hashlib.sha256(data).hexdigest()
+        image, info = decode_image_info(data, item.url)
+        return image, hashlib.sha256(data).hexdigest(), bool(info["linear"])
     except ImageReadError as e:
         raise InputError(str(e)) from None
     except OSError as e:
@@ -155,9 +157,10 @@ def process_whole(cfg: JobConfig, item: SourceItem) -> dict[str, Any]:
     t0 = time.perf_counter()
     st = cfg.image_settings(item)
     try:
-        image, digest = _read(item, cfg.storage_options)
+        image, digest, linear = _read(item, cfg.storage_options)
     except InputError as e:
         return _failed(item, e)
+    st = st.replace(linear_input=st.linear_input or linear)
     image = prepare(image, st)
     shape = image.shape[:2]
     plan = make_plan(st, shape)
@@ -182,10 +185,27 @@ def stage(cfg: JobConfig, item: SourceItem) -> dict[str, Any]:
     limit_kernel_threads()
     t0 = time.perf_counter()
     st = cfg.image_settings(item)
+    if st.working_size is None:
+        reader = open_region_reader(item.url, options_for(item.url, cfg.storage_options))
+        if reader is not None:  # tiles will read their windows from the file itself: nothing to stage
+            with reader:
+                shape, linear = reader.shape, bool(reader.info["linear"])
+            st = st.replace(linear_input=st.linear_input or linear)
+            plan = make_plan(st, shape)
+            tp = TilePlan.build(shape, cfg.tile, plan.halo)
+            try:
+                digest = _sha256(item.url, cfg.storage_options)
+            except OSError as e:
+                return _failed(item, InputError(f"cannot read {item.url!r}: {e.strerror or e}"))
+            root = open_root(cfg.out_url, cfg.storage_options)
+            create_image(root, item.key, plan.channels, shape, st.dtype, tp)
+            return {"status": "staged", "direct": True, "linear": linear, "shape": list(shape), "sha256": digest,
+                    "tiles": [t.index for t in tp], "seconds": round(time.perf_counter() - t0, 3)}
     try:
-        image, digest = _read(item, cfg.storage_options)
+        image, digest, linear = _read(item, cfg.storage_options)
     except InputError as e:
         return _failed(item, e)
+    st = st.replace(linear_input=st.linear_input or linear)
     image = prepare(image, st)
     shape = image.shape[:2]
     plan = make_plan(st, shape)
@@ -200,12 +220,23 @@ def stage(cfg: JobConfig, item: SourceItem) -> dict[str, Any]:
         staged[y0:y1, x0:x1] = image[y0:y1, x0:x1]
     del image
     create_image(root, item.key, plan.channels, shape, st.dtype, tp)
-    return {"status": "staged", "shape": list(shape), "sha256": digest, "tiles": [t.index for t in tp],
+    return {"status": "staged", "direct": False, "linear": linear, "shape": list(shape), "sha256": digest,
+            "tiles": [t.index for t in tp],
             "seconds": round(time.perf_counter() - t0, 3)}
 
 
-def _tile_context(cfg: JobConfig, item: SourceItem, shape: tuple[int, int]):
+def _sha256(url: str, storage_options: dict | None) -> str:
+    """The file's SHA-256, read in 8 MiB pieces (a gigapixel TIFF is never held whole)."""
+    digest = hashlib.sha256()
+    with fsspec.open(url, "rb", **options_for(url, storage_options)) as f:
+        while piece := f.read(8 << 20):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def _tile_context(cfg: JobConfig, item: SourceItem, shape: tuple[int, int], linear: bool = False):
     st = cfg.image_settings(item)
+    st = st.replace(linear_input=st.linear_input or linear)
     plan = make_plan(st, shape)
     return st, plan, TilePlan.build(shape, cfg.tile, plan.halo)
 
@@ -215,11 +246,18 @@ def process_tile(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], index
     limit_kernel_threads()
     t0 = time.perf_counter()
     shape = tuple(staged["shape"])
-    _, plan, tp = _tile_context(cfg, item, shape)
+    _, plan, tp = _tile_context(cfg, item, shape, staged["linear"])
     tile = next(t for t in tp if t.index == tuple(index))
     root = open_root(cfg.out_url, cfg.storage_options)
     wy0, wy1, wx0, wx1 = tile.window
-    window = root[staging_path(item.key)][wy0:wy1, wx0:wx1]
+    if staged["direct"]:
+        reader = open_region_reader(item.url, options_for(item.url, cfg.storage_options))
+        if reader is None:
+            raise OSError(f"{item.url!r} can no longer be read by region")
+        with reader:
+            window = as_rgb(reader.read(wy0, wy1, wx0, wx1))
+    else:
+        window = root[staging_path(item.key)][wy0:wy1, wx0:wx1]
     out = _chw(render_region(window, (wy0, wx0), shape, tile.box, plan))
     write_tile(root, item.key, tp, tile, out)
     return time.perf_counter() - t0
@@ -230,12 +268,13 @@ def finalize(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], *tile_sec
     limit_kernel_threads()
     t0 = time.perf_counter()
     shape = tuple(staged["shape"])
-    st, plan, tp = _tile_context(cfg, item, shape)
+    st, plan, tp = _tile_context(cfg, item, shape, staged["linear"])
     root = open_root(cfg.out_url, cfg.storage_options)
     finish_pyramid(root, item.key, shape)
     seconds = staged["seconds"] + sum(tile_seconds) + (time.perf_counter() - t0)
     mark_complete(root, item.key, plan.channels, shape, st.dtype,
-                  _provenance(cfg, item, st, plan, tp, staged["sha256"], "tiled", seconds))
+                  _provenance(cfg, item, st, plan, tp, staged["sha256"],
+                              "tiled, read by region" if staged["direct"] else "tiled", seconds))
     with contextlib.suppress(KeyError):
         del root[staging_path(item.key)]
     return _result(item, shape, seconds, tiles=tp.count)

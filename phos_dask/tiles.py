@@ -17,8 +17,8 @@ PYRAMID_MAX_SIDE = 1024
 Box = tuple[int, int, int, int]
 
 
-#: A tile's padded window is kept under this many px (≈ 1.5 GB of working memory for a colour render).
-MAX_WINDOW_PX = 32_000_000
+#: A tile's padded window is kept under this many px (≈ 0.75 GB of working memory for a colour render).
+MAX_WINDOW_PX = 16_000_000
 
 
 def effective_tile(requested: int, halo: int) -> int:

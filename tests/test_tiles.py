@@ -57,9 +57,12 @@ def test_small_tiles_grow_to_the_minimum_and_the_halo_aligned():
 
 def test_tiles_grow_towards_four_halos_within_the_memory_bound():
     assert effective_tile(256, 100) == 448  # 4 × halo, aligned
-    assert effective_tile(2048, 850) == 3456  # a 300 MP scan at s = 5: halo overhead kept near 2×
-    big = effective_tile(2048, 1700)  # s = 10: memory wins over the 4× rule
-    assert big < 4 * 1700 and (big + 2 * 1700) ** 2 <= MAX_WINDOW_PX * 1.05
+    assert effective_tile(2048, 500) == 2048  # halo overhead (3048/2048)² ≈ 2.2×
+    assert effective_tile(1024, 400) == 1600  # grown to 4 × halo
+    assert effective_tile(2048, 1700) == 2048  # s = 10: memory wins over the 4× rule (no growth)
+    assert effective_tile(256, 1700) == 1728  # but never below the halo
+    grown = effective_tile(256, 700)
+    assert 700 < grown < 4 * 700 and (grown + 2 * 700) ** 2 <= MAX_WINDOW_PX * 1.05
     assert all(effective_tile(t, h) % TILE_ALIGN == 0 for t in range(1, 3000, 97) for h in (0, 50, 333))
 
 
