@@ -111,8 +111,8 @@ def add_render_arguments(parser: argparse.ArgumentParser, dtypes: Sequence[str] 
                    help="resample so the short side is N px before rendering (default: keep the size)")
     g.add_argument("--hd-curve", action=argparse.BooleanOptionalAction, default=None,
                    help="apply the stock's characteristic curve (default: on for B&W, off for colour)")
-    g.add_argument("--linear-input", action="store_true",
-                   help="float input is linear light, not sRGB-encoded")
+    g.add_argument("--linear-input", "--input-linear", dest="linear_input", action="store_true",
+                   help="input is linear light, not sRGB-encoded (float files such as float TIFFs always are)")
     g.add_argument("--dtype", choices=list(dtypes), default=None,
                    help="output sample type (default: depends on the output)")
 
