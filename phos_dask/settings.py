@@ -43,7 +43,7 @@ class Settings:
     working_size: int | None = None  # resample so the short side is this many px first
     dtype: str = "uint8"
     hd_curve: bool | None = None  # None = the stock's default (on for B&W, off for colour)
-    linear_input: bool = False  # float input is linear light, not sRGB-encoded
+    linear_input: bool = False  # input is linear light, not sRGB-encoded (integer codes are then v / vmax)
 
     def __post_init__(self) -> None:
         get_stock(self.film)  # raises StockError listing the valid names

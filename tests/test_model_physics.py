@@ -230,3 +230,13 @@ def test_larger_film_formats_make_grain_finer():
 
     f35, f45 = corner("35mm"), corner("4x5")
     assert _correlation(f35, 2) > _correlation(f45, 2) + 0.1
+
+
+def test_linear_input_in_any_sample_type(small_photo):
+    """Linear-light data give the same render whether stored as float, 16-bit or 8-bit codes."""
+    st = Settings(grain="none", dtype="float32", linear_input=True)
+    as_float = small_photo.astype(np.float32) / 255
+    ref = render(as_float, st)
+    assert np.abs(render((small_photo.astype(np.uint16) * 257), st) - ref).max() < 1e-5
+    assert np.abs(render(small_photo, st) - ref).max() < 1e-5
+    assert np.abs(render(small_photo, st.replace(linear_input=False)) - ref).max() > 0.05

@@ -30,12 +30,27 @@ def decode_table(bits: int) -> np.ndarray:
     return srgb_decode(np, np.arange(vmax + 1, dtype=np.float64) / vmax).astype(np.float32)
 
 
-def linearise(xp, img):
-    """S1: integer sRGB codes (uint8/uint16) or float sRGB in [0, 1] → linear float32, same shape."""
+@cache
+def linear_table(bits: int) -> np.ndarray:
+    """Codes of linear-light integer data → linear float32 (v / vmax)."""
+    vmax = (1 << bits) - 1
+    return (np.arange(vmax + 1, dtype=np.float64) / vmax).astype(np.float32)
+
+
+def input_table(dtype, linear: bool) -> np.ndarray:
+    """The S1 table for integer input: sRGB decoding, or a plain scale when the data are linear light."""
+    bits = 8 if np.dtype(dtype) == np.uint8 else 16
+    return linear_table(bits) if linear else decode_table(bits)
+
+
+def linearise(xp, img, linear: bool = False):
+    """S1: integer codes (uint8/uint16) or float values in [0, 1] → linear float32, same shape; sRGB-encoded
+    unless `linear` says the data already are linear light."""
     img = xp.asarray(img)
     if img.dtype == xp.uint8 or img.dtype == xp.uint16:
-        table = xp.asarray(decode_table(8 if img.dtype == xp.uint8 else 16))
-        return table[img]
+        return xp.asarray(input_table(img.dtype, linear))[img]
+    if linear:
+        return img.astype(xp.float32)
     return srgb_decode(xp, xp.clip(img.astype(xp.float32), 0, 1))
 
 

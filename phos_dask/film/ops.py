@@ -41,11 +41,10 @@ def front(img, matrix: np.ndarray, factors: np.ndarray | None, linear_input: boo
         from phos_dask.film import _cpu
 
         if img.dtype in (np.uint8, np.uint16):
-            table = colour.decode_table(8 if img.dtype == np.uint8 else 16)
-            return _cpu.front_lut(img, table, matrix, fac, use)
-        lin = img.astype(np.float32) if linear_input else colour.linearise(np, img)
+            return _cpu.front_lut(img, colour.input_table(img.dtype, linear_input), matrix, fac, use)
+        lin = colour.linearise(np, img, linear_input)
         return _cpu.front_linear(np.ascontiguousarray(lin, dtype=np.float32), matrix, fac, use)
-    lin = img.astype(xp.float32) if (linear_input and img.dtype.kind == "f") else colour.linearise(xp, img)
+    lin = colour.linearise(xp, img, linear_input)
     return colour.emulsion_response(xp, lin, matrix, fac if use else None)
 
 
