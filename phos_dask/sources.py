@@ -11,11 +11,12 @@ from pathlib import Path
 import fsspec
 import fsspec.utils
 
+from phos_dask.imageio import RAW_EXTENSIONS
 from phos_dask.store import unique_keys
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".webp", ".bmp", ".jp2", ".pgm", ".ppm", ".pnm"}
-)
+) | RAW_EXTENSIONS
 
 
 def options_for(url: str, storage_options: dict | None) -> dict:
