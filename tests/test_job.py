@@ -205,3 +205,24 @@ def test_sixteen_bit_precision_is_kept_end_to_end(client, tmp_path):
     row = zarr.open_group(str(out), mode="r")["ramp16.png"]["0"][1, 32, :]
     assert len(np.unique(row)) > 2000
     assert np.all(np.diff(row.astype(np.int64)) >= 0)  # still a ramp: the film curve is monotone
+
+
+def test_file_urls_are_sources_too(bucket):
+    from phos_dask.sources import discover
+
+    as_path = [(i.relpath, i.size) for i in discover(str(bucket))]
+    assert [(i.relpath, i.size) for i in discover(f"file://{bucket}")] == as_path
+
+
+def test_working_size_at_ingest_is_seamless_across_tiles(client, bucket, tmp_path):
+    from phos_dask.resample import resample_to
+
+    st = Settings(working_size=700, dtype="uint16", seed=2)
+    out = tmp_path / "ws.zarr"
+    report = run_job(JobSpec(str(bucket), str(out), st, tile=256, whole_limit_mp=0.0), client)
+    assert report["counts"]["done"] == 3
+    level0 = zarr.open_group(str(out), mode="r")["wide.png"]["0"][...]
+    assert level0.shape == (3, 700, 1050)  # 2000×3001 → short side 700, long side made even
+    expected = render(resample_to(read_image(bucket / "wide.png"), 700), st.replace(working_size=None,
+                                                                                    image_key="wide.png"))
+    np.testing.assert_array_equal(np.moveaxis(level0, 0, -1), expected)
