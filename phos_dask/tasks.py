@@ -151,20 +151,26 @@ def _result(item: SourceItem, shape: tuple[int, int], seconds: float, **extra: A
             "megapixels": round(shape[0] * shape[1] / 1e6, 3), **extra}
 
 
+def _ingest(cfg: JobConfig, item: SourceItem):
+    """Read and decode an input, then apply its working size: (settings, pixels, sha256, linear, model plan,
+    tile plan). Raises InputError for an unusable input."""
+    image, digest, linear = _read(item, cfg.storage_options)
+    st = cfg.image_settings(item)
+    st = st.replace(linear_input=st.linear_input or linear)
+    image = prepare(image, st)
+    plan = make_plan(st, image.shape[:2])
+    return st, image, digest, linear, plan, TilePlan.build(image.shape[:2], cfg.tile, plan.halo)
+
+
 def process_whole(cfg: JobConfig, item: SourceItem) -> dict[str, Any]:
     """One task for the whole image: read, render, write every chunk and level, mark complete."""
     limit_kernel_threads()
     t0 = time.perf_counter()
-    st = cfg.image_settings(item)
     try:
-        image, digest, linear = _read(item, cfg.storage_options)
+        st, image, digest, _, plan, tp = _ingest(cfg, item)
     except InputError as e:
         return _failed(item, e)
-    st = st.replace(linear_input=st.linear_input or linear)
-    image = prepare(image, st)
     shape = image.shape[:2]
-    plan = make_plan(st, shape)
-    tp = TilePlan.build(shape, cfg.tile, plan.halo)
     out = _chw(render_region(image, (0, 0), shape, (0, shape[0], 0, shape[1]), plan))
     del image
     root = open_root(cfg.out_url, cfg.storage_options)
@@ -202,14 +208,10 @@ def stage(cfg: JobConfig, item: SourceItem) -> dict[str, Any]:
             return {"status": "staged", "direct": True, "linear": linear, "shape": list(shape), "sha256": digest,
                     "tiles": [t.index for t in tp], "seconds": round(time.perf_counter() - t0, 3)}
     try:
-        image, digest, linear = _read(item, cfg.storage_options)
+        st, image, digest, linear, plan, tp = _ingest(cfg, item)
     except InputError as e:
         return _failed(item, e)
-    st = st.replace(linear_input=st.linear_input or linear)
-    image = prepare(image, st)
     shape = image.shape[:2]
-    plan = make_plan(st, shape)
-    tp = TilePlan.build(shape, cfg.tile, plan.halo)
     root = open_root(cfg.out_url, cfg.storage_options)
     staged = root.create_array(
         staging_path(item.key), shape=image.shape, dtype=image.dtype,
