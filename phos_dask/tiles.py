@@ -91,12 +91,6 @@ class TilePlan:
         f = 1 << level
         return y0 // f, math.ceil(y1 / f), x0 // f, math.ceil(x1 / f)
 
-    def read_bytes(self, channels: int, itemsize: int) -> int:
-        """Bytes of input all tiles read together (halo overlap included)."""
-        return sum(
-            (t.window[1] - t.window[0]) * (t.window[3] - t.window[2]) for t in self
-        ) * channels * itemsize
-
 
 def assert_one_writer_per_chunk(plan: TilePlan, chunks: list[tuple[int, int]]) -> None:
     """Every chunk of every tile-written level belongs to exactly one tile: `chunks[level]` is the

@@ -143,19 +143,6 @@ def _rho(X, r, c, gy, gx, k, T, dT):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def grain_rho(X, rmap, cmap, y0, x0, key, T, dT):
-    nr, nc = rmap.shape[0], cmap.shape[0]
-    out = np.empty((nr, nc), dtype=np.float32)
-    k = np.uint64(key)
-    for i in prange(nr):
-        r = rmap[i]
-        for j in range(nc):
-            c = cmap[j]
-            out[i, j] = _rho(X, r, c, r + y0, c + x0, k, T, dT)
-    return out
-
-
-@njit(parallel=True, cache=True, nogil=True)
 def grain_noise(X, rmap, cmap, y0, x0, key, T, dT, taps, out):
     """G ⊛ (a(X)·u) on the 'valid' part of the rows rmap × columns cmap, block by block of rows so the
     unblurred noise never exists as a whole plane."""

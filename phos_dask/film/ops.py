@@ -120,20 +120,6 @@ def any_above(src, box: tuple[int, int, int, int], thr: float) -> bool:
     return bool(namespace(src).any(src[y0:y1, x0:x1] > thr))
 
 
-def grain_rho(X, rmap, cmap, y0: int, x0: int, key: int):
-    """a(X)·u at in-image pixels X[rmap][:, cmap] (local indices; global = local + origin)."""
-    from phos_dask.film import grain
-
-    if _is_cpu(X):
-        from phos_dask.film import _cpu
-
-        T, dT = grain.normal_table()
-        return _cpu.grain_rho(X, rmap, cmap, y0, x0, np.uint64(key), T, dT)
-    xp = namespace(X)
-    u = grain.hash_normal(xp, key, np.asarray(rmap) + y0, np.asarray(cmap) + x0)
-    return grain.signal_gain(xp, X[xp.asarray(rmap)][:, xp.asarray(cmap)]) * u
-
-
 def grain_noise(X, rmap, cmap, y0: int, x0: int, key: int, taps: np.ndarray, out):
     """taps ⊛ (a(X)·u) on the valid part of X[rmap][:, cmap] (len(taps) = 2r+1) into out (h, w)."""
     from phos_dask.film import grain
@@ -144,8 +130,10 @@ def grain_noise(X, rmap, cmap, y0: int, x0: int, key: int, taps: np.ndarray, out
         T, dT = grain.normal_table()
         _cpu.grain_noise(X, rmap, cmap, y0, x0, np.uint64(key), T, dT, taps, out)
         return out
+    xp = namespace(X)
+    u = grain.hash_normal(xp, key, np.asarray(rmap) + y0, np.asarray(cmap) + x0)
+    rho = grain.signal_gain(xp, X[xp.asarray(rmap)][:, xp.asarray(cmap)]) * u
     r = (len(taps) - 1) // 2
-    rho = grain_rho(X, rmap, cmap, y0, x0, key)
     out[...] = blur_valid(rho, taps[None, :], taps[None, :], np.array([r], np.int64))
     return out
 
