@@ -179,25 +179,37 @@ def grain_noise(X, rmap, cmap, y0, x0, key, T, dT, taps, out):
                     out[lo + y, x] += t * (tmp[x + r - q] + tmp[x + r + q])
 
 
+@njit(cache=True, inline="always")
+def _clipped_noise(noise, y, nscale, n):
+    """Row y of every grain plane, scaled and clipped to [-1, 1], into n (P, w)."""
+    lo, hi = _f32(-1.0), _f32(1.0)
+    for p in range(noise.shape[0]):
+        for x in range(n.shape[1]):
+            n[p, x] = min(max(noise[p, y, x] * nscale, lo), hi)
+
+
+@njit(cache=True, inline="always")
+def _mixed_row(Yp, X, xy, xx, y, c, n, coef, wd, ws, z):
+    """S6 for row y of channel c into z: wd·Y' + ws·X + Σ_p coef[c, p]·n_p."""
+    a, b = wd[c], ws[c]
+    for x in range(z.shape[0]):
+        z[x] = a * Yp[c, y, x] + b * X[c, xy + y, xx + x]
+    for p in range(n.shape[0]):
+        k = coef[c, p]
+        for x in range(z.shape[0]):
+            z[x] += k * n[p, x]
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def mix(Yp, X, xy, xx, noise, coef, nscale, wd, ws):
     C, h, w = Yp.shape
     P = noise.shape[0]
     out = np.empty((C, h, w), dtype=np.float32)
-    lo, hi = _f32(-1.0), _f32(1.0)
     for y in prange(h):
         n = np.empty((P, w), dtype=np.float32)
-        for p in range(P):
-            for x in range(w):
-                n[p, x] = min(max(noise[p, y, x] * nscale, lo), hi)
+        _clipped_noise(noise, y, nscale, n)
         for c in range(C):
-            a, b = wd[c], ws[c]
-            for x in range(w):
-                out[c, y, x] = a * Yp[c, y, x] + b * X[c, xy + y, xx + x]
-            for p in range(P):
-                k = coef[c, p]
-                for x in range(w):
-                    out[c, y, x] += k * n[p, x]
+            _mixed_row(Yp, X, xy, xx, y, c, n, coef, wd, ws, out[c, y])
     return out
 
 
@@ -217,23 +229,14 @@ def mix_encode(Yp, X, xy, xx, noise, coef, nscale, wd, ws, thresholds, starts, b
     C, h, w = Yp.shape
     P = noise.shape[0]
     last = starts.shape[1] - 2
-    lo, hi = _f32(-1.0), _f32(1.0)
     sh = np.uint32(shift)
     for y in prange(h):
         n = np.empty((P, w), dtype=np.float32)
         z = np.empty(w, dtype=np.float32)
         zb = z.view(np.uint32)
-        for p in range(P):
-            for x in range(w):
-                n[p, x] = min(max(noise[p, y, x] * nscale, lo), hi)
+        _clipped_noise(noise, y, nscale, n)
         for c in range(C):
-            a, b = wd[c], ws[c]
-            for x in range(w):
-                z[x] = a * Yp[c, y, x] + b * X[c, xy + y, xx + x]
-            for p in range(P):
-                k = coef[c, p]
-                for x in range(w):
-                    z[x] += k * n[p, x]
+            _mixed_row(Yp, X, xy, xx, y, c, n, coef, wd, ws, z)
             t = thresholds[c]
             st = starts[c]
             for x in range(w):
@@ -248,24 +251,16 @@ def mix_filmic_encode(Yp, X, xy, xx, noise, coef, nscale, wd, ws, tone, guess, s
     C, h, w = Yp.shape
     P = noise.shape[0]
     cells = guess.shape[0] - 1
-    lo, hi, zero, one = _f32(-1.0), _f32(1.0), _f32(0.0), _f32(1.0)
+    zero, one = _f32(0.0), _f32(1.0)
     ten, half = _f32(10.0), _f32(0.5)
     for y in prange(h):
         n = np.empty((P, w), dtype=np.float32)
         F = np.empty(w, dtype=np.float32)
-        for p in range(P):
-            for x in range(w):
-                n[p, x] = min(max(noise[p, y, x] * nscale, lo), hi)
+        _clipped_noise(noise, y, nscale, n)
         for c in range(C):
-            a, b = wd[c], ws[c]
             tA, tB, tC, tD, tE, tF = tone[c, 0], tone[c, 1], tone[c, 2], tone[c, 3], tone[c, 4], tone[c, 5]
             cb, de, df, ef = tC * tB, tD * tE, tD * tF, tE / tF
-            for x in range(w):
-                F[x] = a * Yp[c, y, x] + b * X[c, xy + y, xx + x]
-            for p in range(P):
-                k = coef[c, p]
-                for x in range(w):
-                    F[x] += k * n[p, x]
+            _mixed_row(Yp, X, xy, xx, y, c, n, coef, wd, ws, F)
             for x in range(w):
                 v = ten * max(F[x], zero)
                 f = (v * (tA * v + cb) + de) / (v * (tA * v + tB) + df) - ef
