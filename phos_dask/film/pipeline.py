@@ -73,7 +73,7 @@ class Plan:
     wd: np.ndarray
     ws: np.ndarray
     hd: HDCurve | None
-    tables: tuple | None
+    tables: tuple | None  # Z → code threshold tables, only for chains with an H&D curve
 
     @property
     def channels(self) -> int:
@@ -144,7 +144,7 @@ def _plan_cached(settings: Settings, s: float) -> Plan:
     hd = (stock.hd_curve or DEFAULT_HD) if settings.uses_hd_curve else None
     vmax = {"uint8": 255, "uint16": 65535}.get(settings.dtype)
     tables = None
-    if vmax is not None:
+    if vmax is not None and hd is not None:  # without an H&D curve codes come from the filmic kernel
         tables = tuple(_tables(stock.tone, hd, vmax) for _ in range(C))
         if any(t is None for t in tables):
             tables = None
