@@ -182,7 +182,7 @@ def _preview(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from phos_dask.cluster import ClusterError, connect
+    from phos_dask.cluster import ClusterError, connect, tls_security
     from phos_dask.job import JobError, JobSpec, dry_run, plan_job, run_job
     from phos_dask.progress import Progress
 
@@ -203,7 +203,9 @@ def _run(args: argparse.Namespace) -> int:
                 _print_plan(plan)
             return 0
         plan = plan_job(spec)  # usage errors surface before a cluster starts
-        with connect(args.scheduler, args.scheduler_file, args.workers, args.dashboard_address) as client:
+        security = tls_security(args.tls_ca_file, args.tls_cert, args.tls_key)
+        with connect(args.scheduler, args.scheduler_file, args.workers, args.dashboard_address,
+                     security=security) as client:
             print(f"dashboard: {client.dashboard_link}", file=sys.stderr, flush=True)
             progress = Progress(0, tty=None if not args.json else False)
             report = run_job(spec, client, progress, plan)
@@ -340,10 +342,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="images up to this many megapixels run as one task (default 32; 0 = always tile)")
     run.add_argument("--workers", type=integer, default=None, metavar="N",
                      help="local cluster: worker processes, one thread each (default: one per core)")
-    run.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="use this existing Dask scheduler")
+    run.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                     help="use this existing Dask scheduler (tls://HOST:PORT with --tls-* or Dask's TLS config)")
     run.add_argument("--scheduler-file", metavar="FILE", help="use the scheduler described in FILE")
+    run.add_argument("--tls-ca-file", metavar="PEM", help="CA certificate for a tls:// scheduler")
+    run.add_argument("--tls-cert", metavar="PEM", help="client certificate for a tls:// scheduler")
+    run.add_argument("--tls-key", metavar="PEM", help="client private key for a tls:// scheduler")
     run.add_argument("--dashboard-address", default="127.0.0.1:8787", metavar="HOST:PORT",
-                     help="local cluster's dashboard (default 127.0.0.1:8787; :0 picks a free port)")
+                     help="local cluster's dashboard (default 127.0.0.1:8787; ':0' = a free port on 127.0.0.1; "
+                          "name a host, e.g. 0.0.0.0:8787, to serve other machines)")
     run.add_argument("--overwrite", action="store_true",
                      help="replace finished images that were made with other settings")
     run.add_argument("--dry-run", action="store_true", help="print the plan and compute nothing")

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import dask
 from distributed import Client, LocalCluster
+from distributed.security import Security
 
 #: Environment of each local worker process, set before it is spawned (glibc reads MALLOC_* at start).
 #: * Single-threaded kernels: the cluster, not numba, provides the parallelism (tasks read
@@ -32,14 +33,40 @@ class ClusterError(RuntimeError):
     """The scheduler cannot be reached or the cluster cannot start."""
 
 
+def tls_security(ca_file: str | None, cert: str | None, key: str | None) -> Security | None:
+    """A client Security for `tls://` schedulers from PEM files, or None (Dask's configuration then applies:
+    `distributed.comm.tls.ca-file`, `.client.cert`, `.client.key`, e.g. from DASK_DISTRIBUTED__COMM__TLS__*)."""
+    if not (ca_file or cert or key):
+        return None
+    if not (ca_file and cert):
+        raise ClusterError("TLS needs at least --tls-ca-file and --tls-cert (and --tls-key unless the "
+                           "certificate file holds the key)")
+    for path in (ca_file, cert, key):
+        if path and not os.path.isfile(path):
+            raise ClusterError(f"TLS file {path!r} does not exist")
+    return Security(tls_ca_file=ca_file, tls_client_cert=cert, tls_client_key=key, require_encryption=True)
+
+
+def local_address(address: str) -> str:
+    """A dashboard address with the host made explicit: a bare ':PORT' (or 'PORT') binds to 127.0.0.1;
+    all interfaces only when asked for by name ('0.0.0.0:PORT')."""
+    host, sep, port = address.rpartition(":")
+    if not sep:
+        host, port = "", address
+    return f"{host or '127.0.0.1'}:{port or '8787'}"
+
+
 @contextlib.contextmanager
 def connect(scheduler: str | None = None, scheduler_file: str | None = None, workers: int | None = None,
-            dashboard_address: str = "127.0.0.1:8787", timeout: float = 20.0) -> Iterator[Client]:
-    """A Client: to `scheduler` (tcp://host:port) or `scheduler_file` if given, else to a new
-    LocalCluster of `workers` single-threaded processes (default: one per core) on 127.0.0.1."""
+            dashboard_address: str = "127.0.0.1:8787", timeout: float = 20.0,
+            security: Security | None = None) -> Iterator[Client]:
+    """A Client: to `scheduler` (tcp:// or tls://host:port) or `scheduler_file` if given, else to a new
+    LocalCluster of `workers` single-threaded processes (default: one per core) on 127.0.0.1, its dashboard
+    on `dashboard_address` (127.0.0.1 unless another host is named). `security` (see tls_security) is
+    for tls:// schedulers; without it Dask's own TLS configuration is used."""
     if scheduler or scheduler_file:
         try:
-            client = Client(scheduler, scheduler_file=scheduler_file, timeout=timeout)
+            client = Client(scheduler, scheduler_file=scheduler_file, timeout=timeout, security=security)
         except (OSError, TimeoutError) as e:
             where = scheduler or f"the scheduler file {scheduler_file!r}"
             raise ClusterError(f"cannot reach the Dask scheduler at {where}: {e}") from None
@@ -53,6 +80,6 @@ def connect(scheduler: str | None = None, scheduler_file: str | None = None, wor
         threads_per_worker=1,
         processes=True,
         host="127.0.0.1",
-        dashboard_address=dashboard_address,
+        dashboard_address=local_address(dashboard_address),
     ) as cluster, Client(cluster) as client:
         yield client
