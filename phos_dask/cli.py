@@ -49,7 +49,7 @@ import cv2
 
 from phos_dask import __version__
 from phos_dask.export import FORMATS, JPEG_QUALITY
-from phos_dask.imageio import ImageReadError, check_writable, read_image, write_image
+from phos_dask.imageio import DEFAULT_MAX_PIXELS, ImageReadError, check_writable, read_image, write_image
 from phos_dask.render import render
 from phos_dask.settings import DTYPES, FILM_FORMATS, GRAIN_STYLES, Settings, SettingsError
 from phos_dask.stocks import StockError, all_stocks
@@ -184,6 +184,7 @@ def _preview(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from phos_dask.cluster import ClusterError, connect, tls_security
     from phos_dask.job import JobError, JobSpec, dry_run, plan_job, run_job
+    from phos_dask.lease import LeaseError, hold
     from phos_dask.progress import Progress
 
     settings = settings_from_args(args, image_key="", dtype="uint16")
@@ -193,7 +194,7 @@ def _run(args: argparse.Namespace) -> int:
     spec = JobSpec(source=args.source, out=args.out, settings=settings, tile=args.tile,
                    whole_limit_mp=args.whole_limit, overwrite=args.overwrite,
                    storage_options=storage_options or None, include=tuple(args.include or ()),
-                   exclude=tuple(args.exclude or ()))
+                   exclude=tuple(args.exclude or ()), max_pixels=args.max_pixels or None)
     try:
         if args.dry_run:
             plan = dry_run(spec)
@@ -202,14 +203,16 @@ def _run(args: argparse.Namespace) -> int:
             else:
                 _print_plan(plan)
             return 0
-        plan = plan_job(spec)  # usage errors surface before a cluster starts
         security = tls_security(args.tls_ca_file, args.tls_cert, args.tls_key)
-        with connect(args.scheduler, args.scheduler_file, args.workers, args.dashboard_address,
-                     security=security) as client:
-            print(f"dashboard: {client.dashboard_link}", file=sys.stderr, flush=True)
-            progress = Progress(0, tty=None if not args.json else False)
-            report = run_job(spec, client, progress, plan)
-    except (JobError, ClusterError) as e:
+        with hold(spec.out, spec.storage_options) as lease:
+            plan = plan_job(spec)  # usage errors surface before a cluster starts
+            with connect(args.scheduler, args.scheduler_file, args.workers, args.dashboard_address,
+                         security=security) as client:
+                print(f"dashboard: {client.dashboard_link}", file=sys.stderr, flush=True)
+                bar = not args.json and sys.stderr.isatty()
+                progress = Progress(0, stream=sys.stderr if bar else sys.stdout, tty=bar)
+                report = run_job(spec, client, progress, plan, lease)
+    except (JobError, ClusterError, LeaseError) as e:
         raise CLIError(str(e)) from None
     counts = report["counts"]
     print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
@@ -217,7 +220,8 @@ def _run(args: argparse.Namespace) -> int:
           file=sys.stderr)
     for r in report["images"]:
         if r["status"] == "failed":
-            print(f"{PROG}: failed: {r['source']}: {r['error']}", file=sys.stderr)
+            named = r["source"] in r["error"]
+            print(f"{PROG}: failed: {r['error'] if named else r['source'] + ': ' + r['error']}", file=sys.stderr)
     _contact_sheet(args.out, storage_options)
     export_failed = 0
     if args.export:
@@ -340,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "256 px and the model's halo, rounded up to a multiple of 64)")
     run.add_argument("--whole-limit", type=float, default=32.0, metavar="MP",
                      help="images up to this many megapixels run as one task (default 32; 0 = always tile)")
+    run.add_argument("--max-pixels", type=_pixels, default=DEFAULT_MAX_PIXELS, metavar="N",
+                     help="refuse images whose header claims more pixels than N, before decoding them "
+                          "(default 1e9: 1 gigapixel; 0 = no limit)")
     run.add_argument("--workers", type=integer, default=None, metavar="N",
                      help="local cluster: worker processes, one thread each (default: one per core)")
     run.add_argument("--scheduler", metavar="tcp://HOST:PORT",
@@ -380,6 +387,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_storage_option(export, "OUT.zarr and the inputs")
     export.set_defaults(func=_export_command)
     return parser
+
+
+def _pixels(text: str) -> int:
+    try:
+        n = int(float(text)) if any(c in text for c in ".eE") else integer(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels such as 1e9, got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (no limit) or more, got {n}")
+    return n
 
 
 def _quality(text: str) -> int:

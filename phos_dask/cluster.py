@@ -65,11 +65,18 @@ def connect(scheduler: str | None = None, scheduler_file: str | None = None, wor
     on `dashboard_address` (127.0.0.1 unless another host is named). `security` (see tls_security) is
     for tls:// schedulers; without it Dask's own TLS configuration is used."""
     if scheduler or scheduler_file:
+        where = scheduler or f"the scheduler file {scheduler_file!r}"
         try:
             client = Client(scheduler, scheduler_file=scheduler_file, timeout=timeout, security=security)
         except (OSError, TimeoutError) as e:
-            where = scheduler or f"the scheduler file {scheduler_file!r}"
             raise ClusterError(f"cannot reach the Dask scheduler at {where}: {e}") from None
+        except TypeError:
+            # distributed raises TypeError for a tls:// address when no TLS context is configured at all
+            if (security or Security()).get_connection_args("client")["ssl_context"] is not None:
+                raise
+            raise ClusterError(f"the Dask scheduler at {where} needs TLS but no certificate is configured: give "
+                               "--tls-ca-file, --tls-cert and --tls-key (or Dask's distributed.comm.tls.* "
+                               "configuration)") from None
         with client:
             yield client
         return

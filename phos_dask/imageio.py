@@ -58,9 +58,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import logging
 import math
 import os
 import threading
+import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,6 +151,92 @@ class ImageReadError(ValueError):
     """A file that cannot be decoded as an image; the message is one line naming the file and the problem."""
 
 
+#: Largest image decoded by default (px, width × height): 1 gigapixel is 3 GB as 8-bit RGB and about 50 GB
+#: of model working memory if rendered whole. Checked from the header, before any pixel is allocated.
+DEFAULT_MAX_PIXELS = 1_000_000_000
+
+
+def check_pixels(name: str, width: int, height: int, max_pixels: int | None) -> None:
+    """Raise ImageReadError when a width × height image is over `max_pixels` (None: no limit)."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageReadError(
+            f"image {name!r} is {width}x{height} px ({width * height / 1e9:.2f} gigapixels), over the limit "
+            f"of {max_pixels} px (--max-pixels); not decoded"
+        )
+
+
+_PNG_CRITICAL = (b"IHDR", b"PLTE", b"IDAT", b"IEND")
+
+
+def _png_problem(data: bytes) -> str | None:
+    """What is structurally wrong with a PNG (a chunk cut short, no IEND, a critical chunk failing its CRC),
+    or None. libpng would find the same, but print it on stderr first."""
+    pos = 8
+    while True:
+        if pos + 12 > len(data):
+            return "truncated PNG data (the file ends before the IEND chunk)"
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind = data[pos + 4 : pos + 8]
+        end = pos + 12 + length
+        if end > len(data):
+            return f"truncated PNG data (the file ends inside a {kind.decode('latin-1')!r} chunk)"
+        if kind in _PNG_CRITICAL:
+            crc = int.from_bytes(data[end - 4 : end], "big")
+            if zlib.crc32(data[pos + 4 : end - 4]) & 0xFFFFFFFF != crc:
+                return f"corrupt PNG data (the {kind.decode()} chunk at byte {pos} fails its CRC check)"
+        if kind == b"IEND":
+            return None
+        pos = end
+
+
+def _jpeg_problem(data: bytes) -> str | None:
+    """Whether a JPEG stops before its end-of-image marker (libjpeg-turbo decodes what there is and pads
+    the rest with grey, silently). Walks the marker segments and the entropy-coded scans of the primary
+    image; whatever follows its EOI (a phone's appended video, an MPF second image) is not looked at."""
+    n, pos = len(data), 2
+    while pos < n:
+        if data[pos] != 0xFF:
+            return "corrupt JPEG data (a marker was expected)"
+        while pos < n and data[pos] == 0xFF:  # fill bytes
+            pos += 1
+        if pos >= n:
+            break
+        marker = data[pos]
+        pos += 1
+        if marker == 0xD9:
+            return None
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            continue
+        if pos + 2 > n:
+            break
+        pos += int.from_bytes(data[pos : pos + 2], "big")
+        if marker != 0xDA:
+            continue
+        while True:  # entropy-coded data: 0xFF only as FF00 (a data byte) or FFD0–FFD7 (restart markers)
+            pos = data.find(b"\xff", pos)
+            if pos < 0 or pos + 1 >= n:
+                return "truncated JPEG data (the file ends before the end-of-image marker)"
+            nxt = data[pos + 1]
+            if nxt == 0x00 or 0xD0 <= nxt <= 0xD7:
+                pos += 2
+                continue
+            break
+    return "truncated JPEG data (the file ends before the end-of-image marker)"
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a WebP's first chunk (VP8X canvas, VP8 key frame or VP8L header), or None."""
+    fourcc = data[12:16]
+    if fourcc == b"VP8X" and len(data) >= 30:
+        return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+    if fourcc == b"VP8 " and len(data) >= 30:
+        return int.from_bytes(data[26:28], "little") & 0x3FFF, int.from_bytes(data[28:30], "little") & 0x3FFF
+    if fourcc == b"VP8L" and len(data) >= 25:
+        bits = int.from_bytes(data[21:25], "little")
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    return None
+
+
 def _sniff(data: bytes) -> str | None:
     """The format name that `data` starts like, or None."""
     for magic, name in _SIGNATURES:
@@ -165,6 +254,8 @@ def _sniff(data: bytes) -> str | None:
 def _one_line(error: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message, shortened for a one-line error."""
     text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if isinstance(error, LookupError):  # e.g. KeyError(0): a page or tag that is not there
+        text = f"{type(error).__name__}: {text}"
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -189,9 +280,9 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     return decode_image(data, str(p))
 
 
-def decode_image(data: bytes, name: str) -> np.ndarray:
+def decode_image(data: bytes, name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode an image file's bytes (`name` is only for messages); same result and errors as read_image."""
-    return decode_image_info(data, name)[0]
+    return decode_image_info(data, name, max_pixels)[0]
 
 
 #: Camera RAW files, developed by LibRaw (the optional `raw` extra: rawpy) to 16-bit sRGB.
@@ -201,7 +292,7 @@ RAW_EXTENSIONS = frozenset({
 })
 
 
-def _develop_raw(data: bytes, name: str) -> np.ndarray:
+def _develop_raw(data: bytes, name: str, max_pixels: int | None) -> np.ndarray:
     """A camera RAW file developed by LibRaw: camera white balance, no auto-brightening, sRGB primaries and
     the sRGB tone curve, 16 bits, its orientation applied."""
     try:
@@ -211,14 +302,22 @@ def _develop_raw(data: bytes, name: str) -> np.ndarray:
                              "'phos_dask[raw]')") from None
     try:
         with rawpy.imread(io.BytesIO(data)) as raw:
+            check_pixels(name, raw.sizes.width, raw.sizes.height, max_pixels)
             return raw.postprocess(output_bps=16, use_camera_wb=True, no_auto_bright=True,
                                    output_color=rawpy.ColorSpace.sRGB, gamma=(2.4, 12.92))
+    except ImageReadError:
+        raise
     except Exception as e:
         raise ImageReadError(f"cannot decode RAW file {name!r}: {_one_line(e)}") from None
 
 
-def decode_image_info(data: bytes, name: str) -> tuple[np.ndarray, dict[str, Any]]:
+def decode_image_info(data: bytes, name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS
+                      ) -> tuple[np.ndarray, dict[str, Any]]:
     """Decode an image file's bytes like `decode_image`, and say what was found.
+
+    Refused before decoding (ImageReadError): an image whose header claims more than `max_pixels` px, a
+    PNG cut short or with a critical chunk failing its CRC, a JPEG that ends before its end-of-image marker
+    (decoders would silently pad it with grey). An animated GIF, PNG (APNG) or WebP gives its first frame.
 
     Returns (array, info). The array is exactly `decode_image`'s (upright; it may be a non-contiguous view).
     info: ``"format"`` ("JPEG", "PNG", "TIFF" (BigTIFF too), "WebP", "BMP", …, or "unknown"),
@@ -229,21 +328,31 @@ def decode_image_info(data: bytes, name: str) -> tuple[np.ndarray, dict[str, Any
     if not data:
         raise ImageReadError(f"cannot read image {name!r}: the file is empty")
     if os.path.splitext(name)[1].lower() in RAW_EXTENSIONS:  # before sniffing: a DNG is also a TIFF
-        image = _develop_raw(data, name)
+        image = _develop_raw(data, name, max_pixels)
         return image, {"format": "RAW", "bits": 16, "linear": False, "icc": "none"}
     kind = _sniff(data)
     decoded: _Decoded | None = None
     header: _Header | None = None
     tiff_problem = ""
+    problem = _png_problem(data) if kind == "PNG" else _jpeg_problem(data) if kind == "JPEG" else None
+    if problem:
+        raise ImageReadError(f"cannot decode image {name!r}: {problem}")
     if kind in ("TIFF", "BigTIFF"):
         try:
-            decoded = _decode_tiff(data)
+            decoded = _decode_tiff(data, name, max_pixels)
+        except ImageReadError:
+            raise
         except Exception as e:  # let OpenCV (libtiff) try; say what tifffile said if it fails too
             tiff_problem = f" ({_one_line(e)})"
     elif kind == "WebP":  # Pillow's WebP reader sets up a whole decoder (and canvas) just to open a file
+        size = _webp_size(data)
+        if size is not None:
+            check_pixels(name, *size, max_pixels)
         header = _Header("WEBP", "", (0, 0), 1, _webp_icc(data))
     else:
         header = _pil_header(data, exif=kind == "JPEG")
+        if header is not None:
+            check_pixels(name, *header.size, max_pixels)
         if kind == "JPEG" and header is not None:
             decoded = _decode_jpeg(data, header)
     if decoded is None:
@@ -291,9 +400,12 @@ def _pil_header(data: bytes, exif: bool) -> _Header | None:
     """
     try:
         Image.MAX_IMAGE_PIXELS = None
-        with Image.open(io.BytesIO(data)) as im:
-            orientation = im.getexif().get(0x0112, 1) if exif else 1
-            return _Header(im.format, im.mode, im.size, orientation, im.info.get("icc_profile") or None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": the decoder's error, if any, says more
+            im = Image.open(io.BytesIO(data))
+            with im:
+                orientation = im.getexif().get(0x0112, 1) if exif else 1
+                return _Header(im.format, im.mode, im.size, orientation, im.info.get("icc_profile") or None)
     except Exception:
         return None
 
@@ -458,10 +570,30 @@ def _samples_last(raw: np.ndarray) -> np.ndarray:
     return np.moveaxis(raw[:, 0, :, :, 0], 0, -1)
 
 
-def _decode_tiff(data: bytes) -> _Decoded:
-    """The first page of a TIFF or BigTIFF through tifffile; raises for anything it cannot read."""
-    with tifffile.TiffFile(io.BytesIO(data)) as tf:
+@contextlib.contextmanager
+def _quiet_tifffile():
+    """tifffile logs its complaints about a damaged file as warnings; the ImageReadError says it instead."""
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _decode_tiff(data: bytes, name: str, max_pixels: int | None) -> _Decoded:
+    """The first page of a TIFF or BigTIFF through tifffile; raises for anything it cannot read
+    (ImageReadError, not to be retried with another decoder, for a size over `max_pixels` or a compression
+    no TIFF reader knows)."""
+    with _quiet_tifffile(), tifffile.TiffFile(io.BytesIO(data)) as tf:
         page = tf.pages.first
+        check_pixels(name, int(page.imagewidth), int(page.imagelength), max_pixels)
+        try:
+            tifffile.COMPRESSION(page.compression)
+        except ValueError:
+            raise ImageReadError(f"cannot decode image {name!r}: unsupported TIFF compression "
+                                 f"{int(page.compression)}") from None
         layout = _TiffLayout.of(page)
         orientation = int(page.tags.valueof(274, 1))
         icc = _tiff_icc(page)
@@ -758,7 +890,8 @@ def open_region_reader(path_or_url: str, storage_options: dict | None = None) ->
     so the caller falls back to `decode_image`, which reports the problem. `path_or_url` is a local path or
     an fsspec URL (`storage_options` go to fsspec)."""
     try:
-        return RegionReader(str(path_or_url), storage_options)
+        with _quiet_tifffile():
+            return RegionReader(str(path_or_url), storage_options)
     except Exception:
         return None
 

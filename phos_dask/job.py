@@ -9,9 +9,11 @@ from typing import Any
 
 from phos_dask import __version__
 from phos_dask.film.pipeline import make_plan
+from phos_dask.imageio import DEFAULT_MAX_PIXELS
+from phos_dask.lease import Lease, LeaseError, hold
 from phos_dask.progress import Progress
 from phos_dask.settings import Settings
-from phos_dask.sources import SourceItem, discover
+from phos_dask.sources import Problem, SourceItem, scan
 from phos_dask.store import REPORT, STAGING, image_status, open_root, write_json
 from phos_dask.tasks import WHOLE_LIMIT_MP, JobConfig
 from phos_dask.tiles import DEFAULT_TILE, TilePlan, pyramid_shapes
@@ -35,10 +37,11 @@ class JobSpec:
     storage_options: dict[str, Any] | None = None
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
 
-    def config(self) -> JobConfig:
+    def config(self, lease_token: str | None = None) -> JobConfig:
         return JobConfig(self.out, self.settings.replace(image_key=""), self.tile, self.whole_limit_mp,
-                         self.storage_options)
+                         self.storage_options, self.max_pixels, lease_token)
 
 
 @dataclass
@@ -46,12 +49,13 @@ class JobPlan:
     spec: JobSpec
     todo: list[SourceItem]
     skipped: list[SourceItem]
+    problems: list[Problem] = field(default_factory=list)
 
 
 def plan_job(spec: JobSpec) -> JobPlan:
     """Find the inputs and sort them into work to do and finished images to skip (resume)."""
     try:
-        items = discover(spec.source, spec.storage_options, spec.include, spec.exclude)
+        items, problems = scan(spec.source, spec.storage_options, spec.include, spec.exclude)
     except FileNotFoundError as e:
         raise JobError(str(e)) from None
     if not items:
@@ -74,7 +78,7 @@ def plan_job(spec: JobSpec) -> JobPlan:
             f"{len(clash)} image(s) in {spec.out!r} were made with other settings or from another file "
             f"(e.g. {clash[0]!r}); rerun with --overwrite to replace them, or choose another --out"
         )
-    return JobPlan(spec, todo, skipped)
+    return JobPlan(spec, todo, skipped, problems)
 
 
 def _manifest(spec: JobSpec, items: list[SourceItem]) -> dict[str, Any]:
@@ -88,10 +92,17 @@ def _manifest(spec: JobSpec, items: list[SourceItem]) -> dict[str, Any]:
     }
 
 
-def run_job(spec: JobSpec, client, progress: Progress | None = None, plan: JobPlan | None = None
-            ) -> dict[str, Any]:
+def run_job(spec: JobSpec, client, progress: Progress | None = None, plan: JobPlan | None = None,
+            lease: Lease | None = None) -> dict[str, Any]:
     """Run the job on a distributed Client and return its report (also written to OUT/_report.json).
-    `plan` is plan_job(spec) when the caller has made it already."""
+    `plan` is plan_job(spec) when the caller has made it already, under `lease` (phos_dask.lease.hold);
+    without a lease the job takes one itself. Raises JobError when another run holds the output."""
+    if lease is None:
+        try:
+            with hold(spec.out, spec.storage_options) as held:
+                return run_job(spec, client, progress, plan, held)
+        except LeaseError as e:
+            raise JobError(str(e)) from None
     from phos_dask.graph import submit_job
 
     started = datetime.now(UTC)
@@ -102,19 +113,25 @@ def run_job(spec: JobSpec, client, progress: Progress | None = None, plan: JobPl
     manifest = _manifest(spec, plan.todo + plan.skipped)
     manifest["inputs"] = {**previous.get("inputs", {}), **manifest["inputs"]}
     root.attrs.update({"phos": manifest})
-    progress = progress or Progress(len(plan.todo) + len(plan.skipped), tty=False)
-    progress.total = len(plan.todo) + len(plan.skipped)
+    total = len(plan.todo) + len(plan.skipped) + len(plan.problems)
+    progress = progress or Progress(total, tty=False)
+    progress.total = total
     results: dict[str, dict[str, Any]] = {}
 
     def record(item: SourceItem, result: dict[str, Any]) -> None:
+        if lease.lost.is_set() and result.get("status") == "failed":
+            result = {**result, "error": f"another run took over the output's lease ({result.get('error')})"}
         results[item.key] = {"key": item.key, "source": item.relpath, **result}
         progress.update(results[item.key])
 
+    unusable = [{"key": None, "source": p.relpath, "status": "failed", "error": p.error} for p in plan.problems]
+    for row in unusable:
+        progress.update(row)
     for item in plan.skipped:
         record(item, {"status": "skipped"})
-    submit_job(client, spec.config(), plan.todo, record)
+    submit_job(client, spec.config(lease.token), plan.todo, record)
     progress.close()
-    images = [results[it.key] for it in plan.skipped + plan.todo]
+    images = [results[it.key] for it in plan.skipped + plan.todo] + unusable
     counts = {s: sum(1 for r in images if r["status"] == s) for s in ("done", "skipped", "failed")}
     report = {
         "version": __version__,

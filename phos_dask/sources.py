@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
+import stat
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +18,8 @@ from phos_dask.imageio import RAW_EXTENSIONS
 from phos_dask.store import unique_keys
 
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".webp", ".bmp", ".jp2", ".pgm", ".ppm", ".pnm"}
+    {".jpg", ".jpeg", ".jpe", ".png", ".apng", ".gif", ".tif", ".tiff", ".webp", ".bmp", ".jp2", ".pgm", ".ppm",
+     ".pnm"}
 ) | RAW_EXTENSIONS
 
 
@@ -44,34 +48,100 @@ def _selected(rel: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
     return (not include or hit(include)) and not hit(exclude)
 
 
+@dataclass(frozen=True)
+class Problem:
+    """Something under the source that is not an input: one line for the report (path relative to source)."""
+
+    relpath: str
+    error: str
+
+
 def discover(source: str, storage_options: dict | None = None, include: Sequence[str] = (),
              exclude: Sequence[str] = ()) -> list[SourceItem]:
     """Every image file under `source` (a folder, a single file, or an fsspec URL), sorted by path,
     restricted to paths matching any `include` glob and none of the `exclude` globs."""
+    return scan(source, storage_options, include, exclude)[0]
+
+
+def scan(source: str, storage_options: dict | None = None, include: Sequence[str] = (),
+         exclude: Sequence[str] = ()) -> tuple[list[SourceItem], list[Problem]]:
+    """`discover`'s inputs, and the problems met on the way: folders that cannot be listed, symbolic links
+    that loop or point nowhere. Local folders are walked following links to folders (each followed until it
+    leads back to a folder it is inside); names starting with '.' (hidden) are left out."""
     fs, root = fsspec.core.url_to_fs(source, **options_for(source, storage_options))
-    if not fs.exists(root):
-        raise FileNotFoundError(f"source {source!r} does not exist")
     protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
     local = protocol in ("file", "local")
+    problems: list[Problem] = []
+    if local and os.path.lexists(root) and not os.path.exists(root):
+        raise FileNotFoundError(f"source {source!r} is a broken or looping symbolic link")
+    if not fs.exists(root):
+        raise FileNotFoundError(f"source {source!r} does not exist")
     if fs.isfile(root):
-        entries = {root: fs.info(root)}
         base = os.path.dirname(root.rstrip("/"))
-    else:
-        entries = fs.find(root, detail=True)
+        sizes = {root: int(fs.info(root).get("size") or 0)}
+    elif local:
         base = root.rstrip("/")
+        sizes, problems = _walk_local(base)
+    else:
+        base = root.rstrip("/")
+        sizes = {p: int(i.get("size") or 0) for p, i in fs.find(root, detail=True).items()
+                 if i.get("type") != "directory"}
     found = []
-    for path, info in sorted(entries.items()):
-        if Path(path).suffix.lower() not in IMAGE_EXTENSIONS or info.get("type") == "directory":
+    for path, size in sorted(sizes.items()):
+        if Path(path).suffix.lower() not in IMAGE_EXTENSIONS:
             continue
         rel = path[len(base) :].lstrip("/") if path.startswith(base) else Path(path).name
         if any(part.startswith(".") for part in rel.split("/")):
             continue  # hidden files and folders
         if not _selected(rel, include, exclude):
             continue
-        url = path if local else fs.unstrip_protocol(path)
-        found.append((url, rel, int(info.get("size") or 0)))
+        found.append((path if local else fs.unstrip_protocol(path), rel, size))
+    problems = sorted((p for p in problems if _selected(p.relpath, (), exclude)),
+                      key=lambda p: p.relpath)
     keys = unique_keys([rel for _, rel, _ in found])
-    return [SourceItem(url, rel, keys[rel], size) for url, rel, size in found]
+    return [SourceItem(url, rel, keys[rel], size) for url, rel, size in found], problems
+
+
+def _walk_local(base: str) -> tuple[dict[str, int], list[Problem]]:
+    """{path: size} of the files under `base` (links followed) and the problems met."""
+    sizes: dict[str, int] = {}
+    problems: list[Problem] = []
+
+    def rel(path: str) -> str:
+        return os.path.relpath(path, base).replace(os.sep, "/")
+
+    top = os.stat(base)
+    stack: list[tuple[str, dict[tuple[int, int], str]]] = [(base, {(top.st_dev, top.st_ino): base})]
+    while stack:
+        folder, inside = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            problems.append(Problem(rel(folder), f"cannot list this folder: {e.strerror or e}"))
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                st = entry.stat()  # follows links
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    problems.append(Problem(rel(entry.path), "symbolic link loop (the link leads to itself)"))
+                elif Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
+                    problems.append(Problem(rel(entry.path), f"cannot read: {e.strerror or e} (broken link?)"))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                ident = (st.st_dev, st.st_ino)
+                if ident in inside:
+                    problems.append(Problem(rel(entry.path), "symbolic link loop: it leads back to "
+                                            f"{rel(inside[ident]) if inside[ident] != base else 'the source folder'}"
+                                            "; not followed"))
+                    continue
+                stack.append((entry.path, {**inside, ident: entry.path}))
+            elif stat.S_ISREG(st.st_mode):
+                sizes[entry.path] = st.st_size
+    return sizes, problems
 
 
 def probe_shape(url: str, storage_options: dict | None = None) -> tuple[int, int] | None:
@@ -81,9 +151,11 @@ def probe_shape(url: str, storage_options: dict | None = None) -> tuple[int, int
 
     Image.MAX_IMAGE_PIXELS = None
     try:
-        with fsspec.open(url, "rb", **options_for(url, storage_options)) as f, Image.open(f) as im:
-            w, h = im.size
-            orientation = im.getexif().get(0x0112, 1)
+        with warnings.catch_warnings(), fsspec.open(url, "rb", **options_for(url, storage_options)) as f:
+            warnings.simplefilter("ignore")  # a damaged header: the decoder will report the file
+            with Image.open(f) as im:
+                w, h = im.size
+                orientation = im.getexif().get(0x0112, 1)
     except Exception:
         return None
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)

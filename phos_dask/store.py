@@ -8,8 +8,11 @@ its completion marker (`attributes.phos.status == "complete"`) are written last,
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import json
 import re
+import unicodedata
 from typing import Any
 
 import numpy as np
@@ -41,29 +44,38 @@ def open_root(url: str, storage_options: dict | None = None) -> zarr.Group:
         return zarr.open_group(store=url, mode="r+", storage_options=options)
 
 
+#: Longest image key (bytes): file systems allow 255 per name, and the store adds nothing to it.
+MAX_KEY = 160
+
+
 def safe_key(relpath: str) -> str:
-    """An image key from a path relative to the source: separators become '__', anything outside
-    [A-Za-z0-9._-] becomes '_', and no key starts with '.' or '_' (reserved for the job's own files)."""
-    key = re.sub(r"[^A-Za-z0-9._-]", "_", relpath.replace("\\", "/").replace("/", "__"))
+    """An image key from a path relative to the source: one name, never a path. Accents are dropped
+    (é → e), separators become '__', anything else outside [A-Za-z0-9._-] becomes '_', no key starts
+    with '.' or '_' (reserved for the job's own files), and keys longer than MAX_KEY are cut, with a hash
+    of the whole path appended."""
+    text = unicodedata.normalize("NFKD", relpath.replace("\\", "/"))
+    text = "".join(c for c in text if not unicodedata.combining(c))
+    key = re.sub(r"[^A-Za-z0-9._-]", "_", text.replace("/", "__"))
     if key[:1] in (".", "_", ""):
         key = "i" + key
+    if len(key) > MAX_KEY:
+        key = f"{key[: MAX_KEY - 17]}-{_digest(relpath, 8)}"
     return key
 
 
-def unique_keys(relpaths: list[str]) -> dict[str, str]:
-    """relpath → key for every input, unique even when two paths make the same safe key."""
-    import hashlib
+def _digest(text: str, size: int) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=size).hexdigest()
 
-    keys: dict[str, str] = {}
-    seen: dict[str, int] = {}
-    for p in relpaths:
-        k = safe_key(p)
-        seen[k.lower()] = seen.get(k.lower(), 0) + 1
-    for p in relpaths:
-        k = safe_key(p)
-        if seen[k.lower()] > 1:
-            k = f"{k}-{hashlib.blake2b(p.encode(), digest_size=4).hexdigest()}"
-        keys[p] = k
+
+def unique_keys(relpaths: list[str]) -> dict[str, str]:
+    """relpath → key for every input: distinct even ignoring case (stores on case-insensitive file systems),
+    when two paths make the same safe key both get a hash of their own path appended."""
+    base = {p: safe_key(p) for p in relpaths}
+    count = collections.Counter(k.lower() for k in base.values())
+    keys = {p: k if count[k.lower()] == 1 else f"{k[: MAX_KEY - 9]}-{_digest(p, 4)}" for p, k in base.items()}
+    if len({k.lower() for k in keys.values()}) < len(keys):  # a 32-bit hash collision: use 128 bits
+        keys = {p: k if count[k.lower()] == 1 else f"{k[: MAX_KEY - 33]}-{_digest(p, 16)}" for p, k in base.items()}
+    assert len({k.lower() for k in keys.values()}) == len(keys), "image keys must be distinct"
     return keys
 
 

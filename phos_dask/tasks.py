@@ -20,7 +20,8 @@ import numpy as np
 
 from phos_dask import __version__
 from phos_dask.film.pipeline import Plan, as_rgb, make_plan, render_region
-from phos_dask.imageio import ImageReadError, decode_image_info, open_region_reader
+from phos_dask.imageio import DEFAULT_MAX_PIXELS, ImageReadError, check_pixels, decode_image_info, open_region_reader
+from phos_dask.lease import still_held
 from phos_dask.render import prepare
 from phos_dask.settings import Settings
 from phos_dask.sources import SourceItem, options_for
@@ -28,6 +29,7 @@ from phos_dask.store import (
     create_image,
     fast_compressor,
     finish_pyramid,
+    image_status,
     mark_complete,
     open_root,
     staging_path,
@@ -49,6 +51,9 @@ class JobConfig:
     tile: int = DEFAULT_TILE
     whole_limit_mp: float = WHOLE_LIMIT_MP
     storage_options: dict[str, Any] | None = field(default=None, hash=False, compare=False)
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    #: The job's lease on the output (phos_dask.lease); tasks write only while it is still the job's.
+    lease_token: str | None = None
 
     def image_settings(self, item: SourceItem) -> Settings:
         return self.settings.replace(image_key=item.relpath)
@@ -64,6 +69,23 @@ class JobConfig:
 
 class InputError(ValueError):
     """An input that cannot be used (unreadable, not an image): the image fails alone, without a traceback."""
+
+
+class LeaseLost(RuntimeError):
+    """The job's lease on the output was taken over by another run: this task must not write."""
+
+
+def _guard(cfg: JobConfig) -> None:
+    """Raise LeaseLost unless the job still holds the output's lease (checked before every write)."""
+    if not still_held(cfg.out_url, cfg.storage_options, cfg.lease_token):
+        raise LeaseLost(f"the lease on {cfg.out_url!r} was taken over by another run; stopping")
+
+
+def _complete(root, cfg: JobConfig, item: SourceItem) -> bool:
+    """Whether the image is already complete with this job's settings (a task run again after its result
+    was lost with a worker)."""
+    status = image_status(root, item.key)
+    return status is not None and status.get("fingerprint") == cfg.fingerprint()
 
 
 def limit_kernel_threads() -> None:
@@ -103,11 +125,12 @@ def _fetch(url: str, storage_options: dict | None) -> bytes:
     raise AssertionError("unreachable")
 
 
-def _read(item: SourceItem, storage_options: dict | None) -> tuple[np.ndarray, str, bool]:
+def _read(item: SourceItem, storage_options: dict | None, max_pixels: int | None
+          ) -> tuple[np.ndarray, str, bool]:
     """(pixels, sha256 of the file, whether the pixels are linear light: float data, e.g. float TIFF)."""
     try:
         data = _fetch(item.url, storage_options)
-        image, info = decode_image_info(data, item.url)
+        image, info = decode_image_info(data, item.url, max_pixels)
         return image, hashlib.sha256(data).hexdigest(), bool(info["linear"])
     except ImageReadError as e:
         raise InputError(str(e)) from None
@@ -154,7 +177,7 @@ def _result(item: SourceItem, shape: tuple[int, int], seconds: float, **extra: A
 def _ingest(cfg: JobConfig, item: SourceItem):
     """Read and decode an input, then apply its working size: (settings, pixels, sha256, linear, model plan,
     tile plan). Raises InputError for an unusable input."""
-    image, digest, linear = _read(item, cfg.storage_options)
+    image, digest, linear = _read(item, cfg.storage_options, cfg.max_pixels)
     st = cfg.image_settings(item)
     st = st.replace(linear_input=st.linear_input or linear)
     image = prepare(image, st)
@@ -174,12 +197,14 @@ def process_whole(cfg: JobConfig, item: SourceItem) -> dict[str, Any]:
     out = _chw(render_region(image, (0, 0), shape, (0, shape[0], 0, shape[1]), plan))
     del image
     root = open_root(cfg.out_url, cfg.storage_options)
+    _guard(cfg)
     create_image(root, item.key, out.shape[0], shape, st.dtype, tp)
     for tile in tp:
         y0, y1, x0, x1 = tile.box
         write_tile(root, item.key, tp, tile, out[:, y0:y1, x0:x1])
     finish_pyramid(root, item.key, shape)
     seconds = time.perf_counter() - t0
+    _guard(cfg)
     mark_complete(root, item.key, out.shape[0], shape, st.dtype,
                   _provenance(cfg, item, st, plan, tp, digest, "whole", seconds))
     return _result(item, shape, seconds)
@@ -196,6 +221,10 @@ def stage(cfg: JobConfig, item: SourceItem) -> dict[str, Any]:
         if reader is not None:  # tiles will read their windows from the file itself: nothing to stage
             with reader:
                 shape, linear = reader.shape, bool(reader.info["linear"])
+            try:
+                check_pixels(item.url, shape[1], shape[0], cfg.max_pixels)
+            except ImageReadError as e:
+                return _failed(item, e)
             st = st.replace(linear_input=st.linear_input or linear)
             plan = make_plan(st, shape)
             tp = TilePlan.build(shape, cfg.tile, plan.halo)
@@ -204,6 +233,7 @@ def stage(cfg: JobConfig, item: SourceItem) -> dict[str, Any]:
             except OSError as e:
                 return _failed(item, InputError(f"cannot read {item.url!r}: {e.strerror or e}"))
             root = open_root(cfg.out_url, cfg.storage_options)
+            _guard(cfg)
             create_image(root, item.key, plan.channels, shape, st.dtype, tp)
             return {"status": "staged", "direct": True, "linear": linear, "shape": list(shape), "sha256": digest,
                     "tiles": [t.index for t in tp], "seconds": round(time.perf_counter() - t0, 3)}
@@ -213,18 +243,33 @@ def stage(cfg: JobConfig, item: SourceItem) -> dict[str, Any]:
         return _failed(item, e)
     shape = image.shape[:2]
     root = open_root(cfg.out_url, cfg.storage_options)
-    staged = root.create_array(
-        staging_path(item.key), shape=image.shape, dtype=image.dtype,
-        chunks=(tp.tile, tp.tile, 3), overwrite=True, fill_value=0, compressors=fast_compressor(),
-    )
-    for tile in tp:  # whole chunks, one at a time: one writer, small temporaries
-        y0, y1, x0, x1 = tile.box
-        staged[y0:y1, x0:x1] = image[y0:y1, x0:x1]
+    _guard(cfg)
+    staged = _staging_array(root, item.key, image, tp.tile)
+    if dict(staged.attrs).get("staged") != digest:
+        for tile in tp:  # whole chunks, one at a time: one writer, small temporaries
+            y0, y1, x0, x1 = tile.box
+            staged[y0:y1, x0:x1] = image[y0:y1, x0:x1]
+        staged.attrs["staged"] = digest
     del image
     create_image(root, item.key, plan.channels, shape, st.dtype, tp)
     return {"status": "staged", "direct": False, "linear": linear, "shape": list(shape), "sha256": digest,
             "tiles": [t.index for t in tp],
             "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _staging_array(root, key: str, image: np.ndarray, tile: int):
+    """The staging array for `image`: the existing one when its layout matches (a stage task run again
+    after its worker died must not wipe chunks that running tile tasks are reading; it writes the same
+    bytes), else a new one."""
+    chunks = (tile, tile, 3) if image.ndim == 3 else (tile, tile)
+    try:
+        staged = root[staging_path(key)]
+        if staged.shape == image.shape and staged.dtype == image.dtype and staged.chunks == chunks:
+            return staged
+    except KeyError:
+        pass
+    return root.create_array(staging_path(key), shape=image.shape, dtype=image.dtype, chunks=chunks,
+                             overwrite=True, fill_value=0, compressors=fast_compressor())
 
 
 def _sha256(url: str, storage_options: dict | None) -> str:
@@ -251,6 +296,8 @@ def process_tile(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], index
     _, plan, tp = _tile_context(cfg, item, shape, staged["linear"])
     tile = next(t for t in tp if t.index == tuple(index))
     root = open_root(cfg.out_url, cfg.storage_options)
+    if _complete(root, cfg, item):  # run again after the image was finished (its staging may be gone)
+        return 0.0
     wy0, wy1, wx0, wx1 = tile.window
     if staged["direct"]:
         reader = open_region_reader(item.url, options_for(item.url, cfg.storage_options))
@@ -261,6 +308,7 @@ def process_tile(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], index
     else:
         window = root[staging_path(item.key)][wy0:wy1, wx0:wx1]
     out = _chw(render_region(window, (wy0, wx0), shape, tile.box, plan))
+    _guard(cfg)
     write_tile(root, item.key, tp, tile, out)
     return time.perf_counter() - t0
 
@@ -272,8 +320,14 @@ def finalize(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], *tile_sec
     shape = tuple(staged["shape"])
     st, plan, tp = _tile_context(cfg, item, shape, staged["linear"])
     root = open_root(cfg.out_url, cfg.storage_options)
-    finish_pyramid(root, item.key, shape)
     seconds = staged["seconds"] + sum(tile_seconds) + (time.perf_counter() - t0)
+    if _complete(root, cfg, item):  # run again after its worker died having finished the image
+        with contextlib.suppress(KeyError):
+            del root[staging_path(item.key)]
+        return _result(item, shape, seconds, tiles=tp.count)
+    _guard(cfg)
+    finish_pyramid(root, item.key, shape)
+    _guard(cfg)
     mark_complete(root, item.key, plan.channels, shape, st.dtype,
                   _provenance(cfg, item, st, plan, tp, staged["sha256"],
                               "tiled, read by region" if staged["direct"] else "tiled", seconds))

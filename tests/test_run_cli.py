@@ -87,7 +87,7 @@ def test_external_cluster_gives_the_same_outputs_as_a_local_run(bucket, external
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
         np.testing.assert_array_equal(a[k], c[k])
-    lines = [json.loads(line) for line in remote.stderr.splitlines() if line.startswith("{")]
+    lines = [json.loads(line) for line in remote.stdout.splitlines() if line.startswith("{")]
     assert sorted(r["key"] for r in lines) == sorted(a) and {r["status"] for r in lines} == {"done"}
 
 

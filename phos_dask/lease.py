@@ -1,0 +1,199 @@
+"""One run at a time per output store: a lease file, OUT/_lease.json, renewed by a heartbeat.
+
+A second run on the same output is refused while the lease is alive. A lease is dead, and taken over by the
+next run, when its holder's last heartbeat is older than the time to live (a run that died on another
+machine), or at once when its holder ran on this machine and its process is gone (killed, crashed).
+Tasks carry the holder's token and check it before they write (`still_held`), so tasks left running by a
+run whose lease was taken over stop instead of writing into the new run's images.
+
+Taking a lease: create the file exclusively (local stores: O_EXCL), or replace a dead holder's file; then
+read it back after a moment and hold the lease only if the token read is ours. On object stores, which
+have no exclusive create, two runs started within that moment of each other could both believe they hold
+it; the heartbeat then finds the loser out and it stops (its tasks fail with "lease lost").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import fsspec
+import psutil
+
+from phos_dask.sources import options_for
+
+LEASE = "_lease.json"
+#: Seconds after its last heartbeat that a lease held from another machine is considered dead.
+TTL = float(os.environ.get("PHOS_DASK_LEASE_TTL", "60"))
+#: Seconds between heartbeats (and between checks that the lease is still ours).
+HEARTBEAT = TTL / 6
+#: Seconds between writing a new lease and reading it back to see who won.
+SETTLE = 0.2
+
+
+class LeaseError(RuntimeError):
+    """The output is in use by another live run (or the lease could not be taken)."""
+
+
+def _fs(url: str, storage_options: dict | None):
+    fs, root = fsspec.core.url_to_fs(url, **options_for(url, storage_options))
+    return fs, f"{root.rstrip('/')}/{LEASE}"
+
+
+def _local(fs) -> bool:
+    protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
+    return protocol in ("file", "local")
+
+
+def read_holder(url: str, storage_options: dict | None = None) -> dict[str, Any] | None:
+    """The lease record of `url`'s store, or None when there is none (or it is unreadable: a torn write)."""
+    fs, path = _fs(url, storage_options)
+    try:
+        with fs.open(path, "rb") as f:
+            record = json.loads(f.read())
+    except (FileNotFoundError, ValueError):
+        return None
+    return record if isinstance(record, dict) and "token" in record else None
+
+
+def _process_alive(pid: int, started: float) -> bool:
+    try:
+        return abs(psutil.Process(pid).create_time() - started) < 1.0
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return False
+
+
+def is_dead(record: dict[str, Any], now: float | None = None, ttl: float | None = None) -> tuple[bool, str]:
+    """(whether the lease `record` may be taken over, why)."""
+    now = time.time() if now is None else now
+    ttl = TTL if ttl is None else ttl
+    age = now - float(record.get("heartbeat", 0))
+    if record.get("host") == socket.gethostname() and not _process_alive(int(record.get("pid", -1)),
+                                                                          float(record.get("pid_started", 0))):
+        return True, f"its process {record.get('pid')} on this machine is gone"
+    if age > ttl:
+        return True, f"its last heartbeat is {age:.0f} s old (time to live {ttl:.0f} s)"
+    return False, f"last heartbeat {max(age, 0):.0f} s ago"
+
+
+@dataclass
+class Lease:
+    """A held lease; `token` goes to the tasks, `lost` is set when another run took the lease over."""
+
+    url: str
+    storage_options: dict | None
+    token: str
+    record: dict[str, Any]
+    lost: threading.Event = field(default_factory=threading.Event)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _write(self) -> None:
+        fs, path = _fs(self.url, self.storage_options)
+        data = json.dumps(self.record, indent=2).encode()
+        if _local(fs):
+            tmp = f"{path}.{self.token}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        else:
+            with fs.open(path, "wb") as f:
+                f.write(data)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT):
+            try:
+                holder = read_holder(self.url, self.storage_options)
+                if holder is not None and holder.get("token") != self.token:
+                    self.lost.set()
+                    return
+                self.record["heartbeat"] = time.time()
+                self._write()
+            except OSError:  # storage briefly unavailable: try again at the next beat
+                continue
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._beat, name="phos-lease", daemon=True)
+        self._thread.start()
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        fs, path = _fs(self.url, self.storage_options)
+        holder = read_holder(self.url, self.storage_options)
+        if holder is not None and holder.get("token") == self.token:
+            with contextlib.suppress(FileNotFoundError):
+                fs.rm(path)
+
+
+def acquire(url: str, storage_options: dict | None = None) -> Lease:
+    """Take the lease of the store at `url` (created if missing) or raise LeaseError naming its holder."""
+    fs, path = _fs(url, storage_options)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    me = psutil.Process()
+    now = time.time()
+    token = secrets.token_hex(8)
+    record = {"token": token, "host": socket.gethostname(), "pid": os.getpid(), "pid_started": me.create_time(),
+              "started": datetime.now(UTC).isoformat(timespec="seconds"), "heartbeat": now}
+    lease = Lease(url, storage_options, token, record)
+    holder = read_holder(url, storage_options)
+    if holder is not None:
+        dead, why = is_dead(holder, now)
+        if not dead:
+            raise LeaseError(
+                f"output {url!r} is in use by another run (pid {holder.get('pid')} on {holder.get('host')}, "
+                f"started {holder.get('started')}, {why}); wait for it to finish or choose another --out "
+                f"(the lease of a run that died expires {TTL:.0f} s after its last heartbeat)"
+            )
+        lease._write()
+    elif _local(fs):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return acquire(url, storage_options)  # someone was quicker: judge their lease
+        with os.fdopen(fd, "wb") as f:
+            f.write(json.dumps(record, indent=2).encode())
+    else:
+        lease._write()
+    time.sleep(SETTLE)
+    holder = read_holder(url, storage_options)
+    if holder is None or holder.get("token") != token:
+        raise LeaseError(f"output {url!r} was claimed by another run starting at the same moment")
+    lease.start()
+    return lease
+
+
+@contextlib.contextmanager
+def hold(url: str, storage_options: dict | None = None) -> Iterator[Lease]:
+    """The lease of `url` for the duration of the block."""
+    lease = acquire(url, storage_options)
+    try:
+        yield lease
+    finally:
+        lease.release()
+
+
+def still_held(url: str, storage_options: dict | None, token: str | None) -> bool:
+    """Whether the lease with `token` still governs the store (token None: the job runs without a lease).
+    Storage errors are retried (as reads of inputs are) before they propagate."""
+    if token is None:
+        return True
+    for wait in (0.5, 1.0, 2.0, None):
+        try:
+            holder = read_holder(url, storage_options)
+            break
+        except OSError:
+            if wait is None:
+                raise
+            time.sleep(wait)
+    return holder is not None and holder.get("token") == token
