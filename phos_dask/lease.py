@@ -146,25 +146,26 @@ def acquire(url: str, storage_options: dict | None = None) -> Lease:
     record = {"token": token, "host": socket.gethostname(), "pid": os.getpid(), "pid_started": me.create_time(),
               "started": datetime.now(UTC).isoformat(timespec="seconds"), "heartbeat": now}
     lease = Lease(url, storage_options, token, record)
-    holder = read_holder(url, storage_options)
-    if holder is not None:
-        dead, why = is_dead(holder, now)
-        if not dead:
-            raise LeaseError(
-                f"output {url!r} is in use by another run (pid {holder.get('pid')} on {holder.get('host')}, "
-                f"started {holder.get('started')}, {why}); wait for it to finish or choose another --out "
-                f"(the lease of a run that died expires {TTL:.0f} s after its last heartbeat)"
-            )
-        lease._write()
-    elif _local(fs):
+    for _ in range(3):
+        holder = read_holder(url, storage_options)
+        if holder is not None:
+            dead, why = is_dead(holder, now)
+            if not dead:
+                raise LeaseError(
+                    f"output {url!r} is in use by another run (pid {holder.get('pid')} on {holder.get('host')}, "
+                    f"started {holder.get('started')}, {why}); wait for it to finish or choose another --out "
+                    f"(the lease of a run that died expires {TTL:.0f} s after its last heartbeat)"
+                )
+        if holder is not None or not _local(fs) or fs.exists(path):  # dead, remote, or torn: replace it
+            lease._write()
+            break
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return acquire(url, storage_options)  # someone was quicker: judge their lease
+        except FileExistsError:  # another run was quicker: judge its lease
+            continue
         with os.fdopen(fd, "wb") as f:
             f.write(json.dumps(record, indent=2).encode())
-    else:
-        lease._write()
+        break
     time.sleep(SETTLE)
     holder = read_holder(url, storage_options)
     if holder is None or holder.get("token") != token:
