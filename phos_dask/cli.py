@@ -187,6 +187,9 @@ def _run(args: argparse.Namespace) -> int:
     from phos_dask.lease import LeaseError, hold
     from phos_dask.progress import Progress
 
+    if not args.source:
+        raise CLIError("run needs a SOURCE (a folder, an image or a URL), on the command line or as `source` "
+                       "in --job's file")
     settings = settings_from_args(args, image_key="", dtype="uint16")
     if (args.export is None) != (args.export_dir is None):
         raise CLIError("--export and --export-dir go together: give both or neither")
@@ -336,7 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Render every image under SOURCE into OUT (a Zarr v3 group of OME-Zarr images), tile "
                     "by tile on a Dask cluster. Reruns skip finished images.",
     )
-    run.add_argument("source", metavar="SOURCE", help="folder (searched recursively) or single image")
+    run.add_argument("source", metavar="SOURCE", nargs="?",
+                     help="folder (searched recursively) or single image (or `source` in --job's file)")
+    run.add_argument("--job", metavar="FILE.toml|FILE.json",
+                     help="read run's settings from a TOML or JSON file: keys are the long flag names "
+                          "(film = \"Portra400\", workers = 4, include = [\"*.tif\"], source = \"…\"); "
+                          "flags given on the command line win")
     run.add_argument("--out", required=True, metavar="OUT.zarr", help="output Zarr store")
     add_render_arguments(run, dtypes=("uint8", "uint16", "float16"))
     run.add_argument("--tile", type=integer, default=2048, metavar="PX",
@@ -419,8 +427,10 @@ def _add_storage_option(parser: argparse.ArgumentParser, what: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        args = _parse(parser, argv)
         # OpenCV logs decoder complaints on stderr; our own one-line error says what went wrong instead
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
         return args.func(args)
@@ -434,6 +444,75 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
+
+
+def job_file_arguments(path: str, parser: argparse.ArgumentParser) -> tuple[list[str], str | None]:
+    """A job file (TOML or JSON, read as data, never run) as `run` flags, and its `source` if any.
+    Raises CLIError for a file that cannot be read or parsed, an unknown key, or a value of the wrong kind."""
+    import tomllib
+
+    ext = Path(path).suffix.lower()
+    if ext not in (".toml", ".json"):
+        raise CLIError(f"job file {path!r}: must be .toml or .json")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        table = tomllib.loads(text) if ext == ".toml" else json.loads(text)
+    except OSError as e:
+        raise CLIError(f"cannot read job file {path!r}: {e.strerror or e}") from None
+    except ValueError as e:  # TOMLDecodeError and JSONDecodeError are ValueErrors
+        raise CLIError(f"job file {path!r} is not valid {ext[1:].upper()}: {' '.join(str(e).split())}") from None
+    if not isinstance(table, dict):
+        raise CLIError(f"job file {path!r}: expected a table of settings at the top level")
+    actions = {a.dest: a for a in parser._actions if a.option_strings}
+    tokens: list[str] = []
+    source = None
+    for key, value in table.items():
+        dest = str(key).replace("-", "_")
+        if dest == "source" and isinstance(value, str):
+            source = value
+            continue
+        action = actions.get(dest)
+        if action is None or dest in ("job", "help"):
+            known = sorted([*(d.replace("_", "-") for d in actions if d not in ("job", "help")), "source"])
+            raise CLIError(f"job file {path!r}: unknown key {key!r} (known: {', '.join(known)})")
+        flag = next(o for o in action.option_strings if o.startswith("--"))
+        if isinstance(action, argparse.BooleanOptionalAction) and isinstance(value, bool):
+            tokens.append(flag if value else f"--no-{flag[2:]}")
+        elif action.nargs == 0 and isinstance(value, bool):
+            tokens += [flag] if value else []
+        elif dest == "storage_option" and isinstance(value, dict):
+            tokens += [f"{flag}={k}={json.dumps(v)}" for k, v in _flatten(value)]
+        elif isinstance(action, argparse._AppendAction) and isinstance(value, list):
+            tokens += [f"{flag}={item}" for item in value]
+        elif isinstance(value, str | int | float) and not isinstance(value, bool) and action.nargs != 0:
+            tokens.append(f"{flag}={value}")
+        else:
+            raise CLIError(f"job file {path!r}: {key!r} cannot be {json.dumps(value)}")
+    return tokens, source
+
+
+def _flatten(table: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    items: list[tuple[str, Any]] = []
+    for k, v in table.items():
+        items += _flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
+    return items
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """The parsed command line; for `run --job FILE`, the file's settings go first, so flags given on the
+    command line win."""
+    if "run" not in argv:
+        return parser.parse_args(argv)
+    at = argv.index("run") + 1
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--job")
+    known, _ = pre.parse_known_args(argv[at:])
+    if not known.job:
+        return parser.parse_args(argv)
+    tokens, source = job_file_arguments(known.job, parser._subparsers._group_actions[0].choices["run"])
+    args = parser.parse_args([*argv[:at], *tokens, *argv[at:]])
+    args.source = args.source or source
+    return args
 
 
 def _fail(message: str, code: int) -> int:

@@ -14,7 +14,7 @@ from phos_dask.lease import Lease, LeaseError, hold
 from phos_dask.progress import Progress
 from phos_dask.settings import Settings
 from phos_dask.sources import Problem, SourceItem, scan
-from phos_dask.store import REPORT, STAGING, image_status, open_root, write_json
+from phos_dask.store import REPORT, STAGING, existing_root, image_status, open_root, write_json
 from phos_dask.tasks import WHOLE_LIMIT_MP, JobConfig
 from phos_dask.tiles import DEFAULT_TILE, TilePlan, pyramid_shapes
 
@@ -60,11 +60,11 @@ def plan_job(spec: JobSpec) -> JobPlan:
         raise JobError(str(e)) from None
     if not items:
         raise JobError(f"no images found under {spec.source!r}")
-    root = open_root(spec.out, spec.storage_options)
+    root = existing_root(spec.out, spec.storage_options)
     fingerprint = spec.config().fingerprint()
     todo, skipped, clash = [], [], []
     for item in items:
-        status = image_status(root, item.key)
+        status = image_status(root, item.key) if root is not None else None
         if status is None:
             todo.append(item)
         elif status.get("fingerprint") == fingerprint and status.get("source", {}).get("size") == item.size:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from phos_dask.film import ops
 from phos_dask.film.pipeline import Box, as_rgb, make_plan, render_region
 from phos_dask.resample import resample_to, working_shape
@@ -12,7 +14,7 @@ def prepare(image, settings: Settings):
     """Decoded image → the (h, w, 3) array the model runs on: grey expanded, alpha dropped, working size."""
     image = as_rgb(image)
     if settings.working_size is not None:
-        if ops.namespace(image) is not __import__("numpy"):
+        if ops.namespace(image) is not np:
             raise NotImplementedError("working-size resampling runs on the CPU; resample before the GPU")
         image = resample_to(image, settings.working_size)
     return image

@@ -48,6 +48,16 @@ def open_root(url: str, storage_options: dict | None = None) -> zarr.Group:
 MAX_KEY = 160
 
 
+def existing_root(url: str, storage_options: dict | None = None) -> zarr.Group | None:
+    """The output group if it exists (opened read-only), else None; creates nothing."""
+    from phos_dask.sources import options_for
+
+    try:
+        return zarr.open_group(store=url, mode="r", storage_options=options_for(url, storage_options) or None)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+        return None
+
+
 def safe_key(relpath: str) -> str:
     """An image key from a path relative to the source: one name, never a path. Accents are dropped
     (é → e), separators become '__', anything else outside [A-Za-z0-9._-] becomes '_', no key starts
@@ -83,9 +93,9 @@ def image_status(root: zarr.Group, key: str) -> dict | None:
     """The `phos` attributes of a finished image, or None when the image is absent or incomplete."""
     try:
         group = root[key]
-    except KeyError:
+        phos = dict(group.attrs).get("phos")
+    except Exception:  # absent, or metadata that cannot be read: not complete
         return None
-    phos = dict(group.attrs).get("phos")
     if not isinstance(phos, dict) or phos.get("status") != COMPLETE:
         return None
     return phos
