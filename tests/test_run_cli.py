@@ -55,14 +55,15 @@ def external_cluster(tmp_path_factory):
             c.wait_for_workers(2, timeout=60)
             address = c.scheduler.address
         yield address, sched_file
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+    finally:  # workers first: a worker whose scheduler is already gone waits ~8 s to sign off
+        for group in (procs[1:], procs[:1]):
+            for p in group:
+                p.terminate()
+            for p in group:
+                try:
+                    p.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
         assert all(p.poll() is not None for p in procs)
 
 
