@@ -7,9 +7,16 @@ A thin shell over the Python API. Exit codes: 0 success; 2 for anything wrong wi
 dtype that cannot be written) — also for a file that fails to decode, since that too is an input the user
 chose; 1 when the output cannot be written (permissions, full disk); 130 on Ctrl-C. Every such error is
 one line on stderr, `phos_dask: error: …`, never a traceback. `run` exits 0 when every image succeeded,
-1 when some failed (all others finished), 2 for usage or configuration errors.
+1 when some failed (all others finished; one line `phos_dask: failed: …` each), 2 for usage or
+configuration errors, including an output held by another live run (see phos_dask.lease).
 
 `run` flags beyond the render flags:
+
+* `--job FILE.toml|FILE.json`: the run's settings from a file, read as data. Keys are the long flag names
+  (dashes or underscores) plus `source`; true/false for switches, lists for repeatable flags, a table for
+  `storage_option`. The file's settings come first, so flags on the command line win (repeatable flags add).
+* `--max-pixels N` (default 1e9): images whose header claims more pixels are refused before decoding.
+* `--tls-ca-file`, `--tls-cert`, `--tls-key`: PEM files for a `tls://` scheduler.
 
 * `--include GLOB`, `--exclude GLOB` (repeatable): only inputs whose path relative to SOURCE, or whose
   file name, matches some `--include` and no `--exclude` (`*.tif`, `raw/**`).
