@@ -315,6 +315,8 @@ def _print_plan(plan: dict) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    for p in plan.get("problems", []):
+        print(f"not an input: {p['source']}: {p['error']}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -191,4 +191,5 @@ def dry_run(spec: JobSpec) -> dict[str, Any]:
         "source": spec.source, "out": spec.out, "images": len(rows), "skipped": len(plan.skipped),
         "bytes_out": sum(r.get("bytes_out", 0) for r in rows),
         "plan": rows,
+        "problems": [{"source": p.relpath, "error": p.error} for p in plan.problems],
     }
