@@ -55,13 +55,20 @@ def _local(fs) -> bool:
 
 
 def read_holder(url: str, storage_options: dict | None = None) -> dict[str, Any] | None:
-    """The lease record of `url`'s store, or None when there is none (or it is unreadable: a torn write)."""
+    """The lease record of `url`'s store, or None when there is none (or it is unreadable: a torn write).
+    Transient storage errors are retried (0.5, 1, 2 s) before they propagate."""
     fs, path = _fs(url, storage_options)
-    try:
-        with fs.open(path, "rb") as f:
-            record = json.loads(f.read())
-    except (FileNotFoundError, ValueError):
-        return None
+    for wait in (0.5, 1.0, 2.0, None):
+        try:
+            with fs.open(path, "rb") as f:
+                record = json.loads(f.read())
+            break
+        except (FileNotFoundError, ValueError):
+            return None
+        except OSError:
+            if wait is None:
+                raise
+            time.sleep(wait)
     return record if isinstance(record, dict) and "token" in record else None
 
 
@@ -185,16 +192,8 @@ def hold(url: str, storage_options: dict | None = None) -> Iterator[Lease]:
 
 
 def still_held(url: str, storage_options: dict | None, token: str | None) -> bool:
-    """Whether the lease with `token` still governs the store (token None: the job runs without a lease).
-    Storage errors are retried (as reads of inputs are) before they propagate."""
+    """Whether the lease with `token` still governs the store (token None: the job runs without a lease)."""
     if token is None:
         return True
-    for wait in (0.5, 1.0, 2.0, None):
-        try:
-            holder = read_holder(url, storage_options)
-            break
-        except OSError:
-            if wait is None:
-                raise
-            time.sleep(wait)
+    holder = read_holder(url, storage_options)
     return holder is not None and holder.get("token") == token
