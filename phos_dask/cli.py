@@ -224,6 +224,9 @@ def _run(args: argparse.Namespace) -> int:
                 report = run_job(spec, client, progress, plan, lease)
     except (JobError, ClusterError, LeaseError) as e:
         raise CLIError(str(e)) from None
+    except OSError as e:  # the output cannot be created or written (permissions, read-only, full disk)
+        where = f" {e.filename!r}" if e.filename else ""
+        raise CLIError(f"cannot write the output{where}: {e.strerror or e}", EXIT_OUTPUT) from None
     counts = report["counts"]
     print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
           f"{report['megapixels']:.1f} MP in {report['seconds']:.1f} s; report: {args.out}/_report.json",

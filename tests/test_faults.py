@@ -219,3 +219,13 @@ def test_the_heartbeat_notices_a_lease_taken_over(tmp_path, monkeypatch):
     finally:
         held.release()
     assert lease.read_holder(str(out))["token"] == "0000000000000000"  # another run's lease is left alone
+
+
+def test_an_output_that_cannot_be_created_is_one_line_and_exit_1(source, tmp_path):
+    (tmp_path / "a file").write_text("not a folder")
+    out = tmp_path / "a file" / "o.zarr"
+    proc = subprocess.run([sys.executable, "-m", "phos_dask", "run", str(source), "--out", str(out), *FLAGS],
+                          capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode == 1
+    expected = f"phos_dask: error: cannot write the output {str(out)!r}: Not a directory"
+    assert proc.stderr.strip().splitlines() == [expected]
