@@ -82,11 +82,20 @@ def connect(scheduler: str | None = None, scheduler_file: str | None = None, wor
         return
     n = workers or os.cpu_count() or 1
     environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_ENV}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), LocalCluster(
-        n_workers=n,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=local_address(dashboard_address),
-    ) as cluster, Client(cluster) as client:
-        yield client
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        cluster = _start_local(n, local_address(dashboard_address))
+        with cluster, Client(cluster) as client:
+            yield client
+
+
+def _start_local(workers: int, dashboard_address: str, attempts: int = 2) -> LocalCluster:
+    """A LocalCluster, started again once if a worker process dies while it starts (e.g. killed)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                dashboard_address=dashboard_address)
+        except RuntimeError as e:  # "Nanny failed to start."
+            if attempt == attempts:
+                cause = e.__cause__ or e
+                raise ClusterError(f"the local Dask cluster failed to start: {cause}") from None
+    raise AssertionError("unreachable")

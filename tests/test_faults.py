@@ -229,3 +229,32 @@ def test_an_output_that_cannot_be_created_is_one_line_and_exit_1(source, tmp_pat
     assert proc.returncode == 1
     expected = f"phos_dask: error: cannot write the output {str(out)!r}: Not a directory"
     assert proc.stderr.strip().splitlines() == [expected]
+
+
+DIE_ONCE = """import os
+marker = os.environ.get("PHOS_TEST_DIE_ONCE")
+if marker and os.path.exists(marker):
+    os.remove(marker)
+    os._exit(3)
+"""
+
+
+def test_a_worker_dying_while_the_local_cluster_starts_is_survived(tmp_path):
+    """The first worker process exits at once (a sitecustomize in its PYTHONPATH); the cluster is started
+    again and the job goes on. Without the second attempt, the failure is one ClusterError line."""
+    import dask
+
+    from phos_dask.cluster import ClusterError, _start_local
+
+    (tmp_path / "sitecustomize.py").write_text(DIE_ONCE)
+    marker = tmp_path / "die"
+    environ = {"PYTHONPATH": str(tmp_path), "PHOS_TEST_DIE_ONCE": str(marker)}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        marker.touch()
+        with pytest.raises(ClusterError, match="the local Dask cluster failed to start"):
+            _start_local(1, "127.0.0.1:0", attempts=1)
+        assert not marker.exists()
+        marker.touch()
+        with connect(workers=1, dashboard_address="127.0.0.1:0") as client:
+            assert not marker.exists()
+            assert client.submit(sum, [1, 2]).result() == 3
