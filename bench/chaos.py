@@ -11,7 +11,7 @@ What it measures:
    ones up to 1 MP run as one task each and the others are cut into tiles.
 2. Warm-up and reference: the same command twice, undisturbed, as a subprocess,
    ``python -m phos_dask run CORPUS --out OUT --film Portra400 --workers N --whole-limit 1 --tile 512
-   --dashboard-address 127.0.0.1:0 --json`` (--json: a progress line per image on stderr). The first fills
+   --dashboard-address 127.0.0.1:0 --json`` (--json: a progress line per image on stdout). The first fills
    numba's cache; the second is the reference store and its wall time T. The two stores must be equal
    pixel for pixel (else the comparison below means nothing).
 3. ``--runs`` runs, each into a fresh store. A run is a sequence of attempts (the same command, same --out,
