@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import psutil
 import pytest
@@ -36,11 +37,11 @@ def source(tmp_path_factory, photo) -> Path:
     """Ten inputs cut from the photograph: six small ones (one task each) and four tiled ones."""
     src = tmp_path_factory.mktemp("faults") / "src"
     src.mkdir()
-    h, w = photo.shape[:2]
+    base = cv2.resize(photo, (1500, 1000), interpolation=cv2.INTER_AREA)  # whatever photograph is at hand
     for i in range(10):
-        size = (600, 450) if i < 6 else (1200, 800)
-        y, x = (i * 97) % (h - size[1]), (i * 211) % (w - size[0])
-        Image.fromarray(photo[y : y + size[1], x : x + size[0]]).save(src / f"frame {i:02d}.png")
+        w, h = (600, 450) if i < 6 else (1200, 800)
+        y, x = (i * 37) % (1000 - h), (i * 53) % (1500 - w)
+        Image.fromarray(base[y : y + h, x : x + w]).save(src / f"frame {i:02d}.png")
     return src
 
 
