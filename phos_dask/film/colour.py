@@ -14,13 +14,13 @@ from phos_dask.stocks import Stock
 def srgb_decode(xp, v):
     """sRGB-encoded values in [0, 1] → linear light (same dtype as v)."""
     v = xp.asarray(v)
-    return xp.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4).astype(v.dtype, copy=False)
+    return xp.astype(xp.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4), v.dtype, copy=False)
 
 
 def srgb_encode(xp, x):
     """Linear light → sRGB-encoded in [0, 1]; x is clipped to [0, 1] first."""
     x = xp.clip(xp.asarray(x), 0, 1)
-    return xp.where(x <= 0.0031308, 12.92 * x, 1.055 * x ** (1 / 2.4) - 0.055).astype(x.dtype, copy=False)
+    return xp.astype(xp.where(x <= 0.0031308, 12.92 * x, 1.055 * x ** (1 / 2.4) - 0.055), x.dtype, copy=False)
 
 
 @cache
@@ -48,10 +48,17 @@ def linearise(xp, img, linear: bool = False):
     unless `linear` says the data already are linear light."""
     img = xp.asarray(img)
     if img.dtype == xp.uint8 or img.dtype == xp.uint16:
-        return xp.asarray(input_table(img.dtype, linear))[img]
+        table = xp.asarray(input_table(np.uint8 if img.dtype == xp.uint8 else np.uint16, linear))
+        return lookup(xp, table, img)
     if linear:
-        return img.astype(xp.float32)
-    return srgb_decode(xp, xp.clip(img.astype(xp.float32), 0, 1))
+        return xp.astype(img, xp.float32)
+    return srgb_decode(xp, xp.clip(xp.astype(img, xp.float32), 0, 1))
+
+
+def lookup(xp, table, index):
+    """table[index] for an integer array `index` of any shape (array API: take along a flattened index)."""
+    flat = xp.reshape(xp.astype(index, xp.int64), (-1,))
+    return xp.reshape(xp.take(table, flat), index.shape)
 
 
 def emulsion_matrix(stock: Stock) -> np.ndarray:
@@ -84,10 +91,10 @@ def reciprocity_factors(stock: Stock, exposure_time: float | None) -> np.ndarray
 
 def emulsion_response(xp, lin, matrix, factors=None):
     """S2 + S3: linear (h, w, 3) → planar layer exposures (C, h, w) float32."""
-    m = xp.asarray(matrix)
     r, g, b = lin[..., 0], lin[..., 1], lin[..., 2]
-    planes = [m[c, 0] * r + m[c, 1] * g + m[c, 2] * b for c in range(m.shape[0])]
-    X = xp.stack(planes).astype(xp.float32)
+    planes = [float(matrix[c, 0]) * r + float(matrix[c, 1]) * g + float(matrix[c, 2]) * b
+              for c in range(matrix.shape[0])]
+    X = xp.astype(xp.stack(planes), xp.float32)
     if factors is not None:
-        X = xp.clip(X * xp.asarray(factors).reshape(-1, 1, 1), 0, 1)
+        X = xp.clip(X * xp.reshape(xp.asarray(factors), (-1, 1, 1)), 0, 1)
     return X

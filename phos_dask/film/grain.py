@@ -51,23 +51,27 @@ def normal_table() -> tuple[np.ndarray, np.ndarray]:
 
 def hash_normal(xp, key: int, rows, cols):
     """u for the outer product of global row indices `rows` and column indices `cols` (int arrays)."""
+    from phos_dask.film.colour import lookup
+
     T, dT = (xp.asarray(t) for t in normal_table())
-    r = xp.asarray(rows).astype(xp.uint64)[:, None]
-    c = xp.asarray(cols).astype(xp.uint64)[None, :]
-    z = xp.uint64(key) + ((r << xp.uint64(32)) | c) * xp.uint64(GOLDEN)
-    z = (z ^ (z >> xp.uint64(30))) * xp.uint64(MIX1)
-    z = (z ^ (z >> xp.uint64(27))) * xp.uint64(MIX2)
-    z = z ^ (z >> xp.uint64(31))
-    i = (z >> xp.uint64(64 - TABLE_BITS)).astype(xp.int64)
-    frac = ((z >> xp.uint64(64 - TABLE_BITS - 24)) & xp.uint64(0xFFFFFF)).astype(xp.float32) * xp.float32(
-        2.0**-24
-    )
-    return T[i] + frac * dT[i]
+
+    def u64(v: int):
+        return xp.asarray(v, dtype=xp.uint64)
+
+    r = xp.expand_dims(xp.astype(xp.asarray(np.asarray(rows, np.int64)), xp.uint64), axis=1)
+    c = xp.expand_dims(xp.astype(xp.asarray(np.asarray(cols, np.int64)), xp.uint64), axis=0)
+    z = u64(key) + ((r << u64(32)) | c) * u64(GOLDEN)
+    z = (z ^ (z >> u64(30))) * u64(MIX1)
+    z = (z ^ (z >> u64(27))) * u64(MIX2)
+    z = z ^ (z >> u64(31))
+    i = z >> u64(64 - TABLE_BITS)
+    frac = xp.astype((z >> u64(64 - TABLE_BITS - 24)) & u64(0xFFFFFF), xp.float32) * 2.0**-24
+    return lookup(xp, T, i) + frac * lookup(xp, dT, i)
 
 
 def signal_gain(xp, X):
     """a(X) = sqrt(E0·0.18 / max(E0·X, 1)): relative noise of a Poisson-like exposure, 1 at mid-grey."""
-    return xp.sqrt(xp.float32(E0 * 0.18) / xp.maximum(xp.float32(E0) * X, xp.float32(1.0)))
+    return xp.sqrt(float(np.float32(E0 * 0.18)) / xp.maximum(float(np.float32(E0)) * X, 1.0))
 
 
 def grain_norm(taps: np.ndarray) -> float:

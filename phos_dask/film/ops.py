@@ -12,12 +12,24 @@ from phos_dask.film import colour
 
 
 def namespace(a):
-    """numpy for NumPy arrays, cupy for CuPy arrays (the model never imports cupy itself)."""
+    """The array API namespace of `a`: numpy for NumPy arrays, array_api_compat's wrapper of cupy for CuPy
+    arrays (the model never imports cupy itself), else the array's own (array_api_strict in the tests,
+    which keep the reference path free of NumPy-only calls)."""
     if isinstance(a, np.ndarray):
         return np
-    import cupy
+    import array_api_compat
 
-    return cupy
+    return array_api_compat.array_namespace(a)
+
+
+def _rows_cols(xp, src, rmap, cmap):
+    """src[rmap][:, cmap] for integer index arrays (NumPy, host side)."""
+    rows = xp.take(src, xp.asarray(np.asarray(rmap, np.int64)), axis=0)
+    return xp.take(rows, xp.asarray(np.asarray(cmap, np.int64)), axis=1)
+
+
+def _expand(xp, v, axis: int):
+    return xp.expand_dims(xp.asarray(v), axis=axis)
 
 
 #: Route NumPy arrays through the reference implementations too (tests compare the two paths).
@@ -55,11 +67,11 @@ def cells(src, rmap, cmap, f: int, thr: float, eta: float):
 
         return _cpu.cells(src, rmap, cmap, f, _f32(thr), _f32(eta))
     xp = namespace(src)
-    v = xp.maximum(src[xp.asarray(rmap)][:, xp.asarray(cmap)] - xp.float32(thr), xp.float32(0))
+    v = xp.maximum(_rows_cols(xp, src, rmap, cmap) - float(_f32(thr)), 0.0)
     nr, nc = len(rmap) // f, len(cmap) // f
-    v = v.reshape(nr, f, nc * f).sum(axis=1, dtype=xp.float32)
-    v = v.reshape(nr, nc, f).sum(axis=2, dtype=xp.float32)
-    return v * xp.float32(eta / (f * f))
+    v = xp.sum(xp.reshape(v, (nr, f, nc * f)), axis=1, dtype=xp.float32)
+    v = xp.sum(xp.reshape(v, (nr, nc, f)), axis=2, dtype=xp.float32)
+    return v * float(_f32(eta / (f * f)))
 
 
 def blur_valid(src, taps_v: np.ndarray, taps_h: np.ndarray, radii: np.ndarray, out=None):
@@ -73,14 +85,14 @@ def blur_valid(src, taps_v: np.ndarray, taps_h: np.ndarray, radii: np.ndarray, o
         _cpu.blur_valid(src, taps_v, taps_h, radii, out)
         return out
     xp = namespace(src)
-    out = xp.zeros((h, w), xp.float32)
+    out = xp.zeros((h, w), dtype=xp.float32)
     for i in range(taps_v.shape[0]):
-        tmp = xp.zeros((h, src.shape[1]), xp.float32)
+        tmp = xp.zeros((h, src.shape[1]), dtype=xp.float32)
         for k in range(r - int(radii[i]), r + int(radii[i]) + 1):
-            tmp += xp.float32(taps_v[i, k]) * src[k : k + h]
-        acc = xp.zeros((h, w), xp.float32)
+            tmp += float(taps_v[i, k]) * src[k : k + h, :]
+        acc = xp.zeros((h, w), dtype=xp.float32)
         for k in range(r - int(radii[i]), r + int(radii[i]) + 1):
-            acc += xp.float32(taps_h[i, k]) * tmp[:, k : k + w]
+            acc += float(taps_h[i, k]) * tmp[:, k : k + w]
         out += acc
     return out
 
@@ -100,11 +112,13 @@ def compose(src, sy: int, sx: int, blurred, interp_rows, interp_cols, thr: float
         return out
     xp = namespace(src)
     s = src[sy : sy + h, sx : sx + w]
-    v = s - xp.float32(eta) * xp.maximum(s - xp.float32(thr), xp.float32(0))
+    v = s - float(_f32(eta)) * xp.maximum(s - float(_f32(thr)), 0.0)
     if blurred is not None:
-        rj_, cj_ = xp.asarray(rj), xp.asarray(cj)
-        rows = xp.asarray(rw0)[:, None] * blurred[rj_] + xp.asarray(rw1)[:, None] * blurred[rj_ + 1]
-        up = xp.asarray(cw0)[None, :] * rows[:, cj_] + xp.asarray(cw1)[None, :] * rows[:, cj_ + 1]
+        rj_, cj_ = xp.asarray(np.asarray(rj, np.int64)), xp.asarray(np.asarray(cj, np.int64))
+        rows = (_expand(xp, rw0, 1) * xp.take(blurred, rj_, axis=0)
+                + _expand(xp, rw1, 1) * xp.take(blurred, rj_ + 1, axis=0))
+        up = (_expand(xp, cw0, 0) * xp.take(rows, cj_, axis=1)
+              + _expand(xp, cw1, 0) * xp.take(rows, cj_ + 1, axis=1))
         v = v + up
     out[...] = xp.clip(v, 0, 1)
     return out
@@ -132,7 +146,7 @@ def grain_noise(X, rmap, cmap, y0: int, x0: int, key: int, taps: np.ndarray, out
         return out
     xp = namespace(X)
     u = grain.hash_normal(xp, key, np.asarray(rmap) + y0, np.asarray(cmap) + x0)
-    rho = grain.signal_gain(xp, X[xp.asarray(rmap)][:, xp.asarray(cmap)]) * u
+    rho = grain.signal_gain(xp, _rows_cols(xp, X, rmap, cmap)) * u
     r = (len(taps) - 1) // 2
     out[...] = blur_valid(rho, taps[None, :], taps[None, :], np.array([r], np.int64))
     return out
@@ -146,13 +160,13 @@ def mix(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: float, wd, ws)
         return _cpu.mix(Yp, X, xy, xx, noise, coef, _f32(nscale), wd, ws)
     xp = namespace(Yp)
     C, h, w = Yp.shape
-    n = xp.clip(noise * xp.float32(nscale), -1, 1)
+    n = xp.clip(noise * float(_f32(nscale)), -1.0, 1.0)
     out = []
     for c in range(C):
-        g = xp.zeros((h, w), xp.float32)
+        g = xp.zeros((h, w), dtype=xp.float32)
         for p in range(noise.shape[0]):
-            g = g + xp.float32(coef[c, p]) * n[p]
-        out.append(xp.float32(wd[c]) * Yp[c] + xp.float32(ws[c]) * X[c, xy : xy + h, xx : xx + w] + g)
+            g = g + float(coef[c, p]) * n[p, ...]
+        out.append(float(wd[c]) * Yp[c, ...] + float(ws[c]) * X[c, xy : xy + h, xx : xx + w] + g)
     return xp.stack(out)
 
 
@@ -173,7 +187,7 @@ def mix_filmic_encode(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: 
         return out
     xp = namespace(Yp)
     Z = mix(Yp, X, xy, xx, noise, coef, nscale, wd, ws)
-    codes = [tone.quantise(xp, tone.filmic(xp, Z[c], tone_[c]), vmax) for c in range(C)]
+    codes = [tone.quantise(xp, tone.filmic(xp, Z[c, ...], tone_[c]), vmax) for c in range(C)]
     return xp.stack(codes, axis=-1)
 
 
@@ -192,9 +206,11 @@ def mix_encode(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: float, 
                         BUCKET_SHIFT, out)
         return out
     xp = namespace(Yp)
+    dtype = xp.uint8 if vmax == 255 else xp.uint16
     Z = mix(Yp, X, xy, xx, noise, coef, nscale, wd, ws)
     out = []
     for c in range(C):
         t = xp.asarray(thresholds[c][1 : vmax + 1])
-        out.append(xp.searchsorted(t, Z[c].ravel(), side="right").reshape(h, w).astype(dtype))
+        codes = xp.searchsorted(t, xp.reshape(Z[c, ...], (-1,)), side="right")
+        out.append(xp.astype(xp.reshape(codes, (h, w)), dtype))
     return xp.stack(out, axis=-1)

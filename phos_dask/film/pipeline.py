@@ -224,19 +224,22 @@ def render_region(window, window_origin: tuple[int, int], shape: tuple[int, int]
     if not (wy <= x_box[0] and wx <= x_box[2] and wy + window.shape[0] >= x_box[1]
             and wx + window.shape[1] >= x_box[3]):
         raise ValueError(f"window at {window_origin} of size {window.shape[:2]} does not cover {x_box}")
-    src = window[x_box[0] - wy : x_box[1] - wy, x_box[2] - wx : x_box[3] - wx]
-    X = ops.front(xp.ascontiguousarray(src), plan.matrix, plan.factors, plan.settings.linear_input)
+    src = window[x_box[0] - wy : x_box[1] - wy, x_box[2] - wx : x_box[3] - wx, ...]
+    if isinstance(src, np.ndarray):
+        src = np.ascontiguousarray(src)
+    X = ops.front(src, plan.matrix, plan.factors, plan.settings.linear_input)
     xo = (x_box[0], x_box[2])
     thr = plan.stock.threshold
     C = plan.channels
-    Y = xp.empty((C, y_box[1] - y_box[0], y_box[3] - y_box[2]), xp.float32)
+    Y = xp.empty((C, y_box[1] - y_box[0], y_box[3] - y_box[2]), dtype=xp.float32)
     for c in range(C):
-        Y[c] = _blur_stage(X[c], xo, y_box, shape, plan.bloom, thr, plan.etas[c], Y[c])
+        Y[c, ...] = _blur_stage(X[c, ...], xo, y_box, shape, plan.bloom, thr, plan.etas[c], Y[c, ...])
     if hal is not None:
         yo = (y_box[0], y_box[2])
-        Yp = xp.empty((C, y1 - y0, x1 - x0), xp.float32)
+        Yp = xp.empty((C, y1 - y0, x1 - x0), dtype=xp.float32)
         for c in range(C):
-            Yp[c] = _blur_stage(Y[c], yo, out_box, shape, hal, HALATION_THRESHOLD, plan.halation_k[c], Yp[c])
+            Yp[c, ...] = _blur_stage(Y[c, ...], yo, out_box, shape, hal, HALATION_THRESHOLD, plan.halation_k[c],
+                                     Yp[c, ...])
         del Y
     else:
         Yp = Y
@@ -257,13 +260,13 @@ def noise_planes(X, origin: tuple[int, int], out_box: Box, shape: tuple[int, int
     xp = ops.namespace(X)
     y0, y1, x0, x1 = out_box
     if plan.grain_taps is None:
-        return xp.zeros((0, y1 - y0, x1 - x0), xp.float32)
+        return xp.zeros((0, y1 - y0, x1 - x0), dtype=xp.float32)
     r = plan.grain_radius
     rows = reflect_index(np.arange(y0 - r, y1 + r), shape[0]) - origin[0]
     cols = reflect_index(np.arange(x0 - r, x1 + r), shape[1]) - origin[1]
-    planes = xp.empty((len(plan.grain_keys), y1 - y0, x1 - x0), xp.float32)
+    planes = xp.empty((len(plan.grain_keys), y1 - y0, x1 - x0), dtype=xp.float32)
     for c, key in enumerate(plan.grain_keys):
-        ops.grain_noise(X[c], rows, cols, origin[0], origin[1], key, plan.grain_taps, planes[c])
+        ops.grain_noise(X[c, ...], rows, cols, origin[0], origin[1], key, plan.grain_taps, planes[c, ...])
     return planes
 
 
@@ -275,7 +278,7 @@ def _encode(Z, plan: Plan):
     if vmax is not None:
         out = tone.quantise(xp, F, vmax)
     else:
-        out = F.astype(xp.float16 if plan.settings.dtype == "float16" else xp.float32)
+        out = xp.astype(F, xp.float16 if plan.settings.dtype == "float16" else xp.float32)
     return xp.moveaxis(out, 0, -1)
 
 
@@ -283,7 +286,7 @@ def as_rgb(image):
     """Grey (h, w) or (h, w, 1) → (h, w, 3); alpha dropped; anything else rejected."""
     xp = ops.namespace(image)
     if image.ndim == 2:
-        return xp.repeat(image[:, :, None], 3, axis=2)
+        return xp.repeat(xp.expand_dims(image, axis=2), 3, axis=2)
     if image.ndim == 3 and image.shape[2] in (1, 2):
         return xp.repeat(image[:, :, :1], 3, axis=2)
     if image.ndim == 3 and image.shape[2] in (3, 4):

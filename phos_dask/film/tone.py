@@ -42,7 +42,7 @@ def hd_curve(xp, Z, hd: HDCurve):
     """
     R = hd.D_max - hd.D_min
     L = xp.log10(xp.maximum(Z, 1e-12))
-    u = hd.gamma * (L - np.log10(MID_GREY)) + R / 2  # density above D_min on the straight line
+    u = hd.gamma * (L - float(np.log10(MID_GREY))) + R / 2  # density above D_min on the straight line
     a = _softplus(xp, u, hd.toe_strength)
     b = R - _softplus(xp, R - a, hd.shoulder_strength)
     b_min = R - float(np.logaddexp(0, hd.shoulder_strength * R) / hd.shoulder_strength)
@@ -61,9 +61,8 @@ def tone_chain(xp, Z, tone: Tone, hd: HDCurve | None):
 
 def quantise(xp, F, vmax: int):
     """S8: linear F → sRGB code, round half up."""
-    return xp.floor(srgb_encode(xp, F.astype(xp.float64)) * vmax + 0.5).astype(
-        xp.uint8 if vmax == 255 else xp.uint16
-    )
+    return xp.astype(xp.floor(srgb_encode(xp, xp.astype(F, xp.float64)) * vmax + 0.5),
+                     xp.uint8 if vmax == 255 else xp.uint16)
 
 
 @dataclass(frozen=True)
@@ -145,7 +144,7 @@ def code_tables(vmax: int, cells: int = 4096) -> tuple[np.ndarray, np.ndarray]:
 
 def linear_to_code_reference(xp, Z, tone: Tone, hd: HDCurve | None, vmax: int):
     """Direct evaluation of the chain in float32 then rounding: the definition the tables must follow."""
-    return quantise(xp, tone_chain(xp, Z.astype(xp.float32), tone, hd), vmax)
+    return quantise(xp, tone_chain(xp, xp.astype(Z, xp.float32), tone, hd), vmax)
 
 
 __all__ = [
