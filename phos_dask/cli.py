@@ -201,10 +201,18 @@ def _run(args: argparse.Namespace) -> int:
     if (args.export is None) != (args.export_dir is None):
         raise CLIError("--export and --export-dir go together: give both or neither")
     storage_options = parse_storage_options(args.storage_option or [])
+    from phos_dask.device import DeviceError, choose, probe
+
+    external = bool(args.scheduler or args.scheduler_file)
+    try:
+        device, why = choose(args.device, probe()) if not external else (args.device, "")
+    except DeviceError as e:
+        raise CLIError(str(e)) from None
     spec = JobSpec(source=args.source, out=args.out, settings=settings, tile=args.tile,
                    whole_limit_mp=args.whole_limit, overwrite=args.overwrite,
                    storage_options=storage_options or None, include=tuple(args.include or ()),
-                   exclude=tuple(args.exclude or ()), max_pixels=args.max_pixels or None)
+                   exclude=tuple(args.exclude or ()), max_pixels=args.max_pixels or None,
+                   device=device if device != "auto" else "cpu")
     try:
         if args.dry_run:
             plan = dry_run(spec)
@@ -217,8 +225,11 @@ def _run(args: argparse.Namespace) -> int:
         with hold(spec.out, spec.storage_options) as lease:
             plan = plan_job(spec)  # usage errors surface before a cluster starts
             with connect(args.scheduler, args.scheduler_file, args.workers, args.dashboard_address,
-                         security=security) as client:
+                         security=security, device=spec.device, rmm_pool_size=args.rmm_pool_size) as client:
                 print(f"dashboard: {client.dashboard_link}", file=sys.stderr, flush=True)
+                if external and args.device != "cpu":
+                    spec.device, why = _cluster_device(client, args.device)
+                print(f"device: {spec.device} ({why})", file=sys.stderr, flush=True)
                 bar = not args.json and sys.stderr.isatty()
                 progress = Progress(0, stream=sys.stderr if bar else sys.stdout, tty=bar)
                 report = run_job(spec, client, progress, plan, lease)
@@ -241,6 +252,56 @@ def _run(args: argparse.Namespace) -> int:
         finished = [r["key"] for r in report["images"] if r["status"] in ("done", "skipped")]
         export_failed = _export(args.out, args.export_dir, args.export, args.quality, storage_options, finished)
     return 1 if counts["failed"] or export_failed else 0
+
+
+def _cluster_device(client, requested: str) -> tuple[str, str]:
+    """The device for a job on an existing cluster: "gpu" when any worker has a usable GPU."""
+    from phos_dask.device import DeviceError, probe
+
+    problems = client.run(lambda: probe().gpu_problem())
+    usable = [w for w, p in problems.items() if p is None]
+    if usable:
+        return "gpu", f"{len(usable)} of {len(problems)} worker(s) have a GPU"
+    why = next(iter(problems.values()), "no workers")
+    if requested == "gpu":
+        raise CLIError(str(DeviceError(f"--device gpu: no worker has a usable GPU ({why})")))
+    return "cpu", f"no worker has a usable GPU: {why}"
+
+
+def _info(args: argparse.Namespace) -> int:
+    """Versions, the GPUs this machine's CuPy sees, and why a GPU would not be used."""
+    import importlib.metadata
+    import platform
+
+    from phos_dask.device import probe
+
+    names = ["numpy", "numba", "opencv-python-headless", "dask", "distributed", "zarr", "tifffile", "fsspec",
+             "bokeh", "cupy-cuda12x", "cupy-cuda13x", "cupy", "dask-cuda"]
+    versions = {"phos_dask": __version__, "python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    found = probe()
+    info = {
+        "versions": versions,
+        "cuda": {"driver": found.driver, "runtime": found.runtime},
+        "gpus": [{"index": g.index, "name": g.name, "memory_total": g.total_bytes, "memory_free": g.free_bytes,
+                  "compute_capability": g.compute_capability} for g in found.gpus],
+        "dask_cuda": found.dask_cuda or found.dask_cuda_error,
+        "gpu_problem": found.gpu_problem(),
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print("  ".join(f"{k} {v}" for k, v in versions.items()))
+    print(f"CUDA driver {found.driver or '-'}, runtime {found.runtime or '-'}; dask-cuda: {info['dask_cuda']}")
+    for g in found.gpus:
+        print(f"GPU {g.index}: {g.name}, {g.total_bytes / 2**30:.1f} GiB, {g.free_bytes / 2**30:.1f} GiB free, "
+              f"compute {g.compute_capability}")
+    print("GPU used by --device auto" if info["gpu_problem"] is None else f"GPU not used: {info['gpu_problem']}")
+    return 0
 
 
 def _contact_sheet(out: str, storage_options: dict) -> None:
@@ -334,6 +395,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print a JSON list of {name, kind, iso, character}")
     films.set_defaults(func=_films)
 
+    info = sub.add_parser("info", help="versions, GPUs and whether the model would use them",
+                          description="Versions of phos_dask and its libraries, the GPUs CuPy sees (name, memory "
+                                      "total/free, driver and runtime), whether dask-cuda is usable, and in one "
+                                      "line why a GPU would not be used.")
+    info.add_argument("--json", action="store_true", help="print the same as JSON")
+    info.set_defaults(func=_info)
+
     preview = sub.add_parser(
         "preview", help="render one image to a .jpg, .png or .tif",
         description="Render one image file with a film stock and write it as .jpg, .png or .tif "
@@ -367,6 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-pixels", type=_pixels, default=DEFAULT_MAX_PIXELS, metavar="N",
                      help="refuse images whose header claims more pixels than N, before decoding them "
                           "(default 1e9: 1 gigapixel; 0 = no limit)")
+    run.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
+                     help="where the model runs: auto (GPUs when CuPy sees one and dask-cuda imports, else the "
+                          "CPU), cpu, or gpu (an error without one) (default: auto)")
+    run.add_argument("--rmm-pool-size", metavar="SIZE",
+                     help="local GPU cluster: an RMM memory pool of SIZE per GPU, e.g. 24GB (default: none)")
     run.add_argument("--workers", type=integer, default=None, metavar="N",
                      help="local cluster: worker processes, one thread each (default: one per core)")
     run.add_argument("--scheduler", metavar="tcp://HOST:PORT",

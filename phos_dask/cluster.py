@@ -59,11 +59,14 @@ def local_address(address: str) -> str:
 @contextlib.contextmanager
 def connect(scheduler: str | None = None, scheduler_file: str | None = None, workers: int | None = None,
             dashboard_address: str = "127.0.0.1:8787", timeout: float = 20.0,
-            security: Security | None = None) -> Iterator[Client]:
+            security: Security | None = None, device: str = "cpu",
+            rmm_pool_size: str | None = None) -> Iterator[Client]:
     """A Client: to `scheduler` (tcp:// or tls://host:port) or `scheduler_file` if given, else to a new
     LocalCluster of `workers` single-threaded processes (default: one per core) on 127.0.0.1, its dashboard
     on `dashboard_address` (127.0.0.1 unless another host is named). `security` (see tls_security) is
-    for tls:// schedulers; without it Dask's own TLS configuration is used."""
+    for tls:// schedulers; without it Dask's own TLS configuration is used. With device "gpu" the local
+    cluster is dask-cuda's LocalCUDACluster: one worker per GPU (`workers` is then ignored), with an RMM
+    pool of `rmm_pool_size` (e.g. "24GB") when given."""
     if scheduler or scheduler_file:
         where = scheduler or f"the scheduler file {scheduler_file!r}"
         try:
@@ -83,9 +86,25 @@ def connect(scheduler: str | None = None, scheduler_file: str | None = None, wor
     n = workers or os.cpu_count() or 1
     environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_ENV}
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-        cluster = _start_local(n, local_address(dashboard_address))
+        if device == "gpu":
+            cluster = _start_cuda(local_address(dashboard_address), rmm_pool_size)
+        else:
+            cluster = _start_local(n, local_address(dashboard_address))
         with cluster, Client(cluster) as client:
             yield client
+
+
+def _start_cuda(dashboard_address: str, rmm_pool_size: str | None):
+    """dask-cuda's LocalCUDACluster on 127.0.0.1: one single-threaded worker process per visible GPU."""
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError as e:
+        raise ClusterError(f"dask-cuda cannot be imported: {e}") from None
+    try:
+        return LocalCUDACluster(host="127.0.0.1", dashboard_address=dashboard_address, threads_per_worker=1,
+                                rmm_pool_size=rmm_pool_size)
+    except (RuntimeError, ValueError) as e:
+        raise ClusterError(f"the local CUDA cluster failed to start: {e.__cause__ or e}") from None
 
 
 def _start_local(workers: int, dashboard_address: str, attempts: int = 2) -> LocalCluster:

@@ -38,10 +38,12 @@ class JobSpec:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     max_pixels: int | None = DEFAULT_MAX_PIXELS
+    #: "cpu" or "gpu" (chosen by phos_dask.device.choose from --device auto|cpu|gpu)
+    device: str = "cpu"
 
     def config(self, lease_token: str | None = None) -> JobConfig:
         return JobConfig(self.out, self.settings.replace(image_key=""), self.tile, self.whole_limit_mp,
-                         self.storage_options, self.max_pixels, lease_token)
+                         self.storage_options, self.max_pixels, lease_token, self.device)
 
 
 @dataclass
@@ -124,12 +126,15 @@ def run_job(spec: JobSpec, client, progress: Progress | None = None, plan: JobPl
         results[item.key] = {"key": item.key, "source": item.relpath, **result}
         progress.update(results[item.key])
 
+    cfg = spec.config(lease.token)
+    if spec.device == "gpu":
+        cfg = _sized_for_gpus(cfg, client)
     unusable = [{"key": None, "source": p.relpath, "status": "failed", "error": p.error} for p in plan.problems]
     for row in unusable:
         progress.update(row)
     for item in plan.skipped:
         record(item, {"status": "skipped"})
-    submit_job(client, spec.config(lease.token), plan.todo, record)
+    submit_job(client, cfg, plan.todo, record)
     progress.close()
     images = [results[it.key] for it in plan.skipped + plan.todo] + unusable
     counts = {s: sum(1 for r in images if r["status"] == s) for s in ("done", "skipped", "failed")}
@@ -143,11 +148,40 @@ def run_job(spec: JobSpec, client, progress: Progress | None = None, plan: JobPl
         "seconds": round(time.perf_counter() - t0, 3),
         "counts": counts,
         "megapixels": round(sum(r.get("megapixels", 0.0) for r in images if r["status"] == "done"), 3),
+        "device": spec.device,
+        "tile": cfg.tile,
+        "gpu_oom_fallbacks": sum(int(r.get("gpu_oom_fallbacks", 0)) for r in images),
         "images": images,
     }
     write_json(spec.out, REPORT, report, spec.storage_options)
     _drop_empty_staging(root)
     return report
+
+
+def _free_gpu_bytes() -> int | None:
+    """Free memory of this worker's GPU (run on each worker), or None without one."""
+    from phos_dask.device import cupy_accelerator
+
+    if cupy_accelerator() is None:
+        return None
+    import cupy
+
+    return int(cupy.cuda.runtime.memGetInfo()[0])
+
+
+def _sized_for_gpus(cfg: JobConfig, client) -> JobConfig:
+    """Tiles and the whole-image limit sized from the GPU workers' free memory (the smallest of them):
+    an estimated window of at most GPU_MEMORY_SHARE of it (halo taken as 128 px)."""
+    import dataclasses
+
+    from phos_dask.device import gpu_tile, gpu_whole_limit_px
+
+    free = [b for b in client.run(_free_gpu_bytes).values() if b]
+    if not free:
+        return cfg
+    least = min(free)
+    return dataclasses.replace(cfg, tile=min(cfg.tile, gpu_tile(least, 128, True)),
+                               whole_limit_mp=min(cfg.whole_limit_mp, gpu_whole_limit_px(least) / 1e6))
 
 
 def _drop_empty_staging(root) -> None:

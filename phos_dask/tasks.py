@@ -19,7 +19,8 @@ import fsspec
 import numpy as np
 
 from phos_dask import __version__
-from phos_dask.film.pipeline import Plan, as_rgb, make_plan, render_region
+from phos_dask.device import render_on
+from phos_dask.film.pipeline import Plan, as_rgb, make_plan
 from phos_dask.imageio import DEFAULT_MAX_PIXELS, ImageReadError, check_pixels, decode_image_info, open_region_reader
 from phos_dask.lease import still_held
 from phos_dask.render import prepare
@@ -54,6 +55,14 @@ class JobConfig:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     #: The job's lease on the output (phos_dask.lease); tasks write only while it is still the job's.
     lease_token: str | None = None
+    #: "gpu": render on the worker's GPU through CuPy when it has one (else, and after a device
+    #: out-of-memory error, on the CPU); "cpu": always the CPU kernels.
+    device: str = "cpu"
+
+    def accelerator(self):
+        from phos_dask.device import cupy_accelerator
+
+        return cupy_accelerator() if self.device == "gpu" else None
 
     def image_settings(self, item: SourceItem) -> Settings:
         return self.settings.replace(image_key=item.relpath)
@@ -146,12 +155,8 @@ def _chw(out: np.ndarray) -> np.ndarray:
     return out[None] if out.ndim == 2 else np.moveaxis(out, -1, 0)
 
 
-def _device() -> str:
-    return f"cpu ({socket.gethostname()})"
-
-
 def _provenance(cfg: JobConfig, item: SourceItem, st: Settings, plan: Plan, tp: TilePlan, digest: str,
-                mode: str, seconds: float) -> dict[str, Any]:
+                mode: str, seconds: float, used: str = "cpu") -> dict[str, Any]:
     return {
         "source": {"url": item.url, "relpath": item.relpath, "size": item.size, "sha256": digest},
         "stock": plan.stock.name,
@@ -163,7 +168,7 @@ def _provenance(cfg: JobConfig, item: SourceItem, st: Settings, plan: Plan, tp: 
         "shape": list(tp.shape),
         "tile_plan": {"mode": mode, "tile": tp.tile, "grid": list(tp.grid), "tiles": tp.count},
         "software": {"phos_dask": __version__},
-        "device": _device(),
+        "device": f"{used} on {socket.gethostname()}",
         "seconds": round(seconds, 3),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
     }
@@ -194,8 +199,9 @@ def process_whole(cfg: JobConfig, item: SourceItem) -> dict[str, Any]:
     except InputError as e:
         return _failed(item, e)
     shape = image.shape[:2]
-    out = _chw(render_region(image, (0, 0), shape, (0, shape[0], 0, shape[1]), plan))
-    del image
+    rendered, used, fell_back = render_on(cfg.accelerator(), image, (0, 0), shape, (0, shape[0], 0, shape[1]), plan)
+    out = _chw(rendered)
+    del image, rendered
     root = open_root(cfg.out_url, cfg.storage_options)
     _guard(cfg)
     create_image(root, item.key, out.shape[0], shape, st.dtype, tp)
@@ -206,8 +212,8 @@ def process_whole(cfg: JobConfig, item: SourceItem) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     _guard(cfg)
     mark_complete(root, item.key, out.shape[0], shape, st.dtype,
-                  _provenance(cfg, item, st, plan, tp, digest, "whole", seconds))
-    return _result(item, shape, seconds)
+                  _provenance(cfg, item, st, plan, tp, digest, "whole", seconds, used))
+    return _result(item, shape, seconds, device=used, gpu_oom_fallbacks=int(fell_back))
 
 
 def stage(cfg: JobConfig, item: SourceItem) -> dict[str, Any]:
@@ -288,8 +294,10 @@ def _tile_context(cfg: JobConfig, item: SourceItem, shape: tuple[int, int], line
     return st, plan, TilePlan.build(shape, cfg.tile, plan.halo)
 
 
-def process_tile(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], index: tuple[int, int]) -> float:
-    """Render one tile from its padded window of the staged input and write its chunks; returns seconds."""
+def process_tile(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], index: tuple[int, int]
+                 ) -> dict[str, Any]:
+    """Render one tile from its padded window of the staged input and write its chunks; returns
+    {"seconds", "device" (where it ran), "fallback" (a GPU out-of-memory error made it run on the CPU)}."""
     limit_kernel_threads()
     t0 = time.perf_counter()
     shape = tuple(staged["shape"])
@@ -297,7 +305,7 @@ def process_tile(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], index
     tile = next(t for t in tp if t.index == tuple(index))
     root = open_root(cfg.out_url, cfg.storage_options)
     if _complete(root, cfg, item):  # run again after the image was finished (its staging may be gone)
-        return 0.0
+        return {"seconds": 0.0, "device": "", "fallback": False}
     wy0, wy1, wx0, wx1 = tile.window
     if staged["direct"]:
         reader = open_region_reader(item.url, options_for(item.url, cfg.storage_options))
@@ -307,30 +315,33 @@ def process_tile(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], index
             window = as_rgb(reader.read(wy0, wy1, wx0, wx1))
     else:
         window = root[staging_path(item.key)][wy0:wy1, wx0:wx1]
-    out = _chw(render_region(window, (wy0, wx0), shape, tile.box, plan))
+    rendered, used, fell_back = render_on(cfg.accelerator(), window, (wy0, wx0), shape, tile.box, plan)
+    out = _chw(rendered)
     _guard(cfg)
     write_tile(root, item.key, tp, tile, out)
-    return time.perf_counter() - t0
+    return {"seconds": time.perf_counter() - t0, "device": used, "fallback": fell_back}
 
 
-def finalize(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], *tile_seconds: float) -> dict[str, Any]:
+def finalize(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], *tiles: dict[str, Any]) -> dict[str, Any]:
     """After every tile: the remaining pyramid levels, metadata and completion marker; staging removed."""
     limit_kernel_threads()
     t0 = time.perf_counter()
     shape = tuple(staged["shape"])
     st, plan, tp = _tile_context(cfg, item, shape, staged["linear"])
     root = open_root(cfg.out_url, cfg.storage_options)
-    seconds = staged["seconds"] + sum(tile_seconds) + (time.perf_counter() - t0)
+    seconds = staged["seconds"] + sum(t["seconds"] for t in tiles) + (time.perf_counter() - t0)
+    used = ", ".join(sorted({t["device"] for t in tiles if t["device"]})) or "cpu"
+    fallbacks = sum(1 for t in tiles if t["fallback"])
     if _complete(root, cfg, item):  # run again after its worker died having finished the image
         with contextlib.suppress(KeyError):
             del root[staging_path(item.key)]
-        return _result(item, shape, seconds, tiles=tp.count)
+        return _result(item, shape, seconds, tiles=tp.count, device=used, gpu_oom_fallbacks=fallbacks)
     _guard(cfg)
     finish_pyramid(root, item.key, shape)
     _guard(cfg)
     mark_complete(root, item.key, plan.channels, shape, st.dtype,
                   _provenance(cfg, item, st, plan, tp, staged["sha256"],
-                              "tiled, read by region" if staged["direct"] else "tiled", seconds))
+                              "tiled, read by region" if staged["direct"] else "tiled", seconds, used))
     with contextlib.suppress(KeyError):
         del root[staging_path(item.key)]
-    return _result(item, shape, seconds, tiles=tp.count)
+    return _result(item, shape, seconds, tiles=tp.count, device=used, gpu_oom_fallbacks=fallbacks)
