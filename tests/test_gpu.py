@@ -39,3 +39,33 @@ def test_gpu_region_equals_gpu_whole(small_photo):
     win = (max(0, 40 - h), min(H, 200 + h), max(0, 100 - h), min(W, 333 + h))
     got = cp.asnumpy(render_window(g[win[0] : win[1], win[2] : win[3]], (win[0], win[2]), (H, W), box, st))
     np.testing.assert_array_equal(got, whole[40:200, 100:333])
+
+
+def test_the_grain_hash_gives_the_same_bits_on_the_gpu():
+    from phos_dask.film import grain
+    from phos_dask.film.ops import namespace
+
+    rows, cols = np.arange(1000, 1300), np.arange(5000, 5400)
+    cpu = grain.hash_normal(np, 0x9E3779B97F4A7C15, rows, cols)
+    gpu = grain.hash_normal(namespace(cp.zeros(1)), 0x9E3779B97F4A7C15, rows, cols)
+    np.testing.assert_array_equal(cp.asnumpy(gpu), cpu)
+
+
+def test_a_gpu_tile_that_runs_out_of_device_memory_is_rendered_on_the_cpu(small_photo):
+    from phos_dask.device import Accelerator, cupy_accelerator, render_on
+    from phos_dask.film.pipeline import render_region
+
+    acc = cupy_accelerator()
+    assert acc is not None
+    st = Settings(film="Portra400", image_key="k", dtype="uint16")
+    region = (small_photo, (0, 0), small_photo.shape[:2], (0, 300, 0, 450), make_plan(st, small_photo.shape[:2]))
+    out, used, fell_back = render_on(acc, *region)
+    assert used.startswith("gpu") and not fell_back
+
+    def full(_):
+        raise cp.cuda.memory.OutOfMemoryError(1 << 40, 0)
+
+    full_gpu = Accelerator(acc.name, full, acc.to_host, acc.out_of_memory, acc.release)  # CuPy's own OOM error
+    out, used, fell_back = render_on(full_gpu, *region)
+    assert fell_back and used == "cpu (GPU out of memory)"
+    np.testing.assert_array_equal(out, render_region(*region))
