@@ -204,8 +204,10 @@ def _run(args: argparse.Namespace) -> int:
     from phos_dask.device import DeviceError, choose, probe
 
     external = bool(args.scheduler or args.scheduler_file)
+    if external:  # workers resolve paths in their own working directory: give them absolute local paths
+        args.source, args.out = _absolute(args.source), _absolute(args.out)
     try:
-        device, why = choose(args.device, probe()) if not external else (args.device, "")
+        device, why = choose(args.device, probe()) if not external else (args.device, "asked for")
     except DeviceError as e:
         raise CLIError(str(e)) from None
     spec = JobSpec(source=args.source, out=args.out, settings=settings, tile=args.tile,
@@ -252,6 +254,14 @@ def _run(args: argparse.Namespace) -> int:
         finished = [r["key"] for r in report["images"] if r["status"] in ("done", "skipped")]
         export_failed = _export(args.out, args.export_dir, args.export, args.quality, storage_options, finished)
     return 1 if counts["failed"] or export_failed else 0
+
+
+def _absolute(path: str) -> str:
+    """A local path made absolute; URLs (s3://…, file://…) as they are."""
+    import fsspec.utils
+
+    return os.path.abspath(path) if fsspec.utils.get_protocol(path) in ("file", "local") and "://" not in path \
+        else path
 
 
 def _cluster_device(client, requested: str) -> tuple[str, str]:
