@@ -92,6 +92,19 @@ def test_external_cluster_gives_the_same_outputs_as_a_local_run(bucket, external
     assert sorted(r["key"] for r in lines) == sorted(a) and {r["status"] for r in lines} == {"done"}
 
 
+def test_relative_paths_reach_an_external_cluster_as_absolute_ones(bucket, external_cluster, tmp_path):
+    """Workers run in their own working directory: `run` hands them absolute local paths."""
+    address, _ = external_cluster
+    rel_source = os.path.relpath(bucket, tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "phos_dask", "run", rel_source, "--out", "rel.zarr", "--film",
+                           "Portra400", "--scheduler", address, "--include", "*.jpg"],
+                          capture_output=True, text=True, timeout=300, env=ENV, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "rel.zarr" / "_report.json").read_text())
+    assert report["out"] == str(tmp_path / "rel.zarr") and report["source"] == str(bucket)
+    assert report["counts"]["done"] == 1
+
+
 def test_exit_code_1_when_one_file_is_unreadable_and_the_others_finish(bucket, tmp_path):
     src = tmp_path / "src"
     shutil.copytree(bucket, src)
