@@ -350,6 +350,14 @@ def _export_command(args: argparse.Namespace) -> int:
     return 1 if _export(args.out, args.to, args.format, args.quality, storage_options) else 0
 
 
+def json_or_text(text: str) -> Any:
+    """A flag's VALUE: its JSON reading when it parses (true, 3, 1.5, "x", {...}), else the text itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def parse_storage_options(pairs: Sequence[str]) -> dict[str, Any]:
     """`KEY=VALUE` flags → fsspec storage options. VALUE is JSON when it parses (true, 3, "x", {...}), else
     the text itself; dots in KEY nest (`client_kwargs.endpoint_url=…` → {"client_kwargs": {...}}).
@@ -360,10 +368,7 @@ def parse_storage_options(pairs: Sequence[str]) -> dict[str, Any]:
         parts = key.strip().split(".")
         if not sep or not all(parts):
             raise CLIError(f"--storage-option {pair!r}: expected KEY=VALUE (KEY may be dotted: a.b=VALUE)")
-        try:
-            value: Any = json.loads(text)
-        except ValueError:
-            value = text
+        value = json_or_text(text)
         node = options
         for part in parts[:-1]:
             node = node.setdefault(part, {})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -47,7 +47,6 @@ class Devices:
     dask_cuda: str | None = None
     dask_cuda_error: str | None = "dask-cuda is not installed (pip install -e '.[gpu]')"
     probe_error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def gpu_problem(self) -> str | None:
         """Why a GPU would not be used, in one line; None when CuPy sees a device and dask-cuda imports."""

@@ -225,17 +225,15 @@ def client_tls(cluster: SLURMCluster) -> Iterator[None]:
 
 def _parse_set(items: Sequence[str]) -> dict[str, Any]:
     """`--set KEY=VALUE` as SLURMCluster keyword arguments; VALUE is JSON when it parses, else a string."""
+    from phos_dask.cli import json_or_text
+
     out: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise JobqueueError(f"--set wants KEY=VALUE, not {item!r}")
-        try:
-            value = json.loads(text)
-        except ValueError:
-            value = text
         key = key.strip()
-        out["job_name" if key == "name" else key.replace("-", "_")] = value
+        out["job_name" if key == "name" else key.replace("-", "_")] = json_or_text(text)
     return out
 
 

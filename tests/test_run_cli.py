@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import zarr
 from conftest import make_photo_bucket
+from processes import stop
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -56,14 +57,8 @@ def external_cluster(tmp_path_factory):
             address = c.scheduler.address
         yield address, sched_file
     finally:  # workers first: a worker whose scheduler is already gone waits ~8 s to sign off
-        for group in (procs[1:], procs[:1]):
-            for p in group:
-                p.terminate()
-            for p in group:
-                try:
-                    p.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        stop(procs[1:])
+        stop(procs[:1])
         assert all(p.poll() is not None for p in procs)
 
 

@@ -19,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from processes import stop
 
 from phos_dask.cluster import ClusterError, connect, local_address, tls_security
 
@@ -61,18 +62,6 @@ def _write_tls_files(tmp: Path) -> tuple[str, str, str]:
     paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     return tuple(str(p) for p in paths)
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    """Terminate the processes and wait for them; kill any that does not exit within 15 s."""
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(timeout=15)
 
 
 def _run(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -134,8 +123,8 @@ def tls_cluster(tmp_path_factory, tls_files):
         yield address
     finally:
         # workers first, while they can still say goodbye to the scheduler (stopped together, they wait ~8 s)
-        _stop(procs[1:])
-        _stop(procs[:1])
+        stop(procs[1:], timeout=15)
+        stop(procs[:1], timeout=15)
         assert all(p.poll() is not None for p in procs), "a cluster process was left behind"
 
 
