@@ -91,15 +91,21 @@ def integer(text: str) -> int:
     return int(text, 0)
 
 
-def add_render_arguments(parser: argparse.ArgumentParser, dtypes: Sequence[str] = DTYPES) -> None:
+#: The stock `run` uses without --film: the one the original Phos app preselects.
+DEFAULT_FILM = "NC200"
+
+
+def add_render_arguments(parser: argparse.ArgumentParser, dtypes: Sequence[str] = DTYPES,
+                         film_required: bool = True) -> None:
     """Add the flags that choose a render's `Settings` (film, grain, scattering, …) to `parser`.
 
     `dtypes` limits `--dtype` to what the command can write; `--dtype` defaults to None so the command
     can pick a default that suits its output. Read the flags back with `settings_from_args`.
     """
     g = parser.add_argument_group("film model")
-    g.add_argument("--film", required=True, metavar="NAME",
-                   help="film stock, case-insensitive (list them with 'phos_dask films')")
+    g.add_argument("--film", required=film_required, metavar="NAME",
+                   help="film stock, case-insensitive (list them with 'phos_dask films')"
+                        + ("" if film_required else f"; default {DEFAULT_FILM}, as the original app"))
     g.add_argument("--grain", choices=list(GRAIN_STYLES), default=_DEFAULTS["grain"],
                    help="grain style (default: %(default)s)")
     g.add_argument("--grain-size", type=float, default=_DEFAULTS["grain_size"], metavar="PX",
@@ -197,6 +203,13 @@ def _run(args: argparse.Namespace) -> int:
     if not args.source:
         raise CLIError("run needs a SOURCE (a folder, an image or a URL), on the command line or as `source` "
                        "in --job's file")
+    if args.film is None:
+        args.film = DEFAULT_FILM
+        print(f"film: {DEFAULT_FILM} (the default, as in the original app; choose another with --film NAME, "
+              "list them with 'phos_dask films')", file=sys.stderr, flush=True)
+    if args.out is None:
+        args.out = default_out(args.source)
+        print(f"out: {args.out} (beside the source; choose another with --out)", file=sys.stderr, flush=True)
     settings = settings_from_args(args, image_key="", dtype="uint16")
     if (args.export is None) != (args.export_dir is None):
         raise CLIError("--export and --export-dir go together: give both or neither")
@@ -224,6 +237,7 @@ def _run(args: argparse.Namespace) -> int:
                 _print_plan(plan)
             return 0
         security = tls_security(args.tls_ca_file, args.tls_cert, args.tls_key)
+        sheet_thumbs: dict[str, bytes] = {}
         with hold(spec.out, spec.storage_options) as lease:
             plan = plan_job(spec)  # usage errors surface before a cluster starts
             with connect(args.scheduler, args.scheduler_file, args.workers, args.dashboard_address,
@@ -234,7 +248,7 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"device: {spec.device} ({why})", file=sys.stderr, flush=True)
                 bar = not args.json and sys.stderr.isatty()
                 progress = Progress(0, stream=sys.stderr if bar else sys.stdout, tty=bar)
-                report = run_job(spec, client, progress, plan, lease)
+                report = run_job(spec, client, progress, plan, lease, sheet_thumbs)
     except (JobError, ClusterError, LeaseError) as e:
         raise CLIError(str(e)) from None
     except OSError as e:  # the output cannot be created or written (permissions, read-only, full disk)
@@ -248,12 +262,35 @@ def _run(args: argparse.Namespace) -> int:
         if r["status"] == "failed":
             named = r["source"] in r["error"]
             print(f"{PROG}: failed: {r['error'] if named else r['source'] + ': ' + r['error']}", file=sys.stderr)
-    _contact_sheet(args.out, storage_options)
+    _contact_sheet(args.out, storage_options, report, sheet_thumbs)
     export_failed = 0
     if args.export:
         finished = [r["key"] for r in report["images"] if r["status"] in ("done", "skipped")]
         export_failed = _export(args.out, args.export_dir, args.export, args.quality, storage_options, finished)
     return 1 if counts["failed"] or export_failed else 0
+
+
+def default_out(source: str) -> str:
+    """`<source name>.zarr` beside the source: photos/ → photos.zarr, s3://b/photos/ → s3://b/photos.zarr,
+    a file a.jpg → a.zarr. A bucket or file-system root has no beside: CLIError."""
+    import fsspec.utils
+
+    protocol = fsspec.utils.get_protocol(source)
+    remote = protocol not in ("file", "local")
+    if remote:
+        head, rest = source.split("://", 1)
+        parts = [p for p in rest.split("/") if p]
+        if len(parts) < 2:
+            bucket = parts[0] if parts else "BUCKET"
+            raise CLIError(f"{source!r} is a bucket's root: there is nothing beside it to write the output to; "
+                           f"give --out (e.g. --out {head}://{bucket}/phos.zarr)")
+        stem = parts[-1].rsplit(".", 1)[0] if "." in parts[-1] and not parts[-1].startswith(".") else parts[-1]
+        return f"{head}://{'/'.join([*parts[:-1], stem])}.zarr"
+    path = Path(source.removeprefix("file://")).resolve()
+    if path.parent == path:
+        raise CLIError(f"{source!r} is the file system's root; give --out")
+    stem = path.stem if path.is_file() else path.name
+    return str(path.parent / f"{stem}.zarr")
 
 
 def _absolute(path: str) -> str:
@@ -314,12 +351,17 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _contact_sheet(out: str, storage_options: dict) -> None:
-    """Write OUT/contact.jpg and say where; a failure is a warning, never the command's failure."""
+def _contact_sheet(out: str, storage_options: dict, report: dict, pairs: dict[str, bytes]) -> None:
+    """Write OUT/contact.jpg from the job's thumbnails and say where; a failure is a warning, never the
+    command's failure."""
     from phos_dask.export import write_contact_sheet
+    from phos_dask.job import SHEET_IMAGES
 
+    finished = sorted((r["key"], r["source"]) for r in report["images"] if r["status"] in ("done", "skipped"))
+    finished = finished[:SHEET_IMAGES]
     try:
-        path = write_contact_sheet(out, storage_options or None)
+        path = write_contact_sheet(out, storage_options or None, keys=[k for k, _ in finished],
+                                   labels=dict(finished), pairs=pairs) if finished else None
     except Exception as e:
         print(f"{PROG}: warning: cannot write the contact sheet: {' '.join(str(e).split()) or type(e).__name__}",
               file=sys.stderr)
@@ -440,8 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="read run's settings from a TOML or JSON file: keys are the long flag names "
                           "(film = \"Portra400\", workers = 4, include = [\"*.tif\"], source = \"…\"); "
                           "flags given on the command line win")
-    run.add_argument("--out", required=True, metavar="OUT.zarr", help="output Zarr store")
-    add_render_arguments(run, dtypes=("uint8", "uint16", "float16"))
+    run.add_argument("--out", metavar="OUT.zarr",
+                     help="output Zarr store (default: SOURCE's name + .zarr beside it: photos/ → photos.zarr, "
+                          "s3://b/photos/ → s3://b/photos.zarr)")
+    add_render_arguments(run, dtypes=("uint8", "uint16", "float16"), film_required=False)
     run.add_argument("--tile", type=integer, default=2048, metavar="PX",
                      help="tile side in px for images rendered in tiles (default 2048; grown to at least "
                           "256 px and the model's halo, rounded up to a multiple of 64)")

@@ -45,7 +45,6 @@ from functools import cache
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-import cv2
 import fsspec
 import numpy as np
 
@@ -440,42 +439,25 @@ def contact_sheet_size(n: int, thumb: int = 256) -> tuple[int, int]:
     return cols * (2 * thumb + pad) + (cols + 1) * margin, rows * (thumb + label) + (rows + 1) * margin
 
 
-def _fit(image: np.ndarray, thumb: int) -> np.ndarray:
-    """(h, w[, 3]) → fitted into thumb×thumb keeping the aspect ratio (area averaging when shrinking)."""
-    h, w = image.shape[:2]
-    s = min(thumb / h, thumb / w)
-    size = (max(1, round(w * s)), max(1, round(h * s)))
-    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
-    return cv2.resize(np.ascontiguousarray(image), size, interpolation=interp)
-
-
-def _rgb8(image: np.ndarray) -> np.ndarray:
-    """Decoded input samples (uint8/uint16 codes, float32 sRGB in [0, 1]) → (h, w, 3) uint8."""
-    if image.dtype == np.uint16:
-        image = ((image.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-    elif image.dtype.kind == "f":
-        image = np.floor(np.clip(np.nan_to_num(image), 0, 1) * 255 + 0.5).astype(np.uint8)
-    return np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image
-
-
 def _rendered_thumb(group: zarr.Group, thumb: int) -> np.ndarray:
+    from phos_dask import thumbs
+
     level = _smallest_level(group, dict(group.attrs))
-    return _rgb8(_fit(_image_codes(level, 8), thumb))
+    return thumbs.rgb8(thumbs.fit(_image_codes(level, 8), thumb))
 
 
-def _source_thumb(phos: dict[str, Any], thumb: int, storage_options: dict | None) -> np.ndarray | None:
-    from phos_dask.imageio import decode_image
+def _stored_pairs(out: str, keys: list[str], storage_options: dict | None, given: dict[str, bytes]
+                  ) -> dict[str, tuple[np.ndarray, np.ndarray] | None]:
+    """{key: (input, result) thumbnails} from `given` or from the store's _thumbs/ (read concurrently);
+    None for an image without them (made by an older version)."""
+    from phos_dask import thumbs
+    from phos_dask.storage import Location
+    from phos_dask.store import thumbs_path
 
-    url = (phos.get("source") or {}).get("url")
-    if not url:
-        return None
-    try:
-        with fsspec.open(url, "rb", **(storage_options or {})) as f:
-            data = f.read()
-        image = decode_image(data, url)
-        return _rgb8(_fit(image, thumb))
-    except Exception:  # gone, unreadable or corrupt: the sheet shows a placeholder
-        return None
+    missing = [k for k in keys if k not in given]
+    fetched = Location.of(out, storage_options).get_many(thumbs_path(k) for k in missing) if missing else {}
+    data = {**{k: fetched.get(thumbs_path(k)) for k in missing}, **given}
+    return {k: thumbs.decode_pair(data[k]) if data.get(k) else None for k in keys}
 
 
 def _paste(sheet: np.ndarray, image: np.ndarray, y: int, x: int, thumb: int, align: str) -> None:
@@ -496,11 +478,17 @@ def _fit_label(draw, text: str, font, width: int) -> str:
 
 
 def write_contact_sheet(out: str, storage_options: dict | None = None, path: str | None = None,
-                        max_images: int = 200, thumb: int = 256) -> str | None:
+                        max_images: int = 200, thumb: int = 256, keys: list[str] | None = None,
+                        labels: dict[str, str] | None = None, pairs: dict[str, bytes] | None = None
+                        ) -> str | None:
     """Write a JPEG contact sheet of the store `out`: for the first `max_images` complete images (key
     order) the input and the rendered result side by side, each fitted into `thumb`×`thumb` px, labelled
-    with the input's relative path. The result comes from the smallest pyramid level; the input is decoded
-    and reduced by area averaging, and is shown as a grey square when it cannot be read.
+    with the input's relative path. The pictures are the thumbnails the image's task made (`pairs`, else
+    the store's `_thumbs/`); for an image without them (made by an older version) the result comes from
+    the smallest pyramid level and the input is a grey square: the sheet never decodes an input.
+
+    `keys` (with `labels`: key → relative path): the complete images to show, in order, as the job that
+    just ran knows them, so nothing is listed or opened per image.
 
     Written to `path` (default ``OUT/contact.jpg``; `out` and `path` may be fsspec URLs, opened with
     `storage_options`), replacing any earlier sheet. Returns the path written, or None when the store has no
@@ -512,14 +500,17 @@ def write_contact_sheet(out: str, storage_options: dict | None = None, path: str
         raise ExportError(f"contact sheet: max_images must be >= 1 and thumb >= 16, got {max_images}, {thumb}")
     root = _open_store(out, storage_options)
     found = []
-    for key in _image_keys(root):
-        c = _complete(root, key)
+    for key in keys if keys is not None else _image_keys(root):
+        c = _complete(root, key) if keys is None else (None, {"source": {"relpath": (labels or {}).get(key, key)}})
         if c is not None:
             found.append((key, *c))
         if len(found) == max_images:
             break
     if not found:
         return None
+    from phos_dask import thumbs
+
+    pairs = _stored_pairs(out, [k for k, _, _ in found], storage_options, dict(pairs or {}))
     pad, margin, label = _contact_geometry(thumb)
     width, height = contact_sheet_size(len(found), thumb)
     sheet = np.full((height, width, 3), _BACKGROUND, np.uint8)
@@ -528,13 +519,15 @@ def write_contact_sheet(out: str, storage_options: dict | None = None, path: str
         row, col = divmod(i, CONTACT_COLUMNS)
         y = margin + row * (thumb + label + margin)
         x = margin + col * (2 * thumb + pad + margin)
-        try:
-            rendered = _rendered_thumb(group, thumb)
-        except Exception:
-            rendered = None
-        source = _source_thumb(phos, thumb, storage_options)
-        shape = (rendered if rendered is not None else source if source is not None
-                 else np.empty((thumb, thumb))).shape[:2]
+        source = rendered = None
+        if pairs[key] is not None:
+            source, rendered = (thumbs.fit(p, thumb) for p in pairs[key])
+        else:  # no stored thumbnails: the result from the store, the input as a placeholder
+            try:
+                rendered = _rendered_thumb(group if group is not None else root[key], thumb)
+            except Exception:
+                rendered = None
+        shape = (rendered if rendered is not None else np.empty((thumb, thumb))).shape[:2]
         for image, x_at, align in ((source, x, "right"), (rendered, x + thumb + pad, "left")):
             if image is None:
                 image = np.full((*shape, 3), _PLACEHOLDER, np.uint8)

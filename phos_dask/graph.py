@@ -1,8 +1,9 @@
 """A job as Dask tasks, submitted through a bounded window so the graph never holds the whole archive.
 
-Per image: `film-image-…` (read → model → write, one task) for images that run whole; otherwise
-`decode-…` (stage the decoded input), one `film-tile-…` per tile, then `finalize-…`. Task keys start
-with those prefixes, then an 8-hex-digit token of the image, so the dashboard groups work by kind.
+Per image one `film-image-…` task (tasks.process_image) reads the header and either renders the image whole
+or stages it and returns its tile grid; the client then submits one `film-tile-…` per tile and a
+`finalize-…`. Task keys start with those prefixes, then an 8-hex-digit token of the image, so the dashboard
+groups work by kind. The client does nothing per image but submit and collect: no header, no store read.
 """
 
 from __future__ import annotations
@@ -11,15 +12,23 @@ import hashlib
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from distributed import Client, Future, as_completed
 
 from phos_dask import tasks
-from phos_dask.render import output_shape
-from phos_dask.sources import SourceItem, probe_shape
+from phos_dask.sources import SourceItem
 
 ResultCallback = Callable[[SourceItem, dict[str, Any]], None]
+
+
+class Todo(NamedTuple):
+    """An image to submit: `fresh` when the output holds nothing under its key, `thumb` when its task
+    should return its contact-sheet thumbnails."""
+
+    item: SourceItem
+    fresh: bool = True
+    thumb: bool = False
 
 
 def _token(cfg: tasks.JobConfig, item: SourceItem) -> str:
@@ -28,82 +37,66 @@ def _token(cfg: tasks.JobConfig, item: SourceItem) -> str:
 
 @dataclass
 class _Image:
-    item: SourceItem
-    stage: str  # "whole" | "decode" | "finalize"
+    todo: Todo
+    stage: str  # "image" | "finalize"
     token: str
     started: float = field(default_factory=time.perf_counter)
 
 
-def plan_mode(cfg: tasks.JobConfig, item: SourceItem) -> tuple[str, tuple[int, int] | None]:
-    """("whole" | "tiled", working-size shape or None when the header could not be read)."""
-    shape = probe_shape(item.url, cfg.storage_options)
-    if shape is None:  # e.g. BigTIFF, which the header reader does not know
-        from phos_dask.imageio import open_region_reader
-        from phos_dask.sources import options_for
-
-        reader = open_region_reader(item.url, options_for(item.url, cfg.storage_options))
-        if reader is None:
-            return "whole", None  # the decoder will either manage or report the file
-        with reader:
-            shape = reader.shape
-    shape = output_shape(shape, cfg.settings)
-    return ("whole" if cfg.runs_whole(shape) else "tiled"), shape
-
-
-def submit_job(client: Client, cfg: tasks.JobConfig, items: Iterable[SourceItem], on_result: ResultCallback,
+def submit_job(client: Client, cfg: tasks.JobConfig, todos: Iterable[Todo | SourceItem], on_result: ResultCallback,
                window: int | None = None) -> None:
-    """Run every item; call on_result(item, result) as each image ends, in completion order.
+    """Run every image (a bare SourceItem is a fresh Todo); call on_result(item, result) as each image ends,
+    in completion order.
 
-    result: {"status": "done", "seconds" (task time), "wall_seconds", "megapixels", …} or
-    {"status": "failed", "error": one line, "wall_seconds"}.
+    result: {"status": "done", "seconds" (task time), "wall_seconds", "megapixels", …}, {"status":
+    "skipped"} (found complete by its task), or {"status": "failed", "error": one line, "wall_seconds"}.
     At most `window` images are in flight (default: 2 × the cluster's threads, at least 4).
     """
     if window is None:
         nthreads = sum(client.nthreads().values()) or 1
         window = max(4, 2 * nthreads)
-    pending: Iterator[SourceItem] = iter(items)
+    pending: Iterator[Todo] = (t if isinstance(t, Todo) else Todo(t) for t in todos)
     ac = as_completed()
     running: dict[str, _Image] = {}
 
-    def start(item: SourceItem) -> None:
-        token = _token(cfg, item)
-        mode, _ = plan_mode(cfg, item)
-        if mode == "whole":
-            fut = client.submit(tasks.process_whole, cfg, item, key=f"film-image-{token}-{item.key}",
-                                pure=False, retries=0)
-            running[fut.key] = _Image(item, "whole", token)
-        else:
-            fut = client.submit(tasks.stage, cfg, item, key=f"decode-{token}-{item.key}", pure=False)
-            running[fut.key] = _Image(item, "decode", token)
+    def start(todo: Todo) -> None:
+        token = _token(cfg, todo.item)
+        fut = client.submit(tasks.process_image, cfg, todo.item, todo.fresh, todo.thumb,
+                            key=f"film-image-{token}-{todo.item.key}", pure=False, retries=0)
+        running[fut.key] = _Image(todo, "image", token)
         ac.add(fut)
 
     def fill() -> None:
         while len(running) < window:
-            item = next(pending, None)
-            if item is None:
+            todo = next(pending, None)
+            if todo is None:
                 return
-            start(item)
+            start(todo)
 
     def finish(image: _Image, result: dict[str, Any]) -> None:
         result = {**result, "wall_seconds": round(time.perf_counter() - image.started, 3)}
-        on_result(image.item, result)
+        on_result(image.todo.item, result)
 
     fill()
     for fut in ac:
         image = running.pop(fut.key)
         result = fut.result() if fut.status == "finished" else None
         if result is None:
-            finish(image, {"key": image.item.key, "status": "failed", "error": _one_line(fut)})
-        elif image.stage == "decode" and result.get("status") == "staged":
-            staged = result
+            finish(image, {"key": image.todo.item.key, "status": "failed", "error": _one_line(fut)})
+        elif image.stage == "image" and result.get("status") == "staged":
+            item = image.todo.item
+            # plain data, not the future: a lost worker never makes the staging task run again under
+            # tiles that are already writing
+            staged = {k: v for k, v in result.items() if k not in ("tiles", "source_thumb")}
             tiles = [
-                client.submit(tasks.process_tile, cfg, image.item, fut, tuple(idx),
-                              key=f"film-tile-{image.token}-{idx[0]}-{idx[1]}-{image.item.key}", pure=False)
-                for idx in staged["tiles"]
+                client.submit(tasks.process_tile, cfg, item, staged, tuple(idx),
+                              key=f"film-tile-{image.token}-{idx[0]}-{idx[1]}-{item.key}", pure=False)
+                for idx in result["tiles"]
             ]
-            fin = client.submit(tasks.finalize, cfg, image.item, fut, *tiles,
-                                key=f"finalize-{image.token}-{image.item.key}", pure=False)
-            running[fin.key] = _Image(image.item, "finalize", image.token, image.started)
+            fin = client.submit(tasks.finalize, cfg, item,
+                                {**staged, "source_thumb": result.get("source_thumb"), "thumb": image.todo.thumb},
+                                *tiles, key=f"finalize-{image.token}-{item.key}", pure=False)
+            running[fin.key] = _Image(image.todo, "finalize", image.token, image.started)
             ac.add(fin)
             del tiles
         else:

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import heapq
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from phos_dask import __version__
+from phos_dask import __version__, index
 from phos_dask.film.pipeline import make_plan
 from phos_dask.imageio import DEFAULT_MAX_PIXELS
 from phos_dask.lease import Lease, LeaseError, hold
 from phos_dask.progress import Progress
 from phos_dask.settings import Settings
 from phos_dask.sources import Problem, SourceItem, scan
-from phos_dask.store import REPORT, STAGING, existing_root, image_status, open_root, write_json
+from phos_dask.storage import Location
+from phos_dask.store import REPORT, STAGING, root_document, write_root
 from phos_dask.tasks import WHOLE_LIMIT_MP, JobConfig
 from phos_dask.tiles import DEFAULT_TILE, TilePlan, pyramid_shapes
 
@@ -43,7 +46,11 @@ class JobSpec:
 
     def config(self, lease_token: str | None = None) -> JobConfig:
         return JobConfig(self.out, self.settings.replace(image_key=""), self.tile, self.whole_limit_mp,
-                         self.storage_options, self.max_pixels, lease_token, self.device)
+                         self.storage_options, self.max_pixels, lease_token, self.device, self.overwrite)
+
+
+#: The contact sheet shows this many images (the first by key).
+SHEET_IMAGES = 200
 
 
 @dataclass
@@ -52,27 +59,41 @@ class JobPlan:
     todo: list[SourceItem]
     skipped: list[SourceItem]
     problems: list[Problem] = field(default_factory=list)
+    #: keys of `todo` images the output holds something of (their task checks and clears it)
+    present: frozenset[str] = frozenset()
+    #: keys of `todo` images finished earlier with other settings, replaced by this run (--overwrite)
+    replaced: tuple[str, ...] = ()
+    #: the output's index as read ({key: entry}) and its parts
+    index: dict[str, dict[str, Any]] = field(default_factory=dict)
+    index_parts: list[str] = field(default_factory=list)
 
 
 def plan_job(spec: JobSpec) -> JobPlan:
-    """Find the inputs and sort them into work to do and finished images to skip (resume)."""
+    """Find the inputs and sort them into work to do and finished images to skip (resume), from one
+    listing of the source, and of an existing output its root, its index and one listing of its names:
+    nothing per image."""
     try:
         items, problems = scan(spec.source, spec.storage_options, spec.include, spec.exclude)
     except FileNotFoundError as e:
         raise JobError(str(e)) from None
     if not items:
         raise JobError(f"no images found under {spec.source!r}")
-    root = existing_root(spec.out, spec.storage_options)
+    out = Location.of(spec.out, spec.storage_options)
+    if root_document(out) is None:  # a new output: every image is fresh
+        return JobPlan(spec, items, [], problems)
+    finished, parts = index.read(out)
+    names = set(out.names())
     fingerprint = spec.config().fingerprint()
-    todo, skipped, clash = [], [], []
+    todo, skipped, clash, replaced = [], [], [], []
     for item in items:
-        status = image_status(root, item.key) if root is not None else None
-        if status is None:
+        entry = finished.get(item.key) if item.key in names else None
+        if entry is None:
             todo.append(item)
-        elif status.get("fingerprint") == fingerprint and status.get("source", {}).get("size") == item.size:
+        elif entry.get("fingerprint") == fingerprint and entry.get("size") == item.size:
             skipped.append(item)
         elif spec.overwrite:
             todo.append(item)
+            replaced.append(item.key)
         else:
             clash.append(item.key)
     if clash:
@@ -80,50 +101,63 @@ def plan_job(spec: JobSpec) -> JobPlan:
             f"{len(clash)} image(s) in {spec.out!r} were made with other settings or from another file "
             f"(e.g. {clash[0]!r}); rerun with --overwrite to replace them, or choose another --out"
         )
-    return JobPlan(spec, todo, skipped, problems)
+    present = frozenset(it.key for it in todo if it.key in names)
+    return JobPlan(spec, todo, skipped, problems, present, tuple(replaced), finished, parts)
 
 
-def _manifest(spec: JobSpec, items: list[SourceItem]) -> dict[str, Any]:
+def _manifest(spec: JobSpec) -> dict[str, Any]:
+    """The root's attributes: the job's settings, never anything per image (constant size)."""
     return {
         "version": __version__,
         "settings": spec.settings.replace(image_key="").to_dict(),
         "fingerprint": spec.config().fingerprint(),
         "seed": spec.settings.seed,
         "source": spec.source,
-        "inputs": {it.key: it.relpath for it in items},
     }
 
 
 def run_job(spec: JobSpec, client, progress: Progress | None = None, plan: JobPlan | None = None,
-            lease: Lease | None = None) -> dict[str, Any]:
+            lease: Lease | None = None, sheet_thumbs: dict[str, bytes] | None = None) -> dict[str, Any]:
     """Run the job on a distributed Client and return its report (also written to OUT/_report.json).
     `plan` is plan_job(spec) when the caller has made it already, under `lease` (phos_dask.lease.hold);
-    without a lease the job takes one itself. Raises JobError when another run holds the output."""
+    without a lease the job takes one itself. Raises JobError when another run holds the output.
+    `sheet_thumbs` receives {key: thumbnail pair JPEG} of the images rendered now among the first
+    SHEET_IMAGES keys (for `export.write_contact_sheet`)."""
     if lease is None:
         try:
             with hold(spec.out, spec.storage_options) as held:
-                return run_job(spec, client, progress, plan, held)
+                return run_job(spec, client, progress, plan, held, sheet_thumbs)
         except LeaseError as e:
             raise JobError(str(e)) from None
-    from phos_dask.graph import submit_job
+    from phos_dask.graph import Todo, submit_job
 
     started = datetime.now(UTC)
     t0 = time.perf_counter()
     plan = plan or plan_job(spec)
-    root = open_root(spec.out, spec.storage_options)
-    previous = dict(root.attrs).get("phos", {})
-    manifest = _manifest(spec, plan.todo + plan.skipped)
-    manifest["inputs"] = {**previous.get("inputs", {}), **manifest["inputs"]}
-    root.attrs.update({"phos": manifest})
+    out = Location.of(spec.out, spec.storage_options)
+    manifest = _manifest(spec)
+    write_root(out, manifest)
+    finished = index.Writer(out)
+    if plan.replaced:  # before any task replaces them: a killed run must not leave them indexed as finished
+        finished.remove(plan.replaced)
+        finished.flush()
     total = len(plan.todo) + len(plan.skipped) + len(plan.problems)
     progress = progress or Progress(total, tty=False)
     progress.total = total
     results: dict[str, dict[str, Any]] = {}
+    sheet = set(heapq.nsmallest(SHEET_IMAGES, (it.key for it in plan.todo + plan.skipped)))
+    thumbs: dict[str, bytes] = {}
+    fingerprint = manifest["fingerprint"]
 
     def record(item: SourceItem, result: dict[str, Any]) -> None:
         if lease.lost.is_set() and result.get("status") == "failed":
             result = {**result, "error": f"another run took over the output's lease ({result.get('error')})"}
+        if "thumb" in result:
+            result = dict(result)
+            thumbs[item.key] = result.pop("thumb")
         results[item.key] = {"key": item.key, "source": item.relpath, **result}
+        if result.get("status") in ("done", "skipped") and not lease.lost.is_set():
+            finished.add(index.entry(item.key, item.relpath, fingerprint, item.size))
         progress.update(results[item.key])
 
     cfg = spec.config(lease.token)
@@ -133,8 +167,16 @@ def run_job(spec: JobSpec, client, progress: Progress | None = None, plan: JobPl
     for row in unusable:
         progress.update(row)
     for item in plan.skipped:
-        record(item, {"status": "skipped"})
-    submit_job(client, cfg, plan.todo, record)
+        results[item.key] = {"key": item.key, "source": item.relpath, "status": "skipped"}
+        progress.update(results[item.key])
+    todos = (Todo(it, it.key not in plan.present, it.key in sheet) for it in plan.todo)
+    try:
+        submit_job(client, cfg, todos, record)
+    finally:
+        if not lease.lost.is_set():
+            finished.flush()
+    if not lease.lost.is_set():
+        finished.compact(plan.index_parts)
     progress.close()
     images = [results[it.key] for it in plan.skipped + plan.todo] + unusable
     counts = {s: sum(1 for r in images if r["status"] == s) for s in ("done", "skipped", "failed")}
@@ -153,8 +195,11 @@ def run_job(spec: JobSpec, client, progress: Progress | None = None, plan: JobPl
         "gpu_oom_fallbacks": sum(int(r.get("gpu_oom_fallbacks", 0)) for r in images),
         "images": images,
     }
-    write_json(spec.out, REPORT, report, spec.storage_options)
-    _drop_empty_staging(root)
+    out.put_json(REPORT, report)
+    if out.local and not out.names(STAGING):
+        out.delete(STAGING, recursive=True)
+    if sheet_thumbs is not None:
+        sheet_thumbs.update(thumbs)
     return report
 
 
@@ -184,43 +229,51 @@ def _sized_for_gpus(cfg: JobConfig, client) -> JobConfig:
                                whole_limit_mp=min(cfg.whole_limit_mp, gpu_whole_limit_px(least) / 1e6))
 
 
-def _drop_empty_staging(root) -> None:
-    try:
-        staging = root[STAGING]
-    except KeyError:
-        return
-    if not list(staging.keys()):
-        del root[STAGING]
+#: Header reads a dry run keeps in flight.
+PROBES = 32
 
 
 def dry_run(spec: JobSpec) -> dict[str, Any]:
-    """The plan without computing: per image its size, scale, halo, tiles, peak task memory, bytes out."""
-    from phos_dask.graph import plan_mode
+    """The plan without computing: per image its size, scale, halo, tiles, peak task memory, bytes out.
+    Headers are read concurrently (one ranged read each)."""
+    from phos_dask.imageio import open_region_reader
+    from phos_dask.render import output_shape
+    from phos_dask.sources import probe_shape
+    from phos_dask.storage import options_for
 
     plan = plan_job(spec)
     cfg = spec.config()
-    rows = []
     itemsize = {"uint8": 1, "uint16": 2, "float16": 2, "float32": 4}[spec.settings.dtype]
-    for item in plan.todo:
-        mode, shape = plan_mode(cfg, item)
-        row: dict[str, Any] = {"key": item.key, "source": item.relpath, "mode": mode}
-        if shape is not None:
-            st = cfg.image_settings(item)
-            mp = make_plan(st, shape)
-            tp = TilePlan.build(shape, cfg.tile, mp.halo)
-            per_px = BYTES_PER_PX["color" if mp.stock.is_color else "bw"]
-            if mode == "whole":
-                peak = shape[0] * shape[1] * per_px
-            else:
-                win = max((t.window[1] - t.window[0]) * (t.window[3] - t.window[2]) for t in tp)
-                peak = max(win * per_px, shape[0] * shape[1] * 3 * 2)
-            out_px = sum(h * w for h, w in pyramid_shapes(shape))
-            row.update({
-                "shape": list(shape), "scale": round(mp.s, 4), "halo": mp.halo,
-                "tiles": 1 if mode == "whole" else tp.count, "tile": tp.tile,
-                "peak_task_bytes": int(peak), "bytes_out": int(out_px * mp.channels * itemsize),
-            })
-        rows.append(row)
+
+    def row(item: SourceItem) -> dict[str, Any]:
+        shape = probe_shape(item.url, spec.storage_options)
+        if shape is None:  # e.g. BigTIFF, which the header reader does not know
+            reader = open_region_reader(item.url, options_for(item.url, spec.storage_options))
+            if reader is None:
+                return {"key": item.key, "source": item.relpath, "mode": "whole"}  # the decoder decides
+            with reader:
+                shape = reader.shape
+        shape = output_shape(shape, cfg.settings)
+        mode = "whole" if cfg.runs_whole(shape) else "tiled"
+        out: dict[str, Any] = {"key": item.key, "source": item.relpath, "mode": mode}
+        mp = make_plan(cfg.image_settings(item), shape)
+        tp = TilePlan.build(shape, cfg.tile, mp.halo)
+        per_px = BYTES_PER_PX["color" if mp.stock.is_color else "bw"]
+        if mode == "whole":
+            peak = shape[0] * shape[1] * per_px
+        else:
+            win = max((t.window[1] - t.window[0]) * (t.window[3] - t.window[2]) for t in tp)
+            peak = max(win * per_px, shape[0] * shape[1] * 3 * 2)
+        out_px = sum(h * w for h, w in pyramid_shapes(shape))
+        out.update({
+            "shape": list(shape), "scale": round(mp.s, 4), "halo": mp.halo,
+            "tiles": 1 if mode == "whole" else tp.count, "tile": tp.tile,
+            "peak_task_bytes": int(peak), "bytes_out": int(out_px * mp.channels * itemsize),
+        })
+        return out
+
+    with ThreadPoolExecutor(PROBES) as pool:
+        rows = list(pool.map(row, plan.todo))
     return {
         "source": spec.source, "out": spec.out, "images": len(rows), "skipped": len(plan.skipped),
         "bytes_out": sum(r.get("bytes_out", 0) for r in rows),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import secrets
 import socket
@@ -26,10 +27,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import fsspec
 import psutil
 
-from phos_dask.sources import options_for
+from phos_dask.storage import Location, retry
 
 LEASE = "_lease.json"
 #: Seconds after its last heartbeat that a lease held from another machine is considered dead.
@@ -38,37 +38,24 @@ TTL = float(os.environ.get("PHOS_DASK_LEASE_TTL", "60"))
 HEARTBEAT = TTL / 6
 #: Seconds between writing a new lease and reading it back to see who won.
 SETTLE = 0.2
+#: Seconds a task may rely on an answer of `still_held` without asking the store again. A run that takes
+#: over a dead lease waits this long before it starts, so no task of the dead run can still be acting on
+#: an answer given before the takeover.
+CHECK_CACHE = float(os.environ.get("PHOS_DASK_LEASE_CACHE", "3"))
 
 
 class LeaseError(RuntimeError):
     """The output is in use by another live run (or the lease could not be taken)."""
 
 
-def _fs(url: str, storage_options: dict | None):
-    fs, root = fsspec.core.url_to_fs(url, **options_for(url, storage_options))
-    return fs, f"{root.rstrip('/')}/{LEASE}"
-
-
-def _local(fs) -> bool:
-    protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
-    return protocol in ("file", "local")
-
-
 def read_holder(url: str, storage_options: dict | None = None) -> dict[str, Any] | None:
     """The lease record of `url`'s store, or None when there is none (or it is unreadable: a torn write).
     Transient storage errors are retried (0.5, 1, 2 s) before they propagate."""
-    fs, path = _fs(url, storage_options)
-    for wait in (0.5, 1.0, 2.0, None):
-        try:
-            with fs.open(path, "rb") as f:
-                record = json.loads(f.read())
-            break
-        except (FileNotFoundError, ValueError):
-            return None
-        except OSError:
-            if wait is None:
-                raise
-            time.sleep(wait)
+    data = retry(lambda: Location.of(url, storage_options).get(LEASE), (0.5, 1.0, 2.0))
+    try:
+        record = json.loads(data) if data is not None else None
+    except ValueError:
+        return None
     return record if isinstance(record, dict) and "token" in record else None
 
 
@@ -105,16 +92,7 @@ class Lease:
     _thread: threading.Thread | None = None
 
     def _write(self) -> None:
-        fs, path = _fs(self.url, self.storage_options)
-        data = json.dumps(self.record, indent=2).encode()
-        if _local(fs):
-            tmp = f"{path}.{self.token}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        else:
-            with fs.open(path, "wb") as f:
-                f.write(data)
+        Location.of(self.url, self.storage_options).put_json(LEASE, self.record)
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT):
@@ -136,23 +114,23 @@ class Lease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        fs, path = _fs(self.url, self.storage_options)
         holder = read_holder(self.url, self.storage_options)
         if holder is not None and holder.get("token") == self.token:
-            with contextlib.suppress(FileNotFoundError):
-                fs.rm(path)
+            Location.of(self.url, self.storage_options).delete(LEASE)
 
 
 def acquire(url: str, storage_options: dict | None = None) -> Lease:
     """Take the lease of the store at `url` (created if missing) or raise LeaseError naming its holder."""
-    fs, path = _fs(url, storage_options)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    where = Location.of(url, storage_options)
+    where.makedirs()
+    path = where.path(LEASE)
     me = psutil.Process()
     now = time.time()
     token = secrets.token_hex(8)
     record = {"token": token, "host": socket.gethostname(), "pid": os.getpid(), "pid_started": me.create_time(),
               "started": datetime.now(UTC).isoformat(timespec="seconds"), "heartbeat": now}
     lease = Lease(url, storage_options, token, record)
+    took_over = False
     for _ in range(3):
         holder = read_holder(url, storage_options)
         if holder is not None:
@@ -163,7 +141,8 @@ def acquire(url: str, storage_options: dict | None = None) -> Lease:
                     f"started {holder.get('started')}, {why}); wait for it to finish or choose another --out "
                     f"(the lease of a run that died expires {TTL:.0f} s after its last heartbeat)"
                 )
-        if holder is not None or not _local(fs) or fs.exists(path):  # dead, remote, or torn: replace it
+        if holder is not None or not where.local or os.path.exists(path):  # dead, remote, or torn: replace it
+            took_over = holder is not None
             lease._write()
             break
         try:
@@ -177,6 +156,8 @@ def acquire(url: str, storage_options: dict | None = None) -> Lease:
     holder = read_holder(url, storage_options)
     if holder is None or holder.get("token") != token:
         raise LeaseError(f"output {url!r} was claimed by another run starting at the same moment")
+    if took_over:
+        time.sleep(CHECK_CACHE)
     lease.start()
     return lease
 
@@ -191,9 +172,22 @@ def hold(url: str, storage_options: dict | None = None) -> Iterator[Lease]:
         lease.release()
 
 
+_checked: dict[tuple[str, str], float] = {}
+
+
 def still_held(url: str, storage_options: dict | None, token: str | None) -> bool:
-    """Whether the lease with `token` still governs the store (token None: the job runs without a lease)."""
+    """Whether the lease with `token` still governs the store (token None: the job runs without a lease).
+    A yes is remembered for CHECK_CACHE seconds in this process (one read of the lease serves all the
+    tasks a worker runs meanwhile); a no is final."""
     if token is None:
         return True
+    now = time.monotonic()
+    if now - _checked.get((url, token), -math.inf) < CHECK_CACHE:
+        return True
     holder = read_holder(url, storage_options)
-    return holder is not None and holder.get("token") == token
+    held = holder is not None and holder.get("token") == token
+    if held:
+        _checked[(url, token)] = now
+    else:
+        _checked.pop((url, token), None)
+    return held

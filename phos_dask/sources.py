@@ -15,19 +15,13 @@ import fsspec
 import fsspec.utils
 
 from phos_dask.imageio import RAW_EXTENSIONS
+from phos_dask.storage import Location, options_for
 from phos_dask.store import unique_keys
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".apng", ".gif", ".tif", ".tiff", ".webp", ".bmp", ".jp2", ".pgm", ".ppm",
      ".pnm"}
 ) | RAW_EXTENSIONS
-
-
-def options_for(url: str, storage_options: dict | None) -> dict:
-    """The job's storage options where `url` is remote; none for local paths (one job may read a bucket
-    and write a local store, or the other way round)."""
-    protocol = fsspec.utils.get_protocol(url)
-    return {} if protocol in ("file", "local") else dict(storage_options or {})
 
 
 @dataclass(frozen=True)
@@ -144,15 +138,49 @@ def _walk_local(base: str) -> tuple[dict[str, int], list[Problem]]:
     return sizes, problems
 
 
+#: Bytes read to find an image's size from its header (JPEG EXIF and PNG/WebP/GIF headers fit).
+HEADER_BYTES = 64 << 10
+
+
+def header_shape(data: bytes) -> tuple[int, int] | None:
+    """(rows, cols) of the upright image from the start of its file, or None when that does not tell (a
+    damaged header, or a format whose size lies further in, such as some TIFFs)."""
+    import io
+
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a damaged header: the decoder will report the file
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+                orientation = im.getexif().get(0x0112, 1)
+    except Exception:
+        return None
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
 def probe_shape(url: str, storage_options: dict | None = None) -> tuple[int, int] | None:
     """(rows, cols) of the upright image from its header alone, or None when the header is unreadable
-    (the decoder then decides, and reports the error)."""
+    (the decoder then decides, and reports the error). One ranged GET of HEADER_BYTES; the file is opened
+    lazily only when its header lies further in."""
+    location = Location.of(url, storage_options)
+    try:
+        head = location.get("", 0, HEADER_BYTES)
+    except OSError:
+        return None
+    if head is None:
+        return None
+    shape = header_shape(head)
+    if shape is not None or len(head) < HEADER_BYTES:
+        return shape
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = None
     try:
         with warnings.catch_warnings(), fsspec.open(url, "rb", **options_for(url, storage_options)) as f:
-            warnings.simplefilter("ignore")  # a damaged header: the decoder will report the file
+            warnings.simplefilter("ignore")
             with Image.open(f) as im:
                 w, h = im.size
                 orientation = im.getexif().get(0x0112, 1)

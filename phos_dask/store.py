@@ -1,31 +1,44 @@
 """The output store: a Zarr v3 group holding one OME-Zarr 0.5 image per input, written so that a crash or
-a rerun never loses finished work.
+a rerun never loses finished work, in as few requests as an object store allows.
 
-Rules this module keeps: the root is only ever opened in mode "a"; an image's arrays are created before
-any task writes to them; every task writes whole chunks (one writer per chunk); an image's metadata and
-its completion marker (`attributes.phos.status == "complete"`) are written last, after all its pixels.
+Layout: OUT/zarr.json (the job's settings and fingerprint: constant size), OUT/<key>/ one image per input
+(levels 0, 1, … and the image's zarr.json, whose `attributes.phos.status == "complete"` is the completion
+marker), OUT/_index/ (which images are finished: see phos_dask.index), OUT/_thumbs/ (contact-sheet
+thumbnails), OUT/_staging/ (decoded large inputs while they are rendered in tiles), OUT/_report.json.
+
+Tasks never open the store through Zarr to write: they encode chunks and metadata with Zarr in memory
+(`ImageLayout`: the same codecs, so the bytes are what Zarr itself would write) and put the objects
+straight into the store through `phos_dask.storage`, all of a task's objects at once, then the image's
+zarr.json last. Rules kept: one writer per chunk (tiles own whole chunks of every level they write); the
+image's metadata and completion marker after all its pixels; nothing is read back after it is written.
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
-import json
 import re
 import unicodedata
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+from zarr.storage import MemoryStore
 
 from phos_dask.pyramid import downsample2
-from phos_dask.tiles import TILE_LEVELS, TilePlan, assert_one_writer_per_chunk, pyramid_shapes
+from phos_dask.storage import Location
+from phos_dask.tiles import TILE_LEVELS, Tile, TilePlan, assert_one_writer_per_chunk, pyramid_shapes
 
 OME_VERSION = "0.5"
 STAGING = "_staging"
+THUMBS = "_thumbs"
 REPORT = "_report.json"
 COMPLETE = "complete"
+#: Names in the root that are the job's own, not images (image keys never start with '_' or '.').
+RESERVED_PREFIX = "_"
+METADATA = "zarr.json"
 
 
 def fast_compressor() -> BloscCodec:
@@ -33,29 +46,8 @@ def fast_compressor() -> BloscCodec:
     return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 
 
-def open_root(url: str, storage_options: dict | None = None) -> zarr.Group:
-    """The job's output group, created if missing; never truncated."""
-    from phos_dask.sources import options_for
-
-    options = options_for(url, storage_options) or None
-    try:
-        return zarr.open_group(store=url, mode="a", storage_options=options)
-    except zarr.errors.ContainsGroupError:  # another task created it a moment ago
-        return zarr.open_group(store=url, mode="r+", storage_options=options)
-
-
 #: Longest image key (bytes): file systems allow 255 per name, and the store adds nothing to it.
 MAX_KEY = 160
-
-
-def existing_root(url: str, storage_options: dict | None = None) -> zarr.Group | None:
-    """The output group if it exists (opened read-only), else None; creates nothing."""
-    from phos_dask.sources import options_for
-
-    try:
-        return zarr.open_group(store=url, mode="r", storage_options=options_for(url, storage_options) or None)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
-        return None
 
 
 def safe_key(relpath: str) -> str:
@@ -89,11 +81,109 @@ def unique_keys(relpaths: list[str]) -> dict[str, str]:
     return keys
 
 
+def _document(make) -> bytes:
+    """The zarr.json that Zarr writes for the node `make(store)` creates (in memory)."""
+    objects: dict[str, Any] = {}
+    make(MemoryStore(objects))
+    return objects[METADATA].to_bytes()
+
+
+def group_document(attributes: dict[str, Any]) -> bytes:
+    """A Zarr v3 group's zarr.json with these attributes."""
+    return _document(lambda store: zarr.create_group(store, attributes=attributes))
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """The pyramid arrays of one output image: level shapes, chunks (tile-aligned up to TILE_LEVELS), dtype
+    and codecs; and the store objects (name → bytes, names relative to the store's root) that hold them."""
+
+    key: str
+    channels: int
+    shape: tuple[int, int]
+    dtype: str
+    plan: TilePlan
+
+    @property
+    def levels(self) -> list[tuple[int, int]]:
+        return pyramid_shapes(self.shape)
+
+    def chunks(self, level: int) -> tuple[int, int, int]:
+        h, w = self.levels[level]
+        ch, cw = self.plan.chunk_shape(level) if level <= TILE_LEVELS else (1024, 1024)
+        return self.channels, max(1, min(ch, h)), max(1, min(cw, w))
+
+    def check(self) -> None:
+        assert_one_writer_per_chunk(self.plan, [c[1:] for c in map(self.chunks, range(len(self.levels)))])
+
+    def _array(self, level: int, objects: dict[str, Any]) -> zarr.Array:
+        return zarr.create_array(MemoryStore(objects), shape=(self.channels, *self.levels[level]), dtype=self.dtype,
+                                 chunks=self.chunks(level), compressors=fast_compressor(),
+                                 dimension_names=("c", "y", "x"), fill_value=0,
+                                 config={"write_empty_chunks": True})
+
+    def _named(self, level: int, objects: dict[str, Any], metadata: bool) -> dict[str, bytes]:
+        return {f"{self.key}/{level}/{name}": value.to_bytes() for name, value in objects.items()
+                if metadata or name != METADATA}
+
+    def metadata_objects(self) -> dict[str, bytes]:
+        """Every level's array zarr.json (written before any tile of a tiled image)."""
+        out: dict[str, bytes] = {}
+        for level in range(len(self.levels)):
+            objects: dict[str, Any] = {}
+            self._array(level, objects)
+            out.update(self._named(level, objects, True))
+        return out
+
+    def tile_objects(self, tile: Tile, block: np.ndarray) -> dict[str, bytes]:
+        """The chunks a tile owns: its (C, h, w) output at level 0 and its block of each level up to
+        TILE_LEVELS (each the 2×2 mean of the one before)."""
+        out: dict[str, bytes] = {}
+        for level in range(min(len(self.levels), TILE_LEVELS + 1)):
+            if level:
+                block = downsample2(block)
+            y0, y1, x0, x1 = self.plan.level_box(tile, level)
+            objects: dict[str, Any] = {}
+            self._array(level, objects)[:, y0:y1, x0:x1] = block
+            out.update(self._named(level, objects, False))
+        return out
+
+    def levels_objects(self, image: np.ndarray, first: int = 0) -> tuple[dict[str, bytes], np.ndarray]:
+        """Levels `first`, first + 1, … of a pyramid whose level `first` is `image` (C, h, w): every
+        chunk and every level's metadata, and the smallest level. Level k + 1 is the 2×2 mean of level k;
+        for tile-aligned levels this is exactly what the tiles of a tiled render write."""
+        out: dict[str, bytes] = {}
+        for level in range(first, len(self.levels)):
+            if level > first:
+                image = downsample2(image)
+            objects: dict[str, Any] = {}
+            self._array(level, objects)[...] = image
+            out.update(self._named(level, objects, True))
+        return out, image
+
+    def in_progress_document(self) -> bytes:
+        return group_document({"phos": {"status": "in-progress"}})
+
+    def complete_document(self, provenance: dict[str, Any]) -> bytes:
+        """The image's zarr.json: OME metadata and the completion marker (written after every pixel)."""
+        return group_document({"ome": ome_attributes(self.key, self.channels, self.shape, self.dtype),
+                               "phos": {**provenance, "status": COMPLETE}})
+
+
+def image_state(out: Location, key: str) -> dict[str, Any] | None:
+    """The image's `phos` attributes (whatever its status), or None when it has no metadata. One GET."""
+    document = out.get_json(f"{key}/{METADATA}")
+    if not isinstance(document, dict):
+        return None
+    phos = (document.get("attributes") or {}).get("phos")
+    return phos if isinstance(phos, dict) else {}
+
+
 def image_status(root: zarr.Group, key: str) -> dict | None:
-    """The `phos` attributes of a finished image, or None when the image is absent or incomplete."""
+    """The `phos` attributes of a finished image in an opened group, or None when the image is absent or
+    incomplete (for readers that hold the store open through Zarr)."""
     try:
-        group = root[key]
-        phos = dict(group.attrs).get("phos")
+        phos = dict(root[key].attrs).get("phos")
     except Exception:  # absent, or metadata that cannot be read: not complete
         return None
     if not isinstance(phos, dict) or phos.get("status") != COMPLETE:
@@ -101,58 +191,33 @@ def image_status(root: zarr.Group, key: str) -> dict | None:
     return phos
 
 
-def _level_chunks(plan: TilePlan, level: int, h: int, w: int) -> tuple[int, int]:
-    ch, cw = plan.chunk_shape(level) if level <= TILE_LEVELS else (1024, 1024)
-    return max(1, min(ch, h)), max(1, min(cw, w))
+def root_document(out: Location) -> dict[str, Any] | None:
+    """The `phos` attributes of the store's root group, or None when the store has no root yet."""
+    document = out.get_json(METADATA)
+    if not isinstance(document, dict):
+        return None
+    return (document.get("attributes") or {}).get("phos") or {}
 
 
-def create_image(root: zarr.Group, key: str, channels: int, shape: tuple[int, int], dtype: str,
-                 plan: TilePlan) -> None:
-    """Make sure the image's group holds empty-or-stale pyramid arrays of the right layout, and mark it
-    in progress. Arrays that already have that layout are kept, so a retried task never wipes chunks
-    other tasks have written; anything else is recreated."""
-    levels = pyramid_shapes(shape)
-    wanted = {
-        str(level): ((channels, h, w), (channels, *_level_chunks(plan, level, h, w)))
-        for level, (h, w) in enumerate(levels)
-    }
-    try:
-        group = root[key]
-        arrays = {name: group[name] for name in wanted}
-        compatible = all(
-            a.shape == shp and a.chunks == chk and str(a.dtype) == dtype
-            for (shp, chk), a in ((wanted[n], arrays[n]) for n in wanted)
-        )
-    except (KeyError, TypeError):
-        compatible = False
-    assert_one_writer_per_chunk(plan, [chk[1:] for _, chk in wanted.values()])
-    if compatible:
-        group.attrs.update({"phos": {"status": "in-progress"}})
-        return
-    group = root.create_group(key, overwrite=True, attributes={"phos": {"status": "in-progress"}})
-    for name, (shp, chk) in wanted.items():
-        group.create_array(name, shape=shp, dtype=dtype, chunks=chk, compressors=fast_compressor(),
-                           dimension_names=("c", "y", "x"), fill_value=0)
+def write_root(out: Location, manifest: dict[str, Any]) -> None:
+    """The store's root group with the job's manifest (settings, fingerprint: constant size). Only the root's
+    own zarr.json is (re)written: the images under it are never touched."""
+    out.makedirs()
+    out.put(METADATA, group_document({"phos": manifest}))
 
 
-def write_tile(root: zarr.Group, key: str, plan: TilePlan, tile, block: np.ndarray) -> None:
-    """Write a tile's output (C, h, w) to level 0 and its own chunk of each tile-written pyramid level."""
-    group = root[key]
-    levels = len(pyramid_shapes(plan.shape))
-    for level in range(min(levels, TILE_LEVELS + 1)):
-        if level:
-            block = downsample2(block)
-        y0, y1, x0, x1 = plan.level_box(tile, level)
-        group[str(level)][:, y0:y1, x0:x1] = block
+def staging_path(key: str) -> str:
+    return f"{STAGING}/{key}"
 
 
-def finish_pyramid(root: zarr.Group, key: str, shape: tuple[int, int]) -> None:
-    """Levels past TILE_LEVELS (gigapixel images only), each from the whole previous level (small)."""
-    group = root[key]
-    shapes = pyramid_shapes(shape)
-    for level in range(TILE_LEVELS + 1, len(shapes)):
-        group[str(level)][...] = downsample2(group[str(level - 1)][...])
+def thumbs_path(key: str) -> str:
+    return f"{THUMBS}/{key}.jpg"
 
+
+def write_json(url: str, name: str, payload: Any, storage_options: dict | None = None) -> None:
+    """A JSON document beside the images (e.g. _report.json), replaced atomically where the filesystem
+    allows."""
+    Location.of(url, storage_options).put_json(name, payload)
 
 def ome_attributes(key: str, channels: int, shape: tuple[int, int], dtype: str) -> dict[str, Any]:
     datasets = []
@@ -185,33 +250,3 @@ def ome_attributes(key: str, channels: int, shape: tuple[int, int], dtype: str) 
     }
 
 
-def mark_complete(root: zarr.Group, key: str, channels: int, shape: tuple[int, int], dtype: str,
-                  provenance: dict[str, Any]) -> None:
-    """Metadata and completion marker, in one attribute write, after every pixel of the image."""
-    root[key].attrs.update(
-        {"ome": ome_attributes(key, channels, shape, dtype), "phos": {**provenance, "status": COMPLETE}}
-    )
-
-
-def staging_path(key: str) -> str:
-    return f"{STAGING}/{key}"
-
-
-def write_json(url: str, name: str, payload: Any, storage_options: dict | None = None) -> None:
-    """A JSON document beside the images (e.g. _report.json), replaced atomically where the
-    filesystem allows (local: write a temporary file, then rename)."""
-    import fsspec
-
-    from phos_dask.sources import options_for
-
-    fs, root = fsspec.core.url_to_fs(url, **options_for(url, storage_options))
-    path = f"{root.rstrip('/')}/{name}"
-    data = json.dumps(payload, indent=2, default=str).encode()
-    if fs.protocol in ("file", ("file", "local")) or "file" in fs.protocol:
-        tmp = path + ".tmp"
-        with fs.open(tmp, "wb") as f:
-            f.write(data)
-        fs.mv(tmp, path)
-    else:
-        with fs.open(path, "wb") as f:
-            f.write(data)

@@ -2,11 +2,17 @@
 
 No Dask here: graph.py decides which of these run where. Every function is idempotent, so a retry after a
 worker dies writes the same bytes again.
+
+`process_image` is the one task every input starts with: it checks whether the image is already finished
+(only when the output already holds something under its key), reads the file, and from its header decides
+whether the image runs whole (then it renders and writes it) or in tiles (then it stages the input and
+returns the tile grid for the client to expand into `process_tile` tasks and a `finalize`). A small image
+in a fresh output costs one GET of the file, at most one GET of the lease, one concurrent batch of PUTs
+(chunks, level metadata, thumbnail) and the PUT of its zarr.json, in that order.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import socket
@@ -15,28 +21,28 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import fsspec
 import numpy as np
 
-from phos_dask import __version__
+from phos_dask import __version__, thumbs
 from phos_dask.device import render_on
 from phos_dask.film.pipeline import Plan, as_rgb, make_plan
 from phos_dask.imageio import DEFAULT_MAX_PIXELS, ImageReadError, check_pixels, decode_image_info, open_region_reader
 from phos_dask.lease import still_held
-from phos_dask.render import prepare
+from phos_dask.pyramid import downsample2
+from phos_dask.render import output_shape, prepare
 from phos_dask.settings import Settings
-from phos_dask.sources import SourceItem, options_for
+from phos_dask.sources import SourceItem, header_shape
+from phos_dask.storage import Location, options_for
 from phos_dask.store import (
-    create_image,
+    COMPLETE,
+    METADATA,
+    ImageLayout,
     fast_compressor,
-    finish_pyramid,
-    image_status,
-    mark_complete,
-    open_root,
+    image_state,
     staging_path,
-    write_tile,
+    thumbs_path,
 )
-from phos_dask.tiles import DEFAULT_TILE, TilePlan
+from phos_dask.tiles import DEFAULT_TILE, TILE_LEVELS, TilePlan
 
 #: Images up to this many megapixels (after working size) run as one task: no halo is recomputed and
 #: nothing is staged. A 32 MP render peaks near 1.6 GB.
@@ -58,6 +64,8 @@ class JobConfig:
     #: "gpu": render on the worker's GPU through CuPy when it has one (else, and after a device
     #: out-of-memory error, on the CPU); "cpu": always the CPU kernels.
     device: str = "cpu"
+    #: Replace finished images made with other settings (else such an image fails with one line).
+    overwrite: bool = False
 
     def accelerator(self):
         from phos_dask.device import cupy_accelerator
@@ -90,11 +98,11 @@ def _guard(cfg: JobConfig) -> None:
         raise LeaseLost(f"the lease on {cfg.out_url!r} was taken over by another run; stopping")
 
 
-def _complete(root, cfg: JobConfig, item: SourceItem) -> bool:
+def _complete(out: Location, cfg: JobConfig, item: SourceItem) -> bool:
     """Whether the image is already complete with this job's settings (a task run again after its result
     was lost with a worker)."""
-    status = image_status(root, item.key)
-    return status is not None and status.get("fingerprint") == cfg.fingerprint()
+    state = image_state(out, item.key)
+    return state is not None and state.get("status") == COMPLETE and state.get("fingerprint") == cfg.fingerprint()
 
 
 def limit_kernel_threads() -> None:
@@ -114,40 +122,37 @@ def limit_kernel_threads() -> None:
     numba.set_num_threads(max(1, min(int(wanted), numba.config.NUMBA_NUM_THREADS)))
 
 
-#: Waits (s) between attempts at reading a source after a transient storage error (the S3 client also
-#: retries each request itself).
-READ_BACKOFF = (0.5, 1.0, 2.0, 4.0)
-_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+#: Inputs up to this size (bytes) are fetched whole in one request by the task that reads their header;
+#: larger ones are first tried as tiled TIFFs read by region.
+FETCH_WHOLE_BYTES = 64 << 20
 
 
 def _fetch(url: str, storage_options: dict | None) -> bytes:
-    for wait in (*READ_BACKOFF, None):
-        try:
-            with fsspec.open(url, "rb", **options_for(url, storage_options)) as f:
-                return f.read()
-        except _PERMANENT:
-            raise
-        except OSError:
-            if wait is None:
-                raise
-            time.sleep(wait)
-    raise AssertionError("unreachable")
+    """The whole file, in one GET (retried on transient errors)."""
+    from phos_dask.storage import retry
+
+    location = Location.of(url, storage_options)
+    data = retry(lambda: location.fs.cat_file(location.root))
+    return bytes(data)
 
 
-def _read(item: SourceItem, storage_options: dict | None, max_pixels: int | None
-          ) -> tuple[np.ndarray, str, bool]:
+def _decode(item: SourceItem, data: bytes, max_pixels: int | None) -> tuple[np.ndarray, str, bool]:
     """(pixels, sha256 of the file, whether the pixels are linear light: float data, e.g. float TIFF)."""
     try:
-        data = _fetch(item.url, storage_options)
         image, info = decode_image_info(data, item.url, max_pixels)
         return image, hashlib.sha256(data).hexdigest(), bool(info["linear"])
     except ImageReadError as e:
         raise InputError(str(e)) from None
+
+
+def _read_file(item: SourceItem, storage_options: dict | None) -> bytes:
+    try:
+        return _fetch(item.url, storage_options)
     except OSError as e:
         raise InputError(f"cannot read {item.url!r}: {e.strerror or e}") from None
 
 
-def _failed(item: SourceItem, error: Exception) -> dict[str, Any]:
+def _failed(item: SourceItem, error: Exception | str) -> dict[str, Any]:
     return {"key": item.key, "status": "failed", "error": str(error)}
 
 
@@ -179,107 +184,141 @@ def _result(item: SourceItem, shape: tuple[int, int], seconds: float, **extra: A
             "megapixels": round(shape[0] * shape[1] / 1e6, 3), **extra}
 
 
-def _ingest(cfg: JobConfig, item: SourceItem):
-    """Read and decode an input, then apply its working size: (settings, pixels, sha256, linear, model plan,
-    tile plan). Raises InputError for an unusable input."""
-    image, digest, linear = _read(item, cfg.storage_options, cfg.max_pixels)
-    st = cfg.image_settings(item)
-    st = st.replace(linear_input=st.linear_input or linear)
-    image = prepare(image, st)
-    plan = make_plan(st, image.shape[:2])
-    return st, image, digest, linear, plan, TilePlan.build(image.shape[:2], cfg.tile, plan.halo)
+def _previous(cfg: JobConfig, out: Location, item: SourceItem) -> dict[str, Any] | None:
+    """For an image the output already holds something of: {"status": "skipped"} when it is complete with
+    this job's settings and from a file of the same size, a failure when it was made otherwise and the job
+    does not overwrite; else None, after removing what is there (a half-written or replaced image)."""
+    state = image_state(out, item.key)
+    if state is not None and state.get("status") == COMPLETE:
+        same = state.get("fingerprint") == cfg.fingerprint() and (state.get("source") or {}).get("size") == item.size
+        if same:
+            return {"key": item.key, "status": "skipped"}
+        if not cfg.overwrite:
+            return _failed(item, f"{item.relpath!r} in {cfg.out_url!r} was made with other settings or from "
+                                 "another file; rerun with --overwrite to replace it")
+    _guard(cfg)
+    out.delete(item.key, recursive=True)
+    return None
 
 
-def process_whole(cfg: JobConfig, item: SourceItem) -> dict[str, Any]:
-    """One task for the whole image: read, render, write every chunk and level, mark complete."""
+def process_image(cfg: JobConfig, item: SourceItem, fresh: bool = True, thumb: bool = False) -> dict[str, Any]:
+    """The first task of every input. `fresh`: the output holds nothing under the image's key (the client
+    listed it), so nothing needs checking or clearing. Returns the image's result ({"status": "done" |
+    "skipped" | "failed", …}) when it ran whole, or {"status": "staged", …, "tiles": [(row, col), …]} when
+    it is to be rendered in tiles. `thumb`: also return the contact-sheet thumbnails (JPEG bytes)."""
     limit_kernel_threads()
     t0 = time.perf_counter()
+    out = Location.of(cfg.out_url, cfg.storage_options)
+    if not fresh and (previous := _previous(cfg, out, item)) is not None:
+        return previous
+    st = cfg.image_settings(item)
+    if item.size > FETCH_WHOLE_BYTES and st.working_size is None:
+        reader = open_region_reader(item.url, options_for(item.url, cfg.storage_options))
+        if reader is not None:
+            return _stage_direct(cfg, item, reader, out, t0)
     try:
-        st, image, digest, _, plan, tp = _ingest(cfg, item)
+        data = _read_file(item, cfg.storage_options)
+        shape = header_shape(data)
+        if shape is not None and not cfg.runs_whole(output_shape(shape, st)):
+            return _stage(cfg, item, data, out, t0)
+        image, digest, linear = _decode(item, data, cfg.max_pixels)
     except InputError as e:
         return _failed(item, e)
+    del data
+    st = st.replace(linear_input=st.linear_input or linear)
+    source_thumb = thumbs.source_thumb(image)
+    image = prepare(image, st)
     shape = image.shape[:2]
+    if not cfg.runs_whole(shape):  # the header could not tell: stage the decoded pixels
+        return _stage_pixels(cfg, item, st, image, digest, linear, out, t0, source_thumb)
+    plan = make_plan(st, shape)
+    tp = TilePlan.build(shape, cfg.tile, plan.halo)
     rendered, used, fell_back = render_on(cfg.accelerator(), image, (0, 0), shape, (0, shape[0], 0, shape[1]), plan)
-    out = _chw(rendered)
-    del image, rendered
-    root = open_root(cfg.out_url, cfg.storage_options)
+    del image
+    layout = ImageLayout(item.key, 1 if rendered.ndim == 2 else rendered.shape[2], shape, st.dtype, tp)
+    layout.check()
+    objects, smallest = layout.levels_objects(_chw(rendered))
+    del rendered
+    pair = thumbs.encode_pair(source_thumb, thumbs.result_thumb(smallest))
+    objects[thumbs_path(item.key)] = pair
     _guard(cfg)
-    create_image(root, item.key, out.shape[0], shape, st.dtype, tp)
-    for tile in tp:
-        y0, y1, x0, x1 = tile.box
-        write_tile(root, item.key, tp, tile, out[:, y0:y1, x0:x1])
-    finish_pyramid(root, item.key, shape)
+    out.put_many(objects)
     seconds = time.perf_counter() - t0
     _guard(cfg)
-    mark_complete(root, item.key, out.shape[0], shape, st.dtype,
-                  _provenance(cfg, item, st, plan, tp, digest, "whole", seconds, used))
-    return _result(item, shape, seconds, device=used, gpu_oom_fallbacks=int(fell_back))
+    out.put(f"{item.key}/{METADATA}",
+            layout.complete_document(_provenance(cfg, item, st, plan, tp, digest, "whole", seconds, used)))
+    extra = {"thumb": pair} if thumb else {}
+    return _result(item, shape, seconds, device=used, gpu_oom_fallbacks=int(fell_back), **extra)
 
 
-def stage(cfg: JobConfig, item: SourceItem) -> dict[str, Any]:
-    """Decode a large image once into the staging area and create its (empty) output arrays.
-    Returns {"status": "failed", …} instead for an unusable input."""
-    limit_kernel_threads()
-    t0 = time.perf_counter()
-    st = cfg.image_settings(item)
-    if st.working_size is None:
-        reader = open_region_reader(item.url, options_for(item.url, cfg.storage_options))
-        if reader is not None:  # tiles will read their windows from the file itself: nothing to stage
-            with reader:
-                shape, linear = reader.shape, bool(reader.info["linear"])
-            try:
-                check_pixels(item.url, shape[1], shape[0], cfg.max_pixels)
-            except ImageReadError as e:
-                return _failed(item, e)
-            st = st.replace(linear_input=st.linear_input or linear)
-            plan = make_plan(st, shape)
-            tp = TilePlan.build(shape, cfg.tile, plan.halo)
-            try:
-                digest = _sha256(item.url, cfg.storage_options)
-            except OSError as e:
-                return _failed(item, InputError(f"cannot read {item.url!r}: {e.strerror or e}"))
-            root = open_root(cfg.out_url, cfg.storage_options)
-            _guard(cfg)
-            create_image(root, item.key, plan.channels, shape, st.dtype, tp)
-            return {"status": "staged", "direct": True, "linear": linear, "shape": list(shape), "sha256": digest,
-                    "tiles": [t.index for t in tp], "seconds": round(time.perf_counter() - t0, 3)}
+def _staged(item: SourceItem, shape: tuple[int, int], tp: TilePlan, digest: str, linear: bool, direct: bool,
+            t0: float, source_thumb: np.ndarray | None) -> dict[str, Any]:
+    return {"key": item.key, "status": "staged", "direct": direct, "linear": linear, "shape": list(shape),
+            "sha256": digest, "tiles": [t.index for t in tp], "seconds": round(time.perf_counter() - t0, 3),
+            "source_thumb": None if source_thumb is None else thumbs.encode_pair(source_thumb, source_thumb)}
+
+
+def _stage_direct(cfg: JobConfig, item: SourceItem, reader, out: Location, t0: float) -> dict[str, Any]:
+    """A large tiled TIFF: tiles will read their windows from the file itself, so nothing is staged."""
+    with reader:
+        shape, linear = reader.shape, bool(reader.info["linear"])
     try:
-        st, image, digest, linear, plan, tp = _ingest(cfg, item)
-    except InputError as e:
+        check_pixels(item.url, shape[1], shape[0], cfg.max_pixels)
+        digest = _sha256(item.url, cfg.storage_options)
+    except ImageReadError as e:
         return _failed(item, e)
+    except OSError as e:
+        return _failed(item, InputError(f"cannot read {item.url!r}: {e.strerror or e}"))
+    st = cfg.image_settings(item)
+    st = st.replace(linear_input=st.linear_input or linear)
+    plan = make_plan(st, shape)
+    tp = TilePlan.build(shape, cfg.tile, plan.halo)
+    _create(cfg, out, ImageLayout(item.key, plan.channels, shape, st.dtype, tp))
+    return _staged(item, shape, tp, digest, linear, True, t0, None)
+
+
+def _stage(cfg: JobConfig, item: SourceItem, data: bytes, out: Location, t0: float) -> dict[str, Any]:
+    image, digest, linear = _decode(item, data, cfg.max_pixels)
+    del data
+    st = cfg.image_settings(item)
+    st = st.replace(linear_input=st.linear_input or linear)
+    source_thumb = thumbs.source_thumb(image)
+    return _stage_pixels(cfg, item, st, prepare(image, st), digest, linear, out, t0, source_thumb)
+
+
+def _stage_pixels(cfg: JobConfig, item: SourceItem, st: Settings, image: np.ndarray, digest: str, linear: bool,
+                  out: Location, t0: float, source_thumb: np.ndarray | None) -> dict[str, Any]:
+    """Write the decoded (working-size) input once into the staging area, whole chunks one at a time, and
+    create the image's (empty) output arrays."""
+    import zarr
+
     shape = image.shape[:2]
-    root = open_root(cfg.out_url, cfg.storage_options)
+    plan = make_plan(st, shape)
+    tp = TilePlan.build(shape, cfg.tile, plan.halo)
     _guard(cfg)
-    staged = _staging_array(root, item.key, image, tp.tile)
-    if dict(staged.attrs).get("staged") != digest:
-        for tile in tp:  # whole chunks, one at a time: one writer, small temporaries
-            y0, y1, x0, x1 = tile.box
-            staged[y0:y1, x0:x1] = image[y0:y1, x0:x1]
-        staged.attrs["staged"] = digest
+    chunks = (tp.tile, tp.tile, 3) if image.ndim == 3 else (tp.tile, tp.tile)
+    staged = zarr.create_array(store=out.url_of(staging_path(item.key)), shape=image.shape, dtype=image.dtype,
+                               chunks=chunks, overwrite=True, fill_value=0, compressors=fast_compressor(),
+                               storage_options=options_for(cfg.out_url, cfg.storage_options) or None)
+    for tile in tp:
+        y0, y1, x0, x1 = tile.box
+        staged[y0:y1, x0:x1] = image[y0:y1, x0:x1]
     del image
-    create_image(root, item.key, plan.channels, shape, st.dtype, tp)
-    return {"status": "staged", "direct": False, "linear": linear, "shape": list(shape), "sha256": digest,
-            "tiles": [t.index for t in tp],
-            "seconds": round(time.perf_counter() - t0, 3)}
+    _create(cfg, out, ImageLayout(item.key, plan.channels, shape, st.dtype, tp))
+    return _staged(item, shape, tp, digest, linear, False, t0, source_thumb)
 
 
-def _staging_array(root, key: str, image: np.ndarray, tile: int):
-    """The staging array for `image`: the existing one when its layout matches (a stage task run again
-    after its worker died must not wipe chunks that running tile tasks are reading; it writes the same
-    bytes), else a new one."""
-    chunks = (tile, tile, 3) if image.ndim == 3 else (tile, tile)
-    try:
-        staged = root[staging_path(key)]
-        if staged.shape == image.shape and staged.dtype == image.dtype and staged.chunks == chunks:
-            return staged
-    except KeyError:
-        pass
-    return root.create_array(staging_path(key), shape=image.shape, dtype=image.dtype, chunks=chunks,
-                             overwrite=True, fill_value=0, compressors=fast_compressor())
+def _create(cfg: JobConfig, out: Location, layout: ImageLayout) -> None:
+    """Every level's array metadata of a tiled image, before its tiles write their chunks."""
+    layout.check()
+    _guard(cfg)
+    out.put_many(layout.metadata_objects())
 
 
 def _sha256(url: str, storage_options: dict | None) -> str:
     """The file's SHA-256, read in 8 MiB pieces (a gigapixel TIFF is never held whole)."""
+    import fsspec
+
     digest = hashlib.sha256()
     with fsspec.open(url, "rb", **options_for(url, storage_options)) as f:
         while piece := f.read(8 << 20):
@@ -294,6 +333,21 @@ def _tile_context(cfg: JobConfig, item: SourceItem, shape: tuple[int, int], line
     return st, plan, TilePlan.build(shape, cfg.tile, plan.halo)
 
 
+def _window(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], out: Location, box) -> np.ndarray:
+    wy0, wy1, wx0, wx1 = box
+    if staged["direct"]:
+        reader = open_region_reader(item.url, options_for(item.url, cfg.storage_options))
+        if reader is None:
+            raise OSError(f"{item.url!r} can no longer be read by region")
+        with reader:
+            return as_rgb(reader.read(wy0, wy1, wx0, wx1))
+    import zarr
+
+    array = zarr.open_array(store=out.url_of(staging_path(item.key)), mode="r",
+                            storage_options=options_for(cfg.out_url, cfg.storage_options) or None)
+    return array[wy0:wy1, wx0:wx1]
+
+
 def process_tile(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], index: tuple[int, int]
                  ) -> dict[str, Any]:
     """Render one tile from its padded window of the staged input and write its chunks; returns
@@ -301,47 +355,56 @@ def process_tile(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], index
     limit_kernel_threads()
     t0 = time.perf_counter()
     shape = tuple(staged["shape"])
-    _, plan, tp = _tile_context(cfg, item, shape, staged["linear"])
+    st, plan, tp = _tile_context(cfg, item, shape, staged["linear"])
     tile = next(t for t in tp if t.index == tuple(index))
-    root = open_root(cfg.out_url, cfg.storage_options)
-    if _complete(root, cfg, item):  # run again after the image was finished (its staging may be gone)
-        return {"seconds": 0.0, "device": "", "fallback": False}
-    wy0, wy1, wx0, wx1 = tile.window
-    if staged["direct"]:
-        reader = open_region_reader(item.url, options_for(item.url, cfg.storage_options))
-        if reader is None:
-            raise OSError(f"{item.url!r} can no longer be read by region")
-        with reader:
-            window = as_rgb(reader.read(wy0, wy1, wx0, wx1))
-    else:
-        window = root[staging_path(item.key)][wy0:wy1, wx0:wx1]
-    rendered, used, fell_back = render_on(cfg.accelerator(), window, (wy0, wx0), shape, tile.box, plan)
-    out = _chw(rendered)
+    out = Location.of(cfg.out_url, cfg.storage_options)
+    try:
+        window = _window(cfg, item, staged, out, tile.window)
+    except (OSError, KeyError, ValueError):
+        if _complete(out, cfg, item):  # run again after the image was finished and its staging removed
+            return {"seconds": 0.0, "device": "", "fallback": False}
+        raise
+    rendered, used, fell_back = render_on(cfg.accelerator(), window, tile.window[::2], shape, tile.box, plan)
+    out_block = _chw(rendered)
+    layout = ImageLayout(item.key, out_block.shape[0], shape, st.dtype, tp)
+    objects = layout.tile_objects(tile, out_block)
     _guard(cfg)
-    write_tile(root, item.key, tp, tile, out)
+    out.put_many(objects)
     return {"seconds": time.perf_counter() - t0, "device": used, "fallback": fell_back}
 
 
 def finalize(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], *tiles: dict[str, Any]) -> dict[str, Any]:
-    """After every tile: the remaining pyramid levels, metadata and completion marker; staging removed."""
+    """After every tile: the pyramid levels past TILE_LEVELS (gigapixel images), the thumbnails, the
+    metadata and completion marker; the staged input removed."""
+    import zarr
+
     limit_kernel_threads()
     t0 = time.perf_counter()
     shape = tuple(staged["shape"])
     st, plan, tp = _tile_context(cfg, item, shape, staged["linear"])
-    root = open_root(cfg.out_url, cfg.storage_options)
+    out = Location.of(cfg.out_url, cfg.storage_options)
     seconds = staged["seconds"] + sum(t["seconds"] for t in tiles) + (time.perf_counter() - t0)
     used = ", ".join(sorted({t["device"] for t in tiles if t["device"]})) or "cpu"
     fallbacks = sum(1 for t in tiles if t["fallback"])
-    if _complete(root, cfg, item):  # run again after its worker died having finished the image
-        with contextlib.suppress(KeyError):
-            del root[staging_path(item.key)]
-        return _result(item, shape, seconds, tiles=tp.count, device=used, gpu_oom_fallbacks=fallbacks)
+    done = _result(item, shape, seconds, tiles=tp.count, device=used, gpu_oom_fallbacks=fallbacks)
+    if _complete(out, cfg, item):  # run again after its worker died having finished the image
+        out.delete(staging_path(item.key), recursive=True)
+        return done
+    layout = ImageLayout(item.key, plan.channels, shape, st.dtype, tp)
+    so = options_for(cfg.out_url, cfg.storage_options) or None
+    last = min(len(layout.levels) - 1, TILE_LEVELS)
+    smallest = zarr.open_array(store=out.url_of(f"{item.key}/{last}"), mode="r", storage_options=so)[...]
+    objects: dict[str, bytes] = {}
+    if last + 1 < len(layout.levels):
+        objects, smallest = layout.levels_objects(downsample2(smallest), first=last + 1)
+    source_thumb = thumbs.decode_pair(staged["source_thumb"])[0] if staged.get("source_thumb") else None
+    pair = thumbs.encode_pair(source_thumb, thumbs.result_thumb(smallest))
+    objects[thumbs_path(item.key)] = pair
     _guard(cfg)
-    finish_pyramid(root, item.key, shape)
+    out.put_many(objects)
     _guard(cfg)
-    mark_complete(root, item.key, plan.channels, shape, st.dtype,
-                  _provenance(cfg, item, st, plan, tp, staged["sha256"],
-                              "tiled, read by region" if staged["direct"] else "tiled", seconds, used))
-    with contextlib.suppress(KeyError):
-        del root[staging_path(item.key)]
-    return _result(item, shape, seconds, tiles=tp.count, device=used, gpu_oom_fallbacks=fallbacks)
+    out.put(f"{item.key}/{METADATA}", layout.complete_document(
+        _provenance(cfg, item, st, plan, tp, staged["sha256"], "tiled, read by region" if staged["direct"] else "tiled",
+                    seconds, used)))
+    out.delete(staging_path(item.key), recursive=True)
+    return {**done, "thumb": pair} if staged.get("thumb") else done

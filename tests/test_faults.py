@@ -25,7 +25,7 @@ from phos_dask.cluster import connect
 from phos_dask.job import JobError, JobSpec, run_job
 from phos_dask.settings import Settings
 from phos_dask.store import image_status
-from phos_dask.tasks import JobConfig, LeaseLost, process_whole
+from phos_dask.tasks import JobConfig, LeaseLost, process_image
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"}
 #: Small images run whole; the larger ones (> 0.3 MP) are cut into 256-px tiles.
@@ -206,8 +206,8 @@ def test_tasks_of_a_run_that_lost_its_lease_write_nothing(source, tmp_path):
     with lease.hold(str(out)):
         cfg = JobConfig(str(out), Settings(film="Portra400"), lease_token="0123456789abcdef")
         with pytest.raises(LeaseLost):
-            process_whole(cfg, item)
-    assert item.key not in zarr.open_group(str(out), mode="r")
+            process_image(cfg, item)
+    assert sorted(p.name for p in out.iterdir()) == [lease.LEASE]  # nothing written but the lease
 
 
 def test_the_heartbeat_notices_a_lease_taken_over(tmp_path, monkeypatch):

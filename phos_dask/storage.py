@@ -1,0 +1,230 @@
+"""Every file and object-store access of the package: a URL becomes a `Location` (filesystem + root path),
+and a location reads, writes, lists and deletes named objects under its root.
+
+Built for object stores, where each request is a round trip of tens of milliseconds:
+
+* one request per operation: `get` is one GET (no HEAD first), `put` one PUT, `names` one paginated
+  listing; nothing here lists a bucket to answer an existence question;
+* independent requests go out together: `get_many` and `put_many` run concurrently (the S3 client's event
+  loop on object stores, a thread pool on local disks);
+* local writes are atomic (a temporary file beside the target, then a rename), so a reader never sees half
+  an object and a crash leaves the old object or the new one;
+* transient errors (5xx, dropped connections) are retried with backoff (`retry`); a missing object is an
+  answer (None), not an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import fsspec
+import fsspec.utils
+
+T = TypeVar("T")
+
+#: Waits (s) between attempts after a transient storage error (the S3 client also retries each request).
+BACKOFF = (0.5, 1.0, 2.0, 4.0)
+#: Errors that no retry can cure.
+PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+#: Requests a location keeps in flight at once.
+CONCURRENCY = 32
+
+
+def is_remote(url: str) -> bool:
+    """Whether `url` names an fsspec protocol other than the local file system."""
+    protocol = fsspec.utils.get_protocol(str(url))
+    return protocol not in ("file", "local")
+
+
+def options_for(url: str, storage_options: dict | None) -> dict:
+    """The job's storage options where `url` is remote; none for local paths (one job may read a bucket
+    and write a local store, or the reverse)."""
+    return dict(storage_options or {}) if is_remote(url) else {}
+
+
+def retry(call: Callable[[], T], backoff: Iterable[float] = BACKOFF) -> T:
+    """call() again after each wait in `backoff` while it raises a transient OSError; a permanent one
+    (missing, forbidden) and the last transient one propagate."""
+    for wait in (*backoff, None):
+        try:
+            return call()
+        except PERMANENT:
+            raise
+        except OSError:
+            if wait is None:
+                raise
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class Location:
+    """A folder or bucket prefix: `url` as given, `fs` its filesystem, `root` the path under it."""
+
+    url: str
+    fs: Any
+    root: str
+    local: bool
+
+    @staticmethod
+    def of(url: str, storage_options: dict | None = None) -> Location:
+        """The location of `url` (remote URLs use `storage_options`); cheap to call again (cached)."""
+        options = options_for(url, storage_options)
+        return _location(str(url), json.dumps(options, sort_keys=True, default=str))
+
+    def path(self, name: str = "") -> str:
+        return f"{self.root}/{name}" if name else self.root
+
+    def url_of(self, name: str = "") -> str:
+        """A URL for `name` that fsspec (and zarr) open with the same storage options."""
+        return self.path(name) if self.local else self.fs.unstrip_protocol(self.path(name))
+
+    def child(self, name: str) -> Location:
+        return Location(self.url_of(name), self.fs, self.path(name), self.local)
+
+    # ------------------------------------------------------------------------------------------ reads
+
+    def get(self, name: str, start: int | None = None, end: int | None = None) -> bytes | None:
+        """The object's bytes (or bytes [start, end)), or None when there is no such object. One request."""
+        try:
+            return retry(lambda: self.fs.cat_file(self.path(name), start=start, end=end))
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+
+    def get_json(self, name: str) -> Any | None:
+        """A JSON object, or None when it is absent or not JSON (a torn write on a store without atomic
+        writes)."""
+        data = self.get(name)
+        if data is None:
+            return None
+        try:
+            return json.loads(data)
+        except ValueError:
+            return None
+
+    def get_many(self, names: Iterable[str]) -> dict[str, bytes | None]:
+        """{name: bytes or None when absent} for every name, fetched concurrently."""
+        names = list(names)
+        if self.local or len(names) < 2:
+            return dict(zip(names, _map(self.get, names), strict=True))
+        paths = [self.path(n) for n in names]
+        found = retry(lambda: self.fs.cat(paths, on_error="return", batch_size=CONCURRENCY))
+        out: dict[str, bytes | None] = {}
+        for name, path in zip(names, paths, strict=True):
+            value = found.get(path)
+            if isinstance(value, FileNotFoundError) or value is None:
+                out[name] = None
+            elif isinstance(value, BaseException):
+                out[name] = self.get(name)  # one more try, alone, with the usual retries
+            else:
+                out[name] = value
+        return out
+
+    def names(self, prefix: str = "") -> list[str]:
+        """The names directly under `prefix` (objects and sub-folders, without the prefix), from one
+        paginated listing; [] when there is nothing there."""
+        path = self.path(prefix.rstrip("/"))
+        try:
+            entries = retry(lambda: self.fs.ls(path, detail=False, **({} if self.local else {"refresh": True})))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        base = path.rstrip("/") + "/"
+        return sorted({e[len(base):].split("/", 1)[0] if e.startswith(base) else e.rsplit("/", 1)[-1]
+                       for e in entries} - {""})
+
+    # ----------------------------------------------------------------------------------------- writes
+
+    def put(self, name: str, data: bytes) -> None:
+        """Write the object `name` whole: atomically on local disks, one PUT on object stores."""
+        if self.local:
+            _write_atomic(self.path(name), data)
+        else:
+            retry(lambda: self.fs.pipe_file(self.path(name), data))
+
+    def put_many(self, objects: Mapping[str, bytes]) -> None:
+        """Write every object, concurrently; returns when all are written (raises if one could not be)."""
+        if not objects:
+            return
+        if self.local or len(objects) == 1:
+            for _ in _map(lambda item: self.put(*item), list(objects.items())):
+                pass
+            return
+        retry(lambda: self.fs.pipe({self.path(k): v for k, v in objects.items()}, batch_size=CONCURRENCY))
+
+    def put_json(self, name: str, payload: Any, indent: int | None = 2) -> None:
+        self.put(name, json.dumps(payload, indent=indent, default=str).encode())
+
+    def delete(self, name: str, recursive: bool = False) -> None:
+        """Remove an object (or, `recursive`, everything under a prefix); absent is fine."""
+        path = self.path(name)
+        try:
+            if self.local and recursive and os.path.isdir(path):
+                import shutil
+
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                retry(lambda: self.fs.rm(path, recursive=recursive))
+        except FileNotFoundError:
+            pass
+
+    def delete_many(self, names: Iterable[str]) -> None:
+        """Remove these objects (absent ones are fine): one bulk request per thousand on object stores."""
+        paths = [self.path(n) for n in names]
+        if not paths:
+            return
+        if self.local:
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            retry(lambda: self.fs.rm(paths))
+
+    def makedirs(self) -> None:
+        """Create the root folder where the file system has folders (object stores have none)."""
+        if self.local:
+            os.makedirs(self.root, exist_ok=True)
+
+
+@functools.lru_cache(maxsize=256)
+def _location(url: str, options_json: str) -> Location:
+    fs, root = fsspec.core.url_to_fs(url, **json.loads(options_json))
+    protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
+    local = protocol in ("file", "local")
+    root = root.rstrip("/") if root not in ("/", "") else root
+    return Location(url, fs, os.path.abspath(root) if local else root, local)
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _map(fn: Callable[[Any], T], items: list[Any]) -> list[T]:
+    """fn over items, on a shared thread pool when there is more than one (local I/O releases the GIL)."""
+    global _POOL
+    if len(items) < 2:
+        return [fn(i) for i in items]
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="phos-io")
+    return list(_POOL.map(fn, items))
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    folder = os.path.dirname(path)
+    tmp = f"{path}.{secrets.token_hex(4)}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+    except FileNotFoundError:
+        os.makedirs(folder, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+    os.replace(tmp, path)
