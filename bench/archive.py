@@ -236,16 +236,16 @@ def run_loop(paths: list[Path], warm: np.ndarray, repeats: int) -> tuple[dict[st
 
 def run_write_loop(bucket: Path, store: Path) -> dict[str, Any]:
     """The same work as the job, in-process with every core: for each image read → render → write its
-    Zarr chunks, pyramid and metadata (phos_dask.tasks.process_whole), one after another."""
+    Zarr chunks, pyramid and metadata (phos_dask.tasks.process_image), one after another."""
     from phos_dask.sources import discover
-    from phos_dask.tasks import JobConfig, process_whole
+    from phos_dask.tasks import JobConfig, process_image
 
     shutil.rmtree(store, ignore_errors=True)
     cfg = JobConfig(str(store), _settings(""))
     items = discover(str(bucket))
     t0 = time.perf_counter()
     for item in items:
-        assert process_whole(cfg, item)["status"] == "done"
+        assert process_image(cfg, item)["status"] == "done"
     total = time.perf_counter() - t0
     shutil.rmtree(store, ignore_errors=True)
     return {"total_s": round(total, 4), "seconds_per_image": round(total / len(items), 4)}

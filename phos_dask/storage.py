@@ -37,6 +37,8 @@ BACKOFF = (0.5, 1.0, 2.0, 4.0)
 PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
 #: Requests a location keeps in flight at once.
 CONCURRENCY = 32
+#: Objects larger than this are read with several concurrent ranged GETs.
+SPLIT_BYTES = 32 << 20
 
 
 def is_remote(url: str) -> bool:
@@ -93,10 +95,20 @@ class Location:
 
     # ------------------------------------------------------------------------------------------ reads
 
-    def get(self, name: str, start: int | None = None, end: int | None = None) -> bytes | None:
-        """The object's bytes (or bytes [start, end)), or None when there is no such object. One request."""
+    def _one_request(self, size: int | None = None) -> dict[str, Any]:
+        """cat_file options that make a read one GET: s3fs asks for the size first (a HEAD, and a listing
+        when the object is missing) to split large reads; objects under SPLIT_BYTES are not split."""
+        if not self.local and hasattr(self.fs, "max_concurrency") and (size is None or size <= SPLIT_BYTES):
+            return {"max_concurrency": 1}
+        return {}
+
+    def get(self, name: str, start: int | None = None, end: int | None = None, size: int | None = None
+            ) -> bytes | None:
+        """The object's bytes (or bytes [start, end)), or None when there is no such object. One request
+        (objects larger than SPLIT_BYTES, when `size` says so: several concurrent ranged GETs)."""
+        options = self._one_request(size)
         try:
-            return retry(lambda: self.fs.cat_file(self.path(name), start=start, end=end))
+            return retry(lambda: self.fs.cat_file(self.path(name), start=start, end=end, **options))
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
 
@@ -117,7 +129,7 @@ class Location:
         if self.local or len(names) < 2:
             return dict(zip(names, _map(self.get, names), strict=True))
         paths = [self.path(n) for n in names]
-        found = retry(lambda: self.fs.cat(paths, on_error="return", batch_size=CONCURRENCY))
+        found = retry(lambda: self.fs.cat(paths, on_error="return", batch_size=CONCURRENCY, **self._one_request()))
         out: dict[str, bytes | None] = {}
         for name, path in zip(names, paths, strict=True):
             value = found.get(path)
@@ -171,8 +183,10 @@ class Location:
                 import shutil
 
                 shutil.rmtree(path, ignore_errors=True)
+            elif recursive:
+                retry(lambda: self.fs.rm(path, recursive=True))
             else:
-                retry(lambda: self.fs.rm(path, recursive=recursive))
+                retry(lambda: self.fs.rm_file(path))
         except FileNotFoundError:
             pass
 

@@ -127,12 +127,11 @@ def limit_kernel_threads() -> None:
 FETCH_WHOLE_BYTES = 64 << 20
 
 
-def _fetch(url: str, storage_options: dict | None) -> bytes:
-    """The whole file, in one GET (retried on transient errors)."""
-    from phos_dask.storage import retry
-
-    location = Location.of(url, storage_options)
-    data = retry(lambda: location.fs.cat_file(location.root))
+def _fetch(url: str, storage_options: dict | None, size: int | None = None) -> bytes:
+    """The whole file, in one GET (several concurrent ones for a large file), retried on transient errors."""
+    data = Location.of(url, storage_options).get("", size=size)
+    if data is None:
+        raise FileNotFoundError(2, "No such file or directory", url)
     return bytes(data)
 
 
@@ -147,7 +146,7 @@ def _decode(item: SourceItem, data: bytes, max_pixels: int | None) -> tuple[np.n
 
 def _read_file(item: SourceItem, storage_options: dict | None) -> bytes:
     try:
-        return _fetch(item.url, storage_options)
+        return _fetch(item.url, storage_options, item.size)
     except OSError as e:
         raise InputError(f"cannot read {item.url!r}: {e.strerror or e}") from None
 
