@@ -68,18 +68,25 @@ def scan(source: str, storage_options: dict | None = None, include: Sequence[str
     problems: list[Problem] = []
     if local and os.path.lexists(root) and not os.path.exists(root):
         raise FileNotFoundError(f"source {source!r} is a broken or looping symbolic link")
-    if not fs.exists(root):
-        raise FileNotFoundError(f"source {source!r} does not exist")
-    if fs.isfile(root):
-        base = os.path.dirname(root.rstrip("/"))
-        sizes = {root: int(fs.info(root).get("size") or 0)}
-    elif local:
-        base = root.rstrip("/")
-        sizes, problems = _walk_local(base)
-    else:
+    if local:
+        if not os.path.exists(root):
+            raise FileNotFoundError(f"source {source!r} does not exist")
+        if os.path.isfile(root):
+            base, sizes = os.path.dirname(root.rstrip("/")), {root: os.path.getsize(root)}
+        else:
+            base = root.rstrip("/")
+            sizes, problems = _walk_local(base)
+    else:  # one paginated listing; a single object or nothing at all costs one more request
         base = root.rstrip("/")
         sizes = {p: int(i.get("size") or 0) for p, i in fs.find(root, detail=True).items()
-                 if i.get("type") != "directory"}
+                 if i.get("type") != "directory" and p.rstrip("/") != base}
+        if not sizes:
+            try:
+                info = fs.info(root)
+            except FileNotFoundError:
+                raise FileNotFoundError(f"source {source!r} does not exist") from None
+            if info.get("type") == "file":
+                base, sizes = os.path.dirname(base), {base: int(info.get("size") or 0)}
     found = []
     for path, size in sorted(sizes.items()):
         if Path(path).suffix.lower() not in IMAGE_EXTENSIONS:

@@ -240,15 +240,27 @@ class CountingProxy(_ForwardingProxy):
     def __init__(self, upstream_port: int, latency: float = 0.0) -> None:
         self.latency = latency
         self.requests: list[tuple[str, str, str]] = []
+        #: requests being handled right now, and the most there were at once since the last reset()
+        self.in_flight = 0
+        self.max_in_flight = 0
         super().__init__(upstream_port)
 
     def intercept(self, handler: BaseHTTPRequestHandler) -> bool:
         parts = urlsplit(handler.path)
         with self.lock:
             self.requests.append((handler.command, unquote(parts.path), parts.query))
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
         if self.latency > 0:
             time.sleep(self.latency)
         return False
+
+    def forward(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
+        try:
+            super().forward(handler, body)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
 
     @property
     def count(self) -> int:
@@ -258,6 +270,7 @@ class CountingProxy(_ForwardingProxy):
     def reset(self) -> None:
         with self.lock:
             self.requests.clear()
+            self.max_in_flight = self.in_flight
 
     def snapshot(self) -> list[tuple[str, str, str]]:
         """A copy of the requests so far (method, path, query), in arrival order."""

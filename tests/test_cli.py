@@ -245,3 +245,36 @@ def test_run_with_globs_export_and_contact_sheet_then_export(tmp_path: Path, sma
     failed = [line for line in partial.stderr.splitlines() if line.startswith("phos_dask: failed:")]
     assert len(failed) == 1 and failed[0].startswith("phos_dask: failed: sub_dir__b.jpg: export: ")
     assert (blocked / "a.png").is_file() and "Traceback" not in partial.stderr
+
+
+def test_run_as_typed_with_only_a_source_uses_nc200_and_writes_beside_the_source(tmp_path: Path,
+                                                                                  small_image: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    write_image(photos / "a.png", read_image(small_image))
+    proc = phos("run", photos, "--workers", "1", "--dashboard-address", "127.0.0.1:0")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith("film: NC200 (the default")
+    assert lines[1] == f"out: {tmp_path / 'photos.zarr'} (beside the source; choose another with --out)"
+    import zarr
+
+    group = zarr.open_group(str(tmp_path / "photos.zarr" / "a.png"), mode="r")
+    assert group.attrs["phos"]["status"] == "complete" and group.attrs["phos"]["stock"] == "NC200"
+    assert (tmp_path / "photos.zarr" / "contact.jpg").exists()
+
+
+@pytest.mark.parametrize(("source", "out"), [
+    ("s3://b/photos/", "s3://b/photos.zarr"),
+    ("s3://b/2026/photos", "s3://b/2026/photos.zarr"),
+    ("gs://b/scans/a.tif", "gs://b/scans/a.zarr"),
+])
+def test_the_default_output_sits_beside_a_remote_source(source: str, out: str) -> None:
+    from phos_dask.cli import default_out
+
+    assert default_out(source) == out
+
+
+def test_a_bucket_root_without_out_is_one_line_asking_for_out() -> None:
+    line = assert_one_line_error(phos("run", "s3://archive/", "--film", "Portra400"))
+    assert "bucket's root" in line and "--out" in line
