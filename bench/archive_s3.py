@@ -16,9 +16,11 @@ What it does:
    tests/s3_support.CountingProxy with ``--latency`` seconds per request (an in-region object store), run in
    a child process of its own so its forwarding threads do not count as CPU time of this (the client)
    process. Every S3 access of the jobs goes through the proxy.
-3. Cluster: one local cluster from ``phos_dask.cluster.connect(workers=W)``, warmed by two small jobs
-   (``W`` 320×240 images, local → local and S3 → S3 through the proxy) that are not timed, so numba's
-   kernels and s3fs are loaded in every worker.
+3. Cluster: per phase an external cluster — a ``dask scheduler`` process and ``dask worker --nworkers W
+   --nthreads T`` — with T what ``run`` gives its local workers for that storage (``cluster.threads_for``:
+   1 for local folders, 4 for object storage), warmed by a small untimed job on the same storage so numba's
+   kernels and s3fs are loaded in every worker. The scheduler runs in its own process, as on a real
+   cluster, so this process's CPU is the client's alone.
 4. Timed, each with ``Settings(film="Portra400", dtype="uint16")``:
    (a) ``run_job``: ``WORKDIR/photos`` → ``WORKDIR/local.zarr``;
    (b) ``run_job``: ``s3://archive/photos/`` → ``s3://out/run.zarr``;
@@ -32,10 +34,9 @@ What it does:
    Dask client comms and — with a LocalCluster — the scheduler, which runs in this process; fsspecIO: s3fs
    calls made from this process); and the wall seconds from calling ``run_job`` to its first
    ``client.submit``/``map``/``compute``/``persist`` (seen by wrapping those methods on the Client instance;
-   null when none of them was called). Before the timed phases the process's idle CPU is measured over 3 s
-   with the cluster up (its scheduler's periodic work runs on the IO loop thread of this process), and each
-   job's client CPU is also given less that idle rate × its wall time ("less idle"); the dry run runs after
-   the cluster is closed, so its CPU is the client's alone. One GET through the proxy is timed too (20
+   null when none of them was called). Before each timed phase the process's idle CPU is measured over 3 s
+   with the cluster up, and each job's client CPU is also given less that idle rate × its wall time ("less
+   idle"); the dry run runs after the clusters are closed. One GET through the proxy is timed too (20
    sequential GETs: the latency plus moto's own time plus the proxy's forwarding).
 5. Correctness: every image's level 0 in the S3 store must equal the local store's, bit for bit, and both
    stores must hold exactly the N images (read directly from moto, not through the proxy). PASS/FAIL.
@@ -218,6 +219,24 @@ def _per_bucket(rows: list[tuple[str, str, str]]) -> dict[str, int]:
     return dict(Counter(path.strip("/").split("/", 1)[0] for _, path, _ in rows).most_common())
 
 
+#: The S3 server's and the proxy's processes: their CPU during a phase is reported apart (on this 2-core
+#: machine the object store runs beside the job and takes its share of the cores).
+HARNESS_PIDS: list[int] = []
+
+
+def _harness_cpu() -> float:
+    import psutil
+
+    total = 0.0
+    for pid in HARNESS_PIDS:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def measure(label: str, n: int, fn: Callable[[], Any], proxy: ProxyProcess, client=None,
             idle: dict[str, Any] | None = None) -> tuple[dict, Any]:
     """Run fn() once and measure it: wall, proxy requests, this process's CPU (total and by thread; with
@@ -228,12 +247,14 @@ def measure(label: str, n: int, fn: Callable[[], Any], proxy: ProxyProcess, clie
     names_before = _thread_names()
     threads0 = _thread_cpu()
     cpu0 = time.process_time()
+    harness0 = _harness_cpu()
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         seen = stack.enter_context(first_submit(client)) if client is not None else {"at": None}
         result = fn()
     wall = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
+    harness = _harness_cpu() - harness0
     threads1 = _thread_cpu()
     names = {**names_before, **_thread_names()}
     rows = proxy.snapshot()
@@ -252,6 +273,7 @@ def measure(label: str, n: int, fn: Callable[[], Any], proxy: ProxyProcess, clie
         "wall_s": round(wall, 4),
         "seconds_per_image": round(wall / n, 5),
         "client_cpu_s": round(cpu, 4),
+        "s3_server_and_proxy_cpu_s_per_image": round(harness / n, 5),
         "client_cpu_s_per_image": round(cpu / n, 6),
         "client_cpu_by_thread_s": {k: round(v, 3) for k, v in by_thread.most_common()},
         "client_cpu_s_per_image_less_idle": (round(max(0.0, cpu - idle["cpu_s_per_s"] * wall) / n, 6)
@@ -413,7 +435,44 @@ def _describe(r: dict[str, Any]) -> str:
     threads = ", ".join(f"{k} {v:.2f}" for k, v in r["client_cpu_by_thread_s"].items())
     return (f"  {r['label']}: per image by kind: {kinds or 'none'}\n"
             f"  {' ' * len(r['label'])}  per image by object: {objects or 'none'}\n"
-            f"  {' ' * len(r['label'])}  client CPU s by thread: {threads or 'none'}")
+            f"  {' ' * len(r['label'])}  client CPU s by thread: {threads or 'none'}\n"
+            f"  {' ' * len(r['label'])}  S3 server + proxy CPU per image: "
+            f"{r['s3_server_and_proxy_cpu_s_per_image'] * 1000:.1f} ms")
+
+
+@contextlib.contextmanager
+def external_cluster(workdir: Path, workers: int, threads: int) -> Iterator[Any]:
+    """A Dask scheduler and `workers` worker processes of `threads` threads, each its own process (as on a
+    real cluster, so this process's CPU is the client's alone), with the worker environment `run` gives
+    its local workers; a Client to it."""
+    from distributed import Client
+
+    from phos_dask.cluster import WORKER_ENV
+
+    env = {**os.environ, **WORKER_ENV, "PYTHONPATH": str(REPO)}
+    sched_file = workdir / f"scheduler-{time.time_ns()}.json"
+    procs = [subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--no-dashboard", "--scheduler-file", str(sched_file)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        deadline = time.monotonic() + 60
+        while not sched_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        procs.append(subprocess.Popen([sys.executable, "-m", "dask", "worker", "--scheduler-file", str(sched_file),
+                                       "--nworkers", str(workers), "--nthreads", str(threads), "--no-dashboard",
+                                       "--host", "127.0.0.1"],
+                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        with Client(scheduler_file=str(sched_file), timeout=30) as client:
+            client.wait_for_workers(workers, timeout=120)
+            yield client
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -438,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     import boto3
     from archive import make_bucket
 
-    from phos_dask.cluster import connect
+    from phos_dask.cluster import threads_for
     from phos_dask.job import dry_run, run_job
 
     source = _default_source()
@@ -468,35 +527,35 @@ def main(argv: list[str] | None = None) -> int:
             print(f"upload: {len(paths) + len(warm_paths)} objects to moto in {time.perf_counter() - t0:.1f} s",
                   flush=True)
             proxy = ProxyProcess(server.port, args.latency)
+            HARNESS_PIDS[:] = [server.proc.pid, proxy.proc.pid]
             so = storage_options(proxy.endpoint)
 
-            t0 = time.perf_counter()
-            with connect(workers=args.workers, dashboard_address="127.0.0.1:0") as client:
-                startup = time.perf_counter() - t0
+            local_out = str(workdir / "local.zarr")
+            shutil.rmtree(local_out, ignore_errors=True)
+            phases = [("local → local", str(workdir / "photos"), local_out, None, str(workdir / "warm"),
+                       str(workdir / "warm.zarr")),
+                      ("s3 → s3 (proxy)", "s3://archive/photos/", "s3://out/run.zarr", so, "s3://archive/warm/",
+                       "s3://out/warm.zarr")]
+            measured = []
+            for label, src, out, options, warm_src, warm_out in phases:
+                threads = threads_for(src, out)
                 t0 = time.perf_counter()
-                warm = [run_job(_spec(str(workdir / "warm"), str(workdir / "warm.zarr"), None), client, _quiet()),
-                        run_job(_spec("s3://archive/warm/", "s3://out/warm.zarr", so), client, _quiet())]
-                warm_s = time.perf_counter() - t0
-                print(f"cluster: {args.workers} workers up in {startup:.1f} s, warmed in {warm_s:.1f} s", flush=True)
-                idle = idle_cpu(3.0)
-                rtt = round_trip([f"archive/photos/{p.name}" for p in paths[:20]], so)
-                print(f"idle:   {idle['cpu_s_per_s'] * 1000:.1f} ms CPU per s in this process (IO loop "
-                      f"{idle['io_loop_cpu_s_per_s'] * 1000:.1f}); one GET through the proxy "
-                      f"{rtt['seconds_per_request'] * 1000:.1f} ms", flush=True)
-
-                local_out = str(workdir / "local.zarr")
-                shutil.rmtree(local_out, ignore_errors=True)
-                local, local_report = measure(
-                    "local → local", n,
-                    lambda: run_job(_spec(str(workdir / "photos"), local_out, None), client, _quiet()),
-                    proxy, client, idle)
-                print(f"local:  {local['seconds_per_image']:.4f} s/image", flush=True)
-                remote, remote_report = measure(
-                    "s3 → s3 (proxy)", n,
-                    lambda: run_job(_spec("s3://archive/photos/", "s3://out/run.zarr", so), client, _quiet()),
-                    proxy, client, idle)
-                print(f"s3:     {remote['seconds_per_image']:.4f} s/image, {remote['requests_per_image']:.1f} "
-                      "requests/image", flush=True)
+                with external_cluster(workdir, args.workers, threads) as client:
+                    startup = time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    run_job(_spec(warm_src, warm_out, options), client, _quiet())
+                    print(f"cluster: {args.workers} workers × {threads} threads up in {startup:.1f} s, warmed in "
+                          f"{time.perf_counter() - t0:.1f} s", flush=True)
+                    idle = idle_cpu(3.0)
+                    measured.append(measure(label, n, lambda s=src, o=out, so_=options: run_job(
+                        _spec(s, o, so_), client, _quiet()), proxy, client, idle))
+                    measured[-1][0]["threads_per_worker"] = threads
+                    print(f"{label}: {measured[-1][0]['seconds_per_image']:.4f} s/image, "
+                          f"{measured[-1][0]['requests_per_image']:.1f} requests/image", flush=True)
+            (local, local_report), (remote, remote_report) = measured
+            rtt = round_trip([f"archive/photos/{p.name}" for p in paths[:20]], so)
+            print(f"idle:   {idle['cpu_s_per_s'] * 1000:.1f} ms CPU per s in this process; one GET through the "
+                  f"proxy {rtt['seconds_per_request'] * 1000:.1f} ms", flush=True)
             dry, dry_report = measure("dry run s3 (client)", n,
                                       lambda: dry_run(_spec("s3://archive/photos/", "s3://out/dry.zarr", so)),
                                       proxy)
@@ -533,9 +592,11 @@ def main(argv: list[str] | None = None) -> int:
         "s3": {"server": "moto_server on 127.0.0.1", "proxy": "tests/s3_support.CountingProxy in a child process",
                "latency_s": args.latency, "round_trip": rtt},
         "idle_cpu": idle,
-        "cluster": {"workers": args.workers, "threads_per_worker": 1, "startup_s": round(startup, 3),
-                    "warmup_s": round(warm_s, 3), "warmup_counts": [w["counts"] for w in warm]},
-        "method": ("one local cluster (phos_dask.cluster.connect), warmed by a small local and a small S3 job; "
+        "cluster": {"workers": args.workers, "threads_per_worker": {"local": local["threads_per_worker"],
+                                                                    "s3": remote["threads_per_worker"]}},
+        "method": ("per phase an external cluster (a `dask scheduler` and `dask worker --nworkers W --nthreads T` "
+                   "processes, T as `run` gives its local workers for that storage: phos_dask.cluster.threads_for), "
+                   "warmed by a small job on the same storage; "
                    "then run_job local → local, run_job s3 → s3 through the proxy, dry_run of the S3 job into a "
                    "fresh output; wall from perf_counter around each call; client CPU is time.process_time() of "
                    "the bench process (which also runs the LocalCluster's scheduler; the proxy runs in a child "

@@ -195,7 +195,7 @@ def _preview(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from phos_dask.cluster import ClusterError, connect, tls_security
+    from phos_dask.cluster import ClusterError, connect, threads_for, tls_security
     from phos_dask.job import JobError, JobSpec, dry_run, plan_job, run_job
     from phos_dask.lease import LeaseError, hold
     from phos_dask.progress import Progress
@@ -240,8 +240,10 @@ def _run(args: argparse.Namespace) -> int:
         sheet_thumbs: dict[str, bytes] = {}
         with hold(spec.out, spec.storage_options) as lease:
             plan = plan_job(spec)  # usage errors surface before a cluster starts
+            threads = args.threads or threads_for(spec.source, spec.out)
             with connect(args.scheduler, args.scheduler_file, args.workers, args.dashboard_address,
-                         security=security, device=spec.device, rmm_pool_size=args.rmm_pool_size) as client:
+                         security=security, device=spec.device, rmm_pool_size=args.rmm_pool_size,
+                         threads=threads) as client:
                 print(f"dashboard: {client.dashboard_link}", file=sys.stderr, flush=True)
                 if external and args.device != "cpu":
                     spec.device, why = _cluster_device(client, args.device)
@@ -501,6 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="local GPU cluster: an RMM memory pool of SIZE per GPU, e.g. 24GB (default: none)")
     run.add_argument("--workers", type=integer, default=None, metavar="N",
                      help="local cluster: worker processes, one thread each (default: one per core)")
+    run.add_argument("--threads", type=integer, default=None, metavar="N",
+                     help="local cluster: threads per worker process (default 1; 4 when SOURCE or OUT is on "
+                          "object storage, where tasks mostly wait on requests)")
     run.add_argument("--scheduler", metavar="tcp://HOST:PORT",
                      help="use this existing Dask scheduler (tls://HOST:PORT with --tls-* or Dask's TLS config)")
     run.add_argument("--scheduler-file", metavar="FILE", help="use the scheduler described in FILE")

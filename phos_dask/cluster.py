@@ -56,13 +56,26 @@ def local_address(address: str) -> str:
     return f"{host or '127.0.0.1'}:{port or '8787'}"
 
 
+#: Threads per local worker process when the job reads or writes object storage: a task spends most of
+#: its time waiting on requests (tens of ms each), so a few run at once per core. Dask pauses a worker
+#: whose memory passes its limit's pause fraction, so big images do not pile up.
+STORAGE_THREADS = 4
+
+
+def threads_for(*urls: str) -> int:
+    """Threads per local worker for a job on these sources/outputs: STORAGE_THREADS when any is remote."""
+    from phos_dask.storage import is_remote
+
+    return STORAGE_THREADS if any(is_remote(u) for u in urls) else 1
+
+
 @contextlib.contextmanager
 def connect(scheduler: str | None = None, scheduler_file: str | None = None, workers: int | None = None,
             dashboard_address: str = "127.0.0.1:8787", timeout: float = 20.0,
             security: Security | None = None, device: str = "cpu",
-            rmm_pool_size: str | None = None) -> Iterator[Client]:
+            rmm_pool_size: str | None = None, threads: int = 1) -> Iterator[Client]:
     """A Client: to `scheduler` (tcp:// or tls://host:port) or `scheduler_file` if given, else to a new
-    LocalCluster of `workers` single-threaded processes (default: one per core) on 127.0.0.1, its dashboard
+    LocalCluster of `workers` processes (default: one per core) of `threads` threads each on 127.0.0.1, its dashboard
     on `dashboard_address` (127.0.0.1 unless another host is named). `security` (see tls_security) is
     for tls:// schedulers; without it Dask's own TLS configuration is used. With device "gpu" the local
     cluster is dask-cuda's LocalCUDACluster: one worker per GPU (`workers` is then ignored), with an RMM
@@ -89,7 +102,7 @@ def connect(scheduler: str | None = None, scheduler_file: str | None = None, wor
         if device == "gpu":
             cluster = _start_cuda(local_address(dashboard_address), rmm_pool_size)
         else:
-            cluster = _start_local(n, local_address(dashboard_address))
+            cluster = _start_local(n, local_address(dashboard_address), threads)
         with cluster, Client(cluster) as client:
             yield client
 
@@ -107,11 +120,11 @@ def _start_cuda(dashboard_address: str, rmm_pool_size: str | None):
         raise ClusterError(f"the local CUDA cluster failed to start: {e.__cause__ or e}") from None
 
 
-def _start_local(workers: int, dashboard_address: str, attempts: int = 2) -> LocalCluster:
+def _start_local(workers: int, dashboard_address: str, threads: int = 1, attempts: int = 2) -> LocalCluster:
     """A LocalCluster, started again once if a worker process dies while it starts (e.g. killed)."""
     for attempt in range(1, attempts + 1):
         try:
-            return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+            return LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, host="127.0.0.1",
                                 dashboard_address=dashboard_address)
         except RuntimeError as e:  # "Nanny failed to start."
             if attempt == attempts:

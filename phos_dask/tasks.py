@@ -204,7 +204,8 @@ def process_image(cfg: JobConfig, item: SourceItem, fresh: bool = True, thumb: b
     """The first task of every input. `fresh`: the output holds nothing under the image's key (the client
     listed it), so nothing needs checking or clearing. Returns the image's result ({"status": "done" |
     "skipped" | "failed", …}) when it ran whole, or {"status": "staged", …, "tiles": [(row, col), …]} when
-    it is to be rendered in tiles. `thumb`: also return the contact-sheet thumbnails (JPEG bytes)."""
+    it is to be rendered in tiles. `thumb`: the image is on the contact sheet: store its thumbnails (input
+    and result, one small JPEG in OUT/_thumbs/) and return them."""
     limit_kernel_threads()
     t0 = time.perf_counter()
     out = Location.of(cfg.out_url, cfg.storage_options)
@@ -219,13 +220,13 @@ def process_image(cfg: JobConfig, item: SourceItem, fresh: bool = True, thumb: b
         data = _read_file(item, cfg.storage_options)
         shape = header_shape(data)
         if shape is not None and not cfg.runs_whole(output_shape(shape, st)):
-            return _stage(cfg, item, data, out, t0)
+            return _stage(cfg, item, data, out, t0, thumb)
         image, digest, linear = _decode(item, data, cfg.max_pixels)
     except InputError as e:
         return _failed(item, e)
     del data
     st = st.replace(linear_input=st.linear_input or linear)
-    source_thumb = thumbs.source_thumb(image)
+    source_thumb = thumbs.source_thumb(image) if thumb else None
     image = prepare(image, st)
     shape = image.shape[:2]
     if not cfg.runs_whole(shape):  # the header could not tell: stage the decoded pixels
@@ -238,8 +239,8 @@ def process_image(cfg: JobConfig, item: SourceItem, fresh: bool = True, thumb: b
     layout.check()
     objects, smallest = layout.levels_objects(_chw(rendered))
     del rendered
-    pair = thumbs.encode_pair(source_thumb, thumbs.result_thumb(smallest))
-    objects[thumbs_path(item.key)] = pair
+    if thumb:
+        objects[thumbs_path(item.key)] = pair = thumbs.encode_pair(source_thumb, thumbs.result_thumb(smallest))
     _guard(cfg)
     out.put_many(objects)
     seconds = time.perf_counter() - t0
@@ -276,12 +277,13 @@ def _stage_direct(cfg: JobConfig, item: SourceItem, reader, out: Location, t0: f
     return _staged(item, shape, tp, digest, linear, True, t0, None)
 
 
-def _stage(cfg: JobConfig, item: SourceItem, data: bytes, out: Location, t0: float) -> dict[str, Any]:
+def _stage(cfg: JobConfig, item: SourceItem, data: bytes, out: Location, t0: float, thumb: bool
+           ) -> dict[str, Any]:
     image, digest, linear = _decode(item, data, cfg.max_pixels)
     del data
     st = cfg.image_settings(item)
     st = st.replace(linear_input=st.linear_input or linear)
-    source_thumb = thumbs.source_thumb(image)
+    source_thumb = thumbs.source_thumb(image) if thumb else None
     return _stage_pixels(cfg, item, st, prepare(image, st), digest, linear, out, t0, source_thumb)
 
 
@@ -392,13 +394,14 @@ def finalize(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], *tiles: d
     layout = ImageLayout(item.key, plan.channels, shape, st.dtype, tp)
     so = options_for(cfg.out_url, cfg.storage_options) or None
     last = min(len(layout.levels) - 1, TILE_LEVELS)
-    smallest = zarr.open_array(store=out.url_of(f"{item.key}/{last}"), mode="r", storage_options=so)[...]
     objects: dict[str, bytes] = {}
+    if staged.get("thumb") or last + 1 < len(layout.levels):
+        smallest = zarr.open_array(store=out.url_of(f"{item.key}/{last}"), mode="r", storage_options=so)[...]
     if last + 1 < len(layout.levels):
         objects, smallest = layout.levels_objects(downsample2(smallest), first=last + 1)
-    source_thumb = thumbs.decode_pair(staged["source_thumb"])[0] if staged.get("source_thumb") else None
-    pair = thumbs.encode_pair(source_thumb, thumbs.result_thumb(smallest))
-    objects[thumbs_path(item.key)] = pair
+    if staged.get("thumb"):
+        source_thumb = thumbs.decode_pair(staged["source_thumb"])[0] if staged.get("source_thumb") else None
+        objects[thumbs_path(item.key)] = thumbs.encode_pair(source_thumb, thumbs.result_thumb(smallest))
     _guard(cfg)
     out.put_many(objects)
     _guard(cfg)
@@ -406,4 +409,4 @@ def finalize(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], *tiles: d
         _provenance(cfg, item, st, plan, tp, staged["sha256"], "tiled, read by region" if staged["direct"] else "tiled",
                     seconds, used)))
     out.delete(staging_path(item.key), recursive=True)
-    return {**done, "thumb": pair} if staged.get("thumb") else done
+    return {**done, "thumb": objects[thumbs_path(item.key)]} if staged.get("thumb") else done

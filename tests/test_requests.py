@@ -47,7 +47,7 @@ def s3(photo):
         server.stop()
 
 
-def _task(s3, source: str, out: str, tile: int = 2048):
+def _task(s3, source: str, out: str, tile: int = 2048, thumb: bool = False):
     """Run the first task of the first image under `source` with a held lease, as a worker would; returns
     (result, the requests it made)."""
     proxy, so = s3
@@ -57,7 +57,7 @@ def _task(s3, source: str, out: str, tile: int = 2048):
         cfg = JobConfig(out, Settings(film="Portra400", dtype="uint16"), tile=tile, storage_options=so,
                         lease_token=held.token)
         proxy.reset()
-        result = process_image(cfg, item, fresh=True)
+        result = process_image(cfg, item, fresh=True, thumb=thumb)
         made = proxy.snapshot()
     return result, made
 
@@ -69,15 +69,19 @@ def _no_waste(made: list[tuple[str, str, str]], key: str) -> None:
     assert not [p for m, p, _ in made if m == "GET" and f"/{key}/" in p], "read back what the task wrote"
 
 
-def test_a_small_image_in_a_fresh_output_costs_at_most_8_requests(s3):
-    result, made = _task(s3, "s3://archive/small/p00.jpg", "s3://archive/t-small.zarr")
+@pytest.mark.parametrize("on_the_sheet", [False, True])
+def test_a_small_image_in_a_fresh_output_costs_at_most_8_requests(s3, on_the_sheet):
+    out = f"s3://archive/t-small-{on_the_sheet}.zarr"
+    result, made = _task(s3, "s3://archive/small/p00.jpg", out, thumb=on_the_sheet)
     assert result["status"] == "done"
     _no_waste(made, "p00.jpg")
     kinds = summarize(made)["kinds"]
     assert len(made) <= 8, made
-    # the photo once, the lease once; the level's chunk and metadata, the thumbnails, the marker
-    assert kinds["GET object"] == 2 and kinds["PUT object"] == 4, made
+    # the photo once, the lease once; the level's chunk and metadata (and the contact sheet's thumbnails for
+    # an image on it), then the marker
+    assert kinds["GET object"] == 2 and kinds["PUT object"] == 3 + on_the_sheet, made
     assert made[-1][0] == "PUT" and made[-1][1].endswith("/p00.jpg/zarr.json")  # the marker comes last
+    assert ("thumb" in result) == on_the_sheet
 
 
 def test_each_additional_chunk_costs_at_most_3_requests(s3):
