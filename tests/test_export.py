@@ -277,6 +277,21 @@ def test_contact_sheet(colour16: Path, source: Path) -> None:
     assert contact_sheet_size(9, 64) == (4 * 132 + 5 * 12, 3 * 78 + 4 * 12)
 
 
+def test_the_contact_sheet_never_reads_an_input(cluster, source: Path, tmp_path: Path) -> None:
+    """The sheet is built from the thumbnails the tasks made: with every input gone, it still shows them."""
+    moved = tmp_path / "src"
+    shutil.copytree(source, moved)
+    store = _store(cluster, moved, tmp_path / "s.zarr", "Portra400", "uint8")
+    shutil.rmtree(moved)
+    sheet = write_contact_sheet(str(store), thumb=64)
+    with Image.open(sheet) as im:
+        grid = np.asarray(im.convert("RGB")).astype(int)
+    src = cv2.cvtColor(cv2.imread(str(source / "plain.png"), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB)
+    want = cv2.resize(_to8(src), (64, 48), interpolation=cv2.INTER_AREA).astype(int)
+    y0 = 12 + (64 - 48) // 2
+    assert np.abs(grid[y0:y0 + 48, 12:76] - want).mean() < 6  # plain.png's input, not a placeholder
+
+
 def test_incomplete_images_missing_sources_and_changed_sources(colour16: Path, source: Path,
                                                                tmp_path: Path) -> None:
     store = tmp_path / "copy.zarr"

@@ -259,3 +259,19 @@ def test_a_worker_dying_while_the_local_cluster_starts_is_survived(tmp_path):
         with connect(workers=1, dashboard_address="127.0.0.1:0") as client:
             assert not marker.exists()
             assert client.submit(sum, [1, 2]).result() == 3
+
+
+def test_a_takeover_waits_until_no_task_can_act_on_an_old_lease_check(tmp_path, monkeypatch):
+    """Tasks remember a 'still held' answer for CHECK_CACHE s; a run taking over a dead lease starts only
+    after that, so a task of the dead run asks the store again before its next write and stops."""
+    monkeypatch.setattr(lease, "CHECK_CACHE", 0.6)
+    out = tmp_path / "o.zarr"
+    out.mkdir()
+    old = "00000000000000aa"
+    _write_record(out, token=old, host="elsewhere", heartbeat=time.time() - lease.TTL - 1)
+    lease._checked.clear()
+    assert lease.still_held(str(out), None, old)  # a task of the old run checked a moment ago
+    t0 = time.monotonic()
+    with lease.hold(str(out)):
+        assert time.monotonic() - t0 >= 0.6
+        assert not lease.still_held(str(out), None, old)
