@@ -20,7 +20,15 @@ import numpy as np
 
 from phos_dask import __version__
 from phos_dask.device import render_on
-from phos_dask.film.pipeline import Plan, as_rgb, make_plan
+from phos_dask.film.pipeline import (
+    Plan,
+    add_grain_sums,
+    as_rgb,
+    grain_constants,
+    grain_k_from_sums,
+    grain_sums,
+    make_plan,
+)
 from phos_dask.imageio import DEFAULT_MAX_PIXELS, ImageReadError, check_pixels, decode_image_info, open_region_reader
 from phos_dask.lease import still_held
 from phos_dask.render import prepare
@@ -165,6 +173,7 @@ def _provenance(cfg: JobConfig, item: SourceItem, st: Settings, plan: Plan, tp: 
         "image_seed": str(st.image_seed()),
         "scale": plan.s,
         "halo": plan.halo,
+        "grain_k": list(plan.grain_k) if plan.has_grain and plan.grain_k is not None else None,
         "shape": list(tp.shape),
         "tile_plan": {"mode": mode, "tile": tp.tile, "grid": list(tp.grid), "tiles": tp.count},
         "software": {"phos_dask": __version__},
@@ -199,6 +208,8 @@ def process_whole(cfg: JobConfig, item: SourceItem) -> dict[str, Any]:
     except InputError as e:
         return _failed(item, e)
     shape = image.shape[:2]
+    if plan.has_grain:
+        plan = plan.with_grain_k(grain_constants(image, plan))
     rendered, used, fell_back = render_on(cfg.accelerator(), image, (0, 0), shape, (0, shape[0], 0, shape[1]), plan)
     out = _chw(rendered)
     del image, rendered
@@ -236,18 +247,21 @@ def stage(cfg: JobConfig, item: SourceItem) -> dict[str, Any]:
             tp = TilePlan.build(shape, cfg.tile, plan.halo)
             try:
                 digest = _sha256(item.url, cfg.storage_options)
+                grain_k = _grain_k_by_region(item, cfg, plan, tp)
             except OSError as e:
                 return _failed(item, InputError(f"cannot read {item.url!r}: {e.strerror or e}"))
             root = open_root(cfg.out_url, cfg.storage_options)
             _guard(cfg)
             create_image(root, item.key, plan.channels, shape, st.dtype, tp)
             return {"status": "staged", "direct": True, "linear": linear, "shape": list(shape), "sha256": digest,
-                    "tiles": [t.index for t in tp], "seconds": round(time.perf_counter() - t0, 3)}
+                    "grain_k": grain_k, "tiles": [t.index for t in tp],
+                    "seconds": round(time.perf_counter() - t0, 3)}
     try:
         st, image, digest, linear, plan, tp = _ingest(cfg, item)
     except InputError as e:
         return _failed(item, e)
     shape = image.shape[:2]
+    grain_k = list(grain_constants(image, plan))  # the per-image grain constants every tile renders with
     root = open_root(cfg.out_url, cfg.storage_options)
     _guard(cfg)
     staged = _staging_array(root, item.key, image, tp.tile)
@@ -259,7 +273,7 @@ def stage(cfg: JobConfig, item: SourceItem) -> dict[str, Any]:
     del image
     create_image(root, item.key, plan.channels, shape, st.dtype, tp)
     return {"status": "staged", "direct": False, "linear": linear, "shape": list(shape), "sha256": digest,
-            "tiles": [t.index for t in tp],
+            "grain_k": grain_k, "tiles": [t.index for t in tp],
             "seconds": round(time.perf_counter() - t0, 3)}
 
 
@@ -278,6 +292,21 @@ def _staging_array(root, key: str, image: np.ndarray, tile: int):
                              overwrite=True, fill_value=0, compressors=fast_compressor())
 
 
+def _grain_k_by_region(item: SourceItem, cfg: JobConfig, plan: Plan, tp: TilePlan) -> list[float]:
+    """K_c of an image read by region, tile by tile (exact: the integer sums add up to the whole image's)."""
+    if not plan.has_grain:
+        return []
+    reader = open_region_reader(item.url, options_for(item.url, cfg.storage_options))
+    if reader is None:
+        raise OSError(f"{item.url!r} can no longer be read by region")
+    parts = []
+    with reader:
+        for tile in tp:
+            y0, y1, x0, x1 = tile.box
+            parts.append(grain_sums(as_rgb(reader.read(y0, y1, x0, x1)), (y0, x0), plan))
+    return list(grain_k_from_sums(add_grain_sums(*parts)))
+
+
 def _sha256(url: str, storage_options: dict | None) -> str:
     """The file's SHA-256, read in 8 MiB pieces (a gigapixel TIFF is never held whole)."""
     digest = hashlib.sha256()
@@ -287,10 +316,11 @@ def _sha256(url: str, storage_options: dict | None) -> str:
     return digest.hexdigest()
 
 
-def _tile_context(cfg: JobConfig, item: SourceItem, shape: tuple[int, int], linear: bool = False):
+def _tile_context(cfg: JobConfig, item: SourceItem, shape: tuple[int, int], linear: bool = False,
+                  grain_k: list[float] | None = None):
     st = cfg.image_settings(item)
     st = st.replace(linear_input=st.linear_input or linear)
-    plan = make_plan(st, shape)
+    plan = make_plan(st, shape, grain_k=grain_k if st.grain_style > 0 else None)
     return st, plan, TilePlan.build(shape, cfg.tile, plan.halo)
 
 
@@ -301,7 +331,7 @@ def process_tile(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], index
     limit_kernel_threads()
     t0 = time.perf_counter()
     shape = tuple(staged["shape"])
-    _, plan, tp = _tile_context(cfg, item, shape, staged["linear"])
+    _, plan, tp = _tile_context(cfg, item, shape, staged["linear"], staged.get("grain_k"))
     tile = next(t for t in tp if t.index == tuple(index))
     root = open_root(cfg.out_url, cfg.storage_options)
     if _complete(root, cfg, item):  # run again after the image was finished (its staging may be gone)
@@ -327,7 +357,7 @@ def finalize(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], *tiles: d
     limit_kernel_threads()
     t0 = time.perf_counter()
     shape = tuple(staged["shape"])
-    st, plan, tp = _tile_context(cfg, item, shape, staged["linear"])
+    st, plan, tp = _tile_context(cfg, item, shape, staged["linear"], staged.get("grain_k"))
     root = open_root(cfg.out_url, cfg.storage_options)
     seconds = staged["seconds"] + sum(t["seconds"] for t in tiles) + (time.perf_counter() - t0)
     used = ", ".join(sorted({t["device"] for t in tiles if t["device"]})) or "cpu"
