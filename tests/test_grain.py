@@ -202,3 +202,30 @@ def test_a_dark_photo_gets_fainter_mid_tone_grain_than_a_bright_one(small_photo)
     for c in range(3):
         ratio = renders["dark"][..., c][mid].std() / renders["bright"][..., c][mid].std()
         assert per_plane.min() * 0.95 <= ratio <= per_plane.max() * 1.05, (c, ratio, per_plane)
+
+
+def test_a_tiff_read_by_region_renders_its_tiles_with_the_whole_images_k(tmp_path, small_photo):
+    """The task layer's direct path (tiles read from the file itself) sums K_c tile by tile at staging."""
+    import tifffile
+
+    from phos_dask.cluster import connect
+    from phos_dask.imageio import read_image
+    from phos_dask.job import JobSpec, run_job
+    from phos_dask.tiles import MIN_TILE
+
+    src = tmp_path / "src"
+    src.mkdir()
+    img = (cv2.resize(small_photo, (900, 700), interpolation=cv2.INTER_CUBIC).astype(np.uint16) * 257)
+    img[:300, :400] //= 16  # a shadow, so K_c is far from a mid-grey image's
+    tifffile.imwrite(src / "scan.tif", img, tile=(256, 256), photometric="rgb")
+    st = Settings(dtype="uint16", grain="default", seed=2)
+    out = tmp_path / "out.zarr"
+    with connect(workers=1, dashboard_address="127.0.0.1:0") as client:
+        report = run_job(JobSpec(str(src), str(out), st, tile=MIN_TILE, whole_limit_mp=0.0), client)
+    assert report["counts"] == {"done": 1, "skipped": 0, "failed": 0}
+    import zarr
+
+    group = zarr.open_group(str(out), mode="r")["scan.tif"]
+    assert group.attrs["phos"]["tile_plan"]["mode"] == "tiled, read by region"
+    expected = render(read_image(src / "scan.tif"), st.replace(image_key="scan.tif"))
+    np.testing.assert_array_equal(np.moveaxis(group["0"][...], 0, -1), expected)
