@@ -83,6 +83,9 @@ def correctness(cp, check, quick: bool) -> None:
     check("GPU deterministic", bool(np.array_equal(a, b)))
     H, W = img.shape[:2]
     halo = make_plan(st, (H, W)).halo
+    from phos_dask.film.pipeline import grain_constants
+
+    grain_k = grain_constants(img, st)
     rng = np.random.default_rng(0)
     bad = 0
     for _ in range(8):
@@ -91,7 +94,8 @@ def correctness(cp, check, quick: bool) -> None:
         x0 = int(rng.integers(0, W - 1))
         x1 = int(rng.integers(x0 + 1, min(W, x0 + 500) + 1))
         wy0, wy1, wx0, wx1 = max(0, y0 - halo), min(H, y1 + halo), max(0, x0 - halo), min(W, x1 + halo)
-        got = cp.asnumpy(render_window(g[wy0:wy1, wx0:wx1], (wy0, wx0), (H, W), (y0, y1, x0, x1), st))
+        got = cp.asnumpy(render_window(g[wy0:wy1, wx0:wx1], (wy0, wx0), (H, W), (y0, y1, x0, x1), st,
+                                         grain_k=grain_k))
         bad += not np.array_equal(got, a[y0:y1, x0:x1])
     check("GPU region == GPU whole (8 windows)", bad == 0, mismatches=bad)
 

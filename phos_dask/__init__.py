@@ -11,7 +11,7 @@ from phos_dask.render import output_shape, render, render_window
 from phos_dask.settings import FILM_FORMATS, GRAIN_STYLES, Settings, SettingsError
 from phos_dask.stocks import Stock, StockError, all_stocks, get_stock
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "FILM_FORMATS",

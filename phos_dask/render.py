@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from phos_dask.film import ops
@@ -35,11 +37,14 @@ def render(image, settings: Settings | None = None):
 
 
 def render_window(window, window_origin: tuple[int, int], image_shape: tuple[int, int], out_box: Box,
-                  settings: Settings):
+                  settings: Settings, grain_k: Sequence[float] | None = None):
     """The model's output on `out_box` (y0, y1, x0, x1) of an image of `image_shape`, computed from a
     padded window of it whose top-left pixel sits at global `window_origin`. Bit-identical to the same
-    region of `render` on the whole image. Coordinates are those of the working-size image."""
-    plan = make_plan(settings, image_shape)
+    region of `render` on the whole image. Coordinates are those of the working-size image.
+
+    grain_k: the whole image's grain constants (`grain_constants(prepared_image, settings)`, or the summed
+    `grain_sums` of its blocks); required with grain on unless the window is the whole image."""
+    plan = make_plan(settings, image_shape, grain_k=grain_k)
     return render_region(as_rgb(window), window_origin, image_shape, out_box, plan)
 
 

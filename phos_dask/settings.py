@@ -13,6 +13,10 @@ GRAIN_STYLES: dict[str, float] = {"none": 0.0, "soft": 0.5, "default": 1.0, "coa
 #: Short side of the film frame in mm (spec §1).
 FILM_FORMATS: dict[str, float] = {"35mm": 24.0, "645": 41.5, "6x6": 56.0, "6x7": 56.0, "4x5": 102.0}
 DTYPES = ("uint8", "uint16", "float16", "float32")
+#: Version of the film model's pixels: part of every fingerprint, so a store written by an earlier model is
+#: refused on rerun (unless --overwrite). Bump it with any change to what a render computes.
+#: 0.2.0: grain normalised by the image's K_c (spec §4, revised 2026-12-01) and r(s).
+MODEL_VERSION = "0.2.0"
 
 
 class SettingsError(ValueError):
@@ -96,9 +100,11 @@ class Settings:
         return d
 
     def fingerprint(self) -> str:
-        """A short hash of every pixel-relevant field except the image key (same for a whole job)."""
+        """A short hash of every pixel-relevant field except the image key (same for a whole job), and of the
+        model version."""
         d = self.to_dict()
         d.pop("image_key")
+        d["model_version"] = MODEL_VERSION
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def image_seed(self) -> int:

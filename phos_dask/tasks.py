@@ -25,7 +25,15 @@ import numpy as np
 
 from phos_dask import __version__, thumbs
 from phos_dask.device import render_on
-from phos_dask.film.pipeline import Plan, as_rgb, make_plan
+from phos_dask.film.pipeline import (
+    Plan,
+    add_grain_sums,
+    as_rgb,
+    grain_constants,
+    grain_k_from_sums,
+    grain_sums,
+    make_plan,
+)
 from phos_dask.imageio import DEFAULT_MAX_PIXELS, ImageReadError, check_pixels, decode_image_info, open_region_reader
 from phos_dask.lease import still_held
 from phos_dask.pyramid import downsample2
@@ -169,6 +177,7 @@ def _provenance(cfg: JobConfig, item: SourceItem, st: Settings, plan: Plan, tp: 
         "image_seed": str(st.image_seed()),
         "scale": plan.s,
         "halo": plan.halo,
+        "grain_k": list(plan.grain_k) if plan.has_grain and plan.grain_k is not None else None,
         "shape": list(tp.shape),
         "tile_plan": {"mode": mode, "tile": tp.tile, "grid": list(tp.grid), "tiles": tp.count},
         "software": {"phos_dask": __version__},
@@ -232,6 +241,8 @@ def process_image(cfg: JobConfig, item: SourceItem, fresh: bool = True, thumb: b
     if not cfg.runs_whole(shape):  # the header could not tell: stage the decoded pixels
         return _stage_pixels(cfg, item, st, image, digest, linear, out, t0, source_thumb)
     plan = make_plan(st, shape)
+    if plan.has_grain:
+        plan = plan.with_grain_k(grain_constants(image, plan))
     tp = TilePlan.build(shape, cfg.tile, plan.halo)
     rendered, used, fell_back = render_on(cfg.accelerator(), image, (0, 0), shape, (0, shape[0], 0, shape[1]), plan)
     del image
@@ -252,9 +263,12 @@ def process_image(cfg: JobConfig, item: SourceItem, fresh: bool = True, thumb: b
 
 
 def _staged(item: SourceItem, shape: tuple[int, int], tp: TilePlan, digest: str, linear: bool, direct: bool,
-            t0: float, source_thumb: np.ndarray | None) -> dict[str, Any]:
+            t0: float, source_thumb: np.ndarray | None, grain_k: list[float]) -> dict[str, Any]:
+    """What the tiles and finalize of a staged image need: its shape, how to read it, and its grain
+    constants K_c (computed once from the whole image, so every tile renders with the whole image's)."""
     return {"key": item.key, "status": "staged", "direct": direct, "linear": linear, "shape": list(shape),
-            "sha256": digest, "tiles": [t.index for t in tp], "seconds": round(time.perf_counter() - t0, 3),
+            "sha256": digest, "grain_k": grain_k, "tiles": [t.index for t in tp],
+            "seconds": round(time.perf_counter() - t0, 3),
             "source_thumb": None if source_thumb is None else thumbs.encode_pair(source_thumb, source_thumb)}
 
 
@@ -262,19 +276,36 @@ def _stage_direct(cfg: JobConfig, item: SourceItem, reader, out: Location, t0: f
     """A large tiled TIFF: tiles will read their windows from the file itself, so nothing is staged."""
     with reader:
         shape, linear = reader.shape, bool(reader.info["linear"])
-    try:
-        check_pixels(item.url, shape[1], shape[0], cfg.max_pixels)
-        digest = _sha256(item.url, cfg.storage_options)
-    except ImageReadError as e:
-        return _failed(item, e)
-    except OSError as e:
-        return _failed(item, InputError(f"cannot read {item.url!r}: {e.strerror or e}"))
     st = cfg.image_settings(item)
     st = st.replace(linear_input=st.linear_input or linear)
     plan = make_plan(st, shape)
     tp = TilePlan.build(shape, cfg.tile, plan.halo)
+    try:
+        check_pixels(item.url, shape[1], shape[0], cfg.max_pixels)
+        digest = _sha256(item.url, cfg.storage_options)
+        grain_k = _grain_k_by_region(item, cfg, plan, tp)
+    except ImageReadError as e:
+        return _failed(item, e)
+    except OSError as e:
+        return _failed(item, InputError(f"cannot read {item.url!r}: {e.strerror or e}"))
     _create(cfg, out, ImageLayout(item.key, plan.channels, shape, st.dtype, tp))
-    return _staged(item, shape, tp, digest, linear, True, t0, None)
+    return _staged(item, shape, tp, digest, linear, True, t0, None, grain_k)
+
+
+def _grain_k_by_region(item: SourceItem, cfg: JobConfig, plan: Plan, tp: TilePlan) -> list[float]:
+    """K_c of an image read by region, in one streaming pass tile by tile (exact: the integer sums of the
+    blocks add up to the whole image's)."""
+    if not plan.has_grain:
+        return []
+    reader = open_region_reader(item.url, options_for(item.url, cfg.storage_options))
+    if reader is None:
+        raise OSError(f"{item.url!r} can no longer be read by region")
+    parts = []
+    with reader:
+        for tile in tp:
+            y0, y1, x0, x1 = tile.box
+            parts.append(grain_sums(as_rgb(reader.read(y0, y1, x0, x1)), (y0, x0), plan))
+    return list(grain_k_from_sums(add_grain_sums(*parts)))
 
 
 def _stage(cfg: JobConfig, item: SourceItem, data: bytes, out: Location, t0: float, thumb: bool
@@ -296,6 +327,7 @@ def _stage_pixels(cfg: JobConfig, item: SourceItem, st: Settings, image: np.ndar
     shape = image.shape[:2]
     plan = make_plan(st, shape)
     tp = TilePlan.build(shape, cfg.tile, plan.halo)
+    grain_k = list(grain_constants(image, plan)) if plan.has_grain else []
     _guard(cfg)
     chunks = (tp.tile, tp.tile, 3) if image.ndim == 3 else (tp.tile, tp.tile)
     staged = zarr.create_array(store=out.url_of(staging_path(item.key)), shape=image.shape, dtype=image.dtype,
@@ -306,7 +338,7 @@ def _stage_pixels(cfg: JobConfig, item: SourceItem, st: Settings, image: np.ndar
         staged[y0:y1, x0:x1] = image[y0:y1, x0:x1]
     del image
     _create(cfg, out, ImageLayout(item.key, plan.channels, shape, st.dtype, tp))
-    return _staged(item, shape, tp, digest, linear, False, t0, source_thumb)
+    return _staged(item, shape, tp, digest, linear, False, t0, source_thumb, grain_k)
 
 
 def _create(cfg: JobConfig, out: Location, layout: ImageLayout) -> None:
@@ -327,10 +359,14 @@ def _sha256(url: str, storage_options: dict | None) -> str:
     return digest.hexdigest()
 
 
-def _tile_context(cfg: JobConfig, item: SourceItem, shape: tuple[int, int], linear: bool = False):
+def _tile_context(cfg: JobConfig, item: SourceItem, staged: dict[str, Any]):
+    """(settings, model plan with the image's grain constants, tile plan) of a staged image."""
+    shape = tuple(staged["shape"])
     st = cfg.image_settings(item)
-    st = st.replace(linear_input=st.linear_input or linear)
+    st = st.replace(linear_input=st.linear_input or staged["linear"])
     plan = make_plan(st, shape)
+    if plan.has_grain:
+        plan = plan.with_grain_k(tuple(staged["grain_k"]))
     return st, plan, TilePlan.build(shape, cfg.tile, plan.halo)
 
 
@@ -356,7 +392,7 @@ def process_tile(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], index
     limit_kernel_threads()
     t0 = time.perf_counter()
     shape = tuple(staged["shape"])
-    st, plan, tp = _tile_context(cfg, item, shape, staged["linear"])
+    st, plan, tp = _tile_context(cfg, item, staged)
     tile = next(t for t in tp if t.index == tuple(index))
     out = Location.of(cfg.out_url, cfg.storage_options)
     try:
@@ -382,7 +418,7 @@ def finalize(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], *tiles: d
     limit_kernel_threads()
     t0 = time.perf_counter()
     shape = tuple(staged["shape"])
-    st, plan, tp = _tile_context(cfg, item, shape, staged["linear"])
+    st, plan, tp = _tile_context(cfg, item, staged)
     out = Location.of(cfg.out_url, cfg.storage_options)
     seconds = staged["seconds"] + sum(t["seconds"] for t in tiles) + (time.perf_counter() - t0)
     used = ", ".join(sorted({t["device"] for t in tiles if t["device"]})) or "cpu"

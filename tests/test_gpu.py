@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from phos_dask import Settings, make_plan, render, render_window
+from phos_dask.film.pipeline import grain_constants
 
 cp = pytest.importorskip("cupy")
 try:
@@ -37,7 +38,9 @@ def test_gpu_region_equals_gpu_whole(small_photo):
     h = make_plan(st, (H, W)).halo
     box = (40, 200, 100, 333)
     win = (max(0, 40 - h), min(H, 200 + h), max(0, 100 - h), min(W, 333 + h))
-    got = cp.asnumpy(render_window(g[win[0] : win[1], win[2] : win[3]], (win[0], win[2]), (H, W), box, st))
+    k = grain_constants(g, st)
+    assert k == grain_constants(small_photo, st)  # K_c is computed on the host: the same bits from either
+    got = cp.asnumpy(render_window(g[win[0] : win[1], win[2] : win[3]], (win[0], win[2]), (H, W), box, st, k))
     np.testing.assert_array_equal(got, whole[40:200, 100:333])
 
 

@@ -9,7 +9,14 @@ from scipy.signal import fftconvolve
 from phos_dask import Settings, all_stocks, get_stock, render, render_window
 from phos_dask.film import ops, psf
 from phos_dask.film.coarse import CoarseBlur
-from phos_dask.film.pipeline import HALATION_THRESHOLD, _blur_stage, coarse_factor, make_plan, noise_planes
+from phos_dask.film.pipeline import (
+    HALATION_THRESHOLD,
+    _blur_stage,
+    coarse_factor,
+    grain_constants,
+    make_plan,
+    noise_planes,
+)
 
 
 def _field(h: int, w: int, seed: int) -> np.ndarray:
@@ -89,14 +96,21 @@ def test_an_image_without_highlights_skips_bloom_exactly():
 # --- grain ------------------------------------------------------------------------------------------------
 
 
-def _noise(st: Settings, X_value: float = 0.18, size: int = 512):
-    """Grain planes n_p on the top-left size×size pixels of a 3000×3000 image (scale s = 1)."""
+def _k_uniform(X_value: float) -> float:
+    """K_c of an image whose every pixel has exposure X_value (spec §4): 1/max(E0·X, 1)."""
+    return 1.0 / max(1000.0 * float(np.float32(X_value)), 1.0)
+
+
+def _noise(st: Settings, X_value: float = 0.18, size: int = 512, k_of: float | None = None):
+    """Grain planes n_p on the top-left size×size pixels of a 3000×3000 image (scale s = 1) whose K_c is
+    that of a uniform image at exposure `k_of` (default: X_value itself)."""
     shape = (3000, 3000)
-    plan = make_plan(st, shape)
+    k = _k_uniform(X_value if k_of is None else k_of)
+    plan = make_plan(st, shape, grain_k=(k, k, k))
     r = plan.grain_radius
     X = np.full((plan.channels, size + r, size + r), X_value, np.float32)
     planes = noise_planes(X, (0, 0), (0, size, 0, size), shape, plan)
-    return np.clip(planes * np.float32(plan.grain_nscale), -1, 1), plan
+    return np.clip(planes * plan.grain_nscale[:, None, None], -1, 1), plan
 
 
 def test_grain_is_a_pure_function_of_seed_and_key():
@@ -114,18 +128,32 @@ def test_different_key_or_seed_gives_uncorrelated_grain(other):
     assert abs(np.corrcoef(a[0].ravel(), a[1].ravel())[0, 1]) < 0.02  # planes are independent too
 
 
-def test_grain_mean_is_zero_and_std_at_mid_grey_matches_the_spec():
-    n, _ = _noise(Settings(grain_intensity=0.8), size=1024)
-    expected = 0.8 / 3  # ρ has unit std at X = 0.18, n = clip(ρ·intensity/3)
+@pytest.mark.parametrize("X_value", [0.05, 0.18, 0.6])
+def test_grain_std_on_a_uniform_image_is_intensity_over_three(X_value):
+    """On a uniform image E[a(X)²] = K_c exactly, so V_c is ρ_b's variance and n = ρ_b/(3·sqrt(V_c))·0.8
+    has std 0.8/3 whatever the exposure (s = 1, so r(s) = 1; clipping at ±1 is 3.75σ away: negligible)."""
+    n, _ = _noise(Settings(grain_intensity=0.8), X_value=X_value, size=1024)
     for p in range(3):
         assert abs(n[p].mean()) < 0.01
-        assert n[p].std() == pytest.approx(expected, rel=0.10)
+        assert n[p].std() == pytest.approx(0.8 / 3, rel=0.05)
+
+
+def test_mid_grey_grain_follows_the_images_k():
+    """The same mid-grey pixels in an image whose K_c is that of a uniform X = 0.02 image: std scaled by
+    sqrt(K(0.18)/K(0.02)) = sqrt(20/180) = 1/3 (spec §4: a dark image gets fainter mid-tone grain)."""
+    n, _ = _noise(Settings(grain_intensity=0.8), X_value=0.18, size=1024, k_of=0.02)
+    expected = 0.8 / 3 * np.sqrt(_k_uniform(0.18) / _k_uniform(0.02))
+    for p in range(3):
+        assert n[p].std() == pytest.approx(expected, rel=0.05)
 
 
 def test_grain_is_stronger_in_the_shadows():
-    dark, _ = _noise(Settings(), X_value=0.02)
-    mid, _ = _noise(Settings(), X_value=0.18)
-    assert dark.std() > 2 * mid.std()
+    """Within one image (one K_c) the relative noise a(X) = 1/sqrt(1000·X): 3× at X = 0.02 vs 0.18 (at an
+    intensity low enough that the ±1 clip stays 3.3σ away in the shadows)."""
+    st = Settings(grain_intensity=0.3)
+    dark, _ = _noise(st, X_value=0.02, k_of=0.18)
+    mid, _ = _noise(st, X_value=0.18)
+    assert dark.std() == pytest.approx(3 * mid.std(), rel=0.05)
 
 
 def _correlation(n: np.ndarray, lag: int) -> float:
@@ -226,7 +254,8 @@ def test_larger_film_formats_make_grain_finer():
 
     def corner(fmt: str) -> np.ndarray:
         st = Settings(dtype="float32", film_format=fmt)
-        return render_window(window, (0, 0), (3000, 3000), (0, 400, 0, 400), st)[..., 1]
+        k = grain_constants(window, st)  # a uniform image: its corner's K_c is the whole image's
+        return render_window(window, (0, 0), (3000, 3000), (0, 400, 0, 400), st, k)[..., 1]
 
     f35, f45 = corner("35mm"), corner("4x5")
     assert _correlation(f35, 2) > _correlation(f45, 2) + 0.1

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from phos_dask import Settings, make_plan, render, render_window
+from phos_dask.film.pipeline import grain_constants
 
 
 def _test_image(h: int, w: int, seed: int) -> np.ndarray:
@@ -16,6 +17,7 @@ def _test_image(h: int, w: int, seed: int) -> np.ndarray:
     img[:12, -20:] = 252
     img[-9:, :15] = 255
     img[h // 2, :] = 250
+    img[2 * h // 3 :, : w // 2] //= 10  # a deep shadow: K_c well away from a mid-grey image's 1/180
     return img
 
 
@@ -39,10 +41,12 @@ def test_hundreds_of_random_windows_match_the_whole_image(film, fmt):
     whole = render(img, st)
     plan = make_plan(st, (H, W))
     assert plan.s != 1
+    k = grain_constants(img, st)
+    assert all(v * 180 > 1.5 for v in k)  # the grain amplitude really depends on this image's own K_c
     rng = np.random.default_rng(5)
     for out_box, win in _windows(rng, H, W, plan.halo, 120, 260):
         y0, y1, x0, x1 = out_box
-        got = render_window(img[win[0] : win[1], win[2] : win[3]], (win[0], win[2]), (H, W), out_box, st)
+        got = render_window(img[win[0] : win[1], win[2] : win[3]], (win[0], win[2]), (H, W), out_box, st, k)
         np.testing.assert_array_equal(got, whole[y0:y1, x0:x1], err_msg=f"{film} {out_box}")
 
 
@@ -55,6 +59,7 @@ def test_windows_match_with_coarse_cells_larger_than_one_pixel(film):
     plan = make_plan(st, (H, W))
     assert plan.bloom.f >= 2
     whole = render(img, st)
+    k = grain_constants(img, st)
     rng = np.random.default_rng(9)
     boxes = [(0, 300, 0, 301), (H - 257, H, W - 300, W), (700, 1000, 0, W), (0, H, 801, 1003)]
     boxes += [b for b, _ in _windows(rng, H, W, plan.halo, 8, 500)]
@@ -62,7 +67,7 @@ def test_windows_match_with_coarse_cells_larger_than_one_pixel(film):
         y0, y1, x0, x1 = out_box
         h = plan.halo
         win = (max(0, y0 - h), min(H, y1 + h), max(0, x0 - h), min(W, x1 + h))
-        got = render_window(img[win[0] : win[1], win[2] : win[3]], (win[0], win[2]), (H, W), out_box, st)
+        got = render_window(img[win[0] : win[1], win[2] : win[3]], (win[0], win[2]), (H, W), out_box, st, k)
         np.testing.assert_array_equal(got, whole[y0:y1, x0:x1], err_msg=f"{film} {out_box}")
 
 
@@ -75,7 +80,8 @@ def test_float_output_regions_match_too():
     out_box = (100, 250, 0, 120)
     h = plan.halo
     win = (max(0, 100 - h), min(H, 250 + h), 0, min(W, 120 + h))
-    got = render_window(img[win[0] : win[1], win[2] : win[3]], (win[0], win[2]), (H, W), out_box, st)
+    got = render_window(img[win[0] : win[1], win[2] : win[3]], (win[0], win[2]), (H, W), out_box, st,
+                        grain_constants(img, st))
     np.testing.assert_array_equal(got, whole[100:250, 0:120])
 
 
@@ -83,4 +89,20 @@ def test_a_window_too_small_for_the_halo_is_refused():
     img = _test_image(300, 300, 0)
     st = Settings()
     with pytest.raises(ValueError, match="does not cover"):
-        render_window(img[100:200, 100:200], (100, 100), (300, 300), (110, 190, 110, 190), st)
+        render_window(img[100:200, 100:200], (100, 100), (300, 300), (110, 190, 110, 190), st,
+                      grain_constants(img, st))
+
+
+def test_a_window_without_the_images_grain_constant_is_refused():
+    """A tile must never make up its own K_c: without grain_k only the whole image renders with grain."""
+    img = _test_image(300, 300, 0)
+    st = Settings()
+    with pytest.raises(ValueError, match="grain_k"):
+        render_window(img[:200, :200], (0, 0), (300, 300), (0, 100, 0, 100), st)
+    with pytest.raises(ValueError, match="grain_k"):
+        make_plan(st, (300, 300)).grain_nscale  # noqa: B018
+    plain = render_window(img, (0, 0), (300, 300), (0, 100, 0, 100), st)  # the whole image: computed here
+    np.testing.assert_array_equal(plain, render(img, st)[:100, :100])
+    no_grain = st.replace(grain="none")
+    np.testing.assert_array_equal(render_window(img[:200, :200], (0, 0), (300, 300), (0, 100, 0, 100), no_grain),
+                                  render(img, no_grain)[:100, :100])

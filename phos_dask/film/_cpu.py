@@ -138,7 +138,7 @@ def _rho(X, r, c, gy, gx, k, T, dT):
     t = np.int64(z >> np.uint64(48))
     frac = np.float32((z >> np.uint64(24)) & np.uint64(0xFFFFFF)) * _f32(2.0**-24)
     u = T[t] + frac * dT[t]
-    a = np.sqrt(_f32(180.0) / max(_f32(1000.0) * X[r, c], _f32(1.0)))
+    a = _f32(1.0) / np.sqrt(max(_f32(1000.0) * X[r, c], _f32(1.0)))
     return a * u
 
 
@@ -181,11 +181,12 @@ def grain_noise(X, rmap, cmap, y0, x0, key, T, dT, taps, out):
 
 @njit(cache=True, inline="always")
 def _clipped_noise(noise, y, nscale, n):
-    """Row y of every grain plane, scaled and clipped to [-1, 1], into n (P, w)."""
+    """Row y of every grain plane p, scaled by nscale[p] and clipped to [-1, 1], into n (P, w)."""
     lo, hi = _f32(-1.0), _f32(1.0)
     for p in range(noise.shape[0]):
+        k = nscale[p]
         for x in range(n.shape[1]):
-            n[p, x] = min(max(noise[p, y, x] * nscale, lo), hi)
+            n[p, x] = min(max(noise[p, y, x] * k, lo), hi)
 
 
 @njit(cache=True, inline="always")

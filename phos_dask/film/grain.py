@@ -1,4 +1,5 @@
-"""S6 grain: a pure function of (image seed, plane, global row, global column), tile-invariant.
+"""S6 grain: a pure function of (image seed, plane, global row, global column) and one per-image constant
+per plane (K_c, spec §4), tile-invariant.
 
 u(plane, y, x): the SplitMix64 output for counter (y·2³² + x) in a stream keyed by (seed, plane), turned
 into a standard normal deviate by a 65 536-cell piecewise-linear inverse normal CDF (top 16 bits pick the
@@ -8,6 +9,7 @@ on the hash; the table and its interpolation are the same float32 operations on 
 
 from __future__ import annotations
 
+import math
 from functools import cache
 from statistics import NormalDist
 
@@ -19,6 +21,11 @@ MIX1 = 0xBF58476D1CE4E5B9
 MIX2 = 0x94D049BB133111EB
 TABLE_BITS = 16
 E0 = 1000.0
+#: K_c is the mean of 1/max(E0·X_c, 1) over the pixels with global y ≡ 0 and x ≡ 0 (mod K_STEP) (spec §4).
+K_STEP = 4
+#: Each term of K_c is rounded to a multiple of 2⁻³² and summed as an integer, so sums over any blocks add up
+#: exactly, in any order, to the whole image's sum.
+K_FRAC_BITS = 32
 PLANE_R, PLANE_G, PLANE_B, PLANE_P = 0, 1, 2, 3
 
 
@@ -70,10 +77,48 @@ def hash_normal(xp, key: int, rows, cols):
 
 
 def signal_gain(xp, X):
-    """a(X) = sqrt(E0·0.18 / max(E0·X, 1)): relative noise of a Poisson-like exposure, 1 at mid-grey."""
-    return xp.sqrt(float(np.float32(E0 * 0.18)) / xp.maximum(float(np.float32(E0)) * X, 1.0))
+    """a(X) = 1/sqrt(max(E0·X, 1)): relative noise of a Poisson-like photon count of mean E0·X."""
+    return 1.0 / xp.sqrt(xp.maximum(float(np.float32(E0)) * X, 1.0))
 
 
 def grain_norm(taps: np.ndarray) -> float:
     """Standard deviation of unit white noise blurred by the 2D kernel taps⊗taps: sqrt(Σ G²) = Σ g²."""
     return float(np.sum(taps.astype(np.float64) ** 2))
+
+
+def k_sums(X: np.ndarray) -> tuple[int, int]:
+    """(Σ q, n) over the pixels of X (float64, any shape) with q = round(2³² / max(E0·X, 1)), an exact
+    integer: the contribution of these pixels to K_c = Σq / (n·2³²). NaN counts as X = 0."""
+    v = 1.0 / np.fmax(E0 * np.asarray(X, np.float64), 1.0)
+    q = np.rint(np.ldexp(v, K_FRAC_BITS)).astype(np.int64)
+    total = sum(int(t) for t in q.reshape(q.shape[0], -1).sum(axis=1)) if q.size else 0
+    return total, int(q.size)
+
+
+def k_value(total: int, count: int) -> float:
+    """K_c from its integer sums (a correctly rounded float64)."""
+    if count <= 0:
+        raise ValueError("K_c needs at least one pixel of the subsample grid")
+    return total / (count << K_FRAC_BITS)
+
+
+@cache
+def resolution_factor(grain_size: float, s: float) -> float:
+    """r(s) (spec §4): 1 for s ≥ 1; for s < 1 the standard deviation of the reference (s = 1) unit grain
+    field averaged over a (1/s)×(1/s) box whose edges lie on the reference pixel grid (for integer 1/s the
+    aligned block of an area reduction; a box of b = 1/s px covers floor(b) whole pixels and a fraction
+    b − floor(b) of the next, in each direction). The 2D kernel and the box are separable, so
+    r = Σ_k (w ∗ g)_k² / Σ g² for the 1D reference taps g and box weights w (each summing to 1)."""
+    if s >= 1.0:
+        return 1.0
+    from phos_dask.film.psf import grain_taps
+
+    g = grain_taps(grain_size, 1.0).astype(np.float64)
+    b = 1.0 / s
+    n = math.floor(b)
+    w = np.ones(n + (b > n), np.float64)
+    if b > n:
+        w[-1] = b - n
+    w /= b
+    wg = np.convolve(w, g)
+    return float(np.sum(wg**2) / np.sum(g**2))

@@ -152,25 +152,31 @@ def grain_noise(X, rmap, cmap, y0: int, x0: int, key: int, taps: np.ndarray, out
     return out
 
 
-def mix(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: float, wd, ws):
-    """S6: Z_c = wd_c·Y'_c + ws_c·X_c + Σ_p coef[c,p]·clip(noise_p·nscale, -1, 1)."""
+def _scales(nscale) -> np.ndarray:
+    return np.ascontiguousarray(nscale, dtype=np.float32).reshape(-1)
+
+
+def mix(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: np.ndarray, wd, ws):
+    """S6: Z_c = wd_c·Y'_c + ws_c·X_c + Σ_p coef[c,p]·clip(noise_p·nscale_p, -1, 1) (nscale: one float32
+    per noise plane)."""
+    nscale = _scales(nscale)
     if _is_cpu(Yp):
         from phos_dask.film import _cpu
 
-        return _cpu.mix(Yp, X, xy, xx, noise, coef, _f32(nscale), wd, ws)
+        return _cpu.mix(Yp, X, xy, xx, noise, coef, nscale, wd, ws)
     xp = namespace(Yp)
     C, h, w = Yp.shape
-    n = xp.clip(noise * float(_f32(nscale)), -1.0, 1.0)
+    n = [xp.clip(noise[p, ...] * float(nscale[p]), -1.0, 1.0) for p in range(noise.shape[0])]
     out = []
     for c in range(C):
         g = xp.zeros((h, w), dtype=xp.float32)
         for p in range(noise.shape[0]):
-            g = g + float(coef[c, p]) * n[p, ...]
+            g = g + float(coef[c, p]) * n[p]
         out.append(float(wd[c]) * Yp[c, ...] + float(ws[c]) * X[c, xy : xy + h, xx : xx + w] + g)
     return xp.stack(out)
 
 
-def mix_filmic_encode(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: float, wd, ws, tone_, vmax: int):
+def mix_filmic_encode(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: np.ndarray, wd, ws, tone_, vmax: int):
     """`mix`, then filmic (no H&D curve) and sRGB codes: (C, h, w) → (h, w, C) uint8/uint16.
     tone_: one stocks.Tone per channel."""
     from phos_dask.film import tone
@@ -183,7 +189,7 @@ def mix_filmic_encode(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: 
         consts = np.array([[t.A, t.B, t.C, t.D, t.E, t.F] for t in tone_], np.float32)
         guess, steps = tone.code_tables(vmax)
         out = np.empty((h, w, C), dtype)
-        _cpu.mix_filmic_encode(Yp, X, xy, xx, noise, coef, _f32(nscale), wd, ws, consts, guess, steps, out)
+        _cpu.mix_filmic_encode(Yp, X, xy, xx, noise, coef, _scales(nscale), wd, ws, consts, guess, steps, out)
         return out
     xp = namespace(Yp)
     Z = mix(Yp, X, xy, xx, noise, coef, nscale, wd, ws)
@@ -191,7 +197,7 @@ def mix_filmic_encode(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: 
     return xp.stack(codes, axis=-1)
 
 
-def mix_encode(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: float, wd, ws, tables, vmax: int):
+def mix_encode(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: np.ndarray, wd, ws, tables, vmax: int):
     """`mix` then each channel's QuantTable: (C, h, w) → (h, w, C) uint8/uint16 codes."""
     dtype = np.uint8 if vmax == 255 else np.uint16
     thresholds = np.stack([t.thresholds for t in tables])
@@ -202,7 +208,7 @@ def mix_encode(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: float, 
 
         starts = np.stack([t.start for t in tables])
         out = np.empty((h, w, C), dtype)
-        _cpu.mix_encode(Yp, X, xy, xx, noise, coef, _f32(nscale), wd, ws, thresholds, starts, BUCKET_BASE,
+        _cpu.mix_encode(Yp, X, xy, xx, noise, coef, _scales(nscale), wd, ws, thresholds, starts, BUCKET_BASE,
                         BUCKET_SHIFT, out)
         return out
     xp = namespace(Yp)

@@ -8,7 +8,9 @@ and the whole image feed every stage the same values.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -68,16 +70,50 @@ class Plan:
     halation_k: tuple[float, ...]
     grain_taps: np.ndarray | None
     grain_coef: np.ndarray
-    grain_nscale: float
+    grain_base: float  # intensity·r(s)/(3·sqrt(ΣG²)): n_p = clip(ρ_b · grain_base / sqrt(K_p), −1, 1)
     grain_keys: tuple[int, ...]
     wd: np.ndarray
     ws: np.ndarray
     hd: HDCurve | None
     tables: tuple | None  # Z → code threshold tables, only for chains with an H&D curve
+    #: K_c per grain plane (spec §4), the per-image constant every tile of the image must share; None until
+    #: given (`with_grain_k`, `make_plan(…, grain_k=…)`) — a render then computes it only from a whole image.
+    grain_k: tuple[float, ...] | None = None
 
     @property
     def channels(self) -> int:
         return self.stock.channels
+
+    @property
+    def has_grain(self) -> bool:
+        return self.grain_taps is not None
+
+    @property
+    def grain_planes(self) -> int:
+        return len(self.grain_keys) if self.has_grain else 0
+
+    def with_grain_k(self, grain_k: Iterable[float] | None) -> Plan:
+        """This plan with the image's per-plane grain constants K_c (from `grain_constants` or summed
+        `grain_sums`); None clears them. Without grain the plan takes any (checked) value and ignores it."""
+        if grain_k is None:
+            return dataclasses.replace(self, grain_k=None)
+        k = tuple(float(v) for v in grain_k)
+        if self.has_grain and len(k) != len(self.grain_keys):
+            raise ValueError(f"grain_k needs {len(self.grain_keys)} value(s), one per grain plane, got {len(k)}")
+        if not all(math.isfinite(v) and 0 < v <= 1 for v in k):
+            raise ValueError(f"grain_k values must lie in (0, 1], got {k}")
+        return dataclasses.replace(self, grain_k=k)
+
+    @property
+    def grain_nscale(self) -> np.ndarray:
+        """Per-plane float32 factor n_p = clip(ρ_b,p · nscale_p, −1, 1) = 1/(3·sqrt(V_p)) · intensity · r(s)
+        with V_p = ΣG²·K_p; empty without grain. Raises when grain is on and K_c was not given."""
+        if not self.has_grain:
+            return np.zeros(0, np.float32)
+        if self.grain_k is None:
+            raise ValueError("grain is on but the plan has no per-image grain constant K_c: pass grain_k "
+                             "(pipeline.grain_constants or summed grain_sums of the whole image)")
+        return np.array([self.grain_base / math.sqrt(k) for k in self.grain_k], np.float32)
 
     @property
     def grain_radius(self) -> int:
@@ -106,12 +142,69 @@ def _tables(tone_: object, hd: HDCurve | None, vmax: int):
     return tone.quant_table(tone_, hd, vmax)
 
 
-def make_plan(settings: Settings, shape: tuple[int, int]) -> Plan:
-    """The plan for an image of `shape` (rows, cols) — after any working-size resampling."""
+def make_plan(settings: Settings, shape: tuple[int, int], grain_k: Sequence[float] | None = None) -> Plan:
+    """The plan for an image of `shape` (rows, cols) — after any working-size resampling. `grain_k`: the
+    image's K_c per grain plane (`grain_constants`); a region of the image can be rendered only with it
+    (a whole-image render computes it when it is missing)."""
     key = settings.replace(image_key="", seed=0)
     base = _plan_cached(key, round(scale_for(shape, settings.film_format), 12))
     keys = tuple(grain.plane_key(settings.image_seed(), p) for p in _grain_planes(base.stock))
-    return Plan(**{**base.__dict__, "settings": settings, "grain_keys": keys})
+    return Plan(**{**base.__dict__, "settings": settings, "grain_keys": keys}).with_grain_k(grain_k)
+
+
+def grain_sums(block, origin: tuple[int, int], plan: Plan | Settings) -> tuple[tuple[int, int], ...]:
+    """The exact integer sums of K_c over one block of the prepared input image (the array `render` feeds
+    the model; (h, w, 3) or grey), whose top-left pixel sits at global `origin`: per grain plane
+    (Σq, n) over the block's pixels with global y ≡ 0 and x ≡ 0 (mod 4), q = round(2³²/max(E0·X_c, 1)).
+    X_c is the S1–S3 response computed in float64 on the host (any array type: only the subsample is
+    copied). Sums of disjoint blocks that cover the image, added in any order (`add_grain_sums`), give
+    `grain_k_from_sums` exactly the value `grain_constants` computes from the whole image."""
+    settings = plan.settings if isinstance(plan, Plan) else plan
+    stock = settings.stock
+    if settings.grain_style <= 0:
+        return ()
+    step = grain.K_STEP
+    oy, ox = int(origin[0]), int(origin[1])
+    block = as_rgb(block)
+    sub = _to_host(block[(-oy) % step :: step, (-ox) % step :: step, ...])
+    if sub.dtype in (np.uint8, np.uint16):
+        lin = colour.input_table(sub.dtype, settings.linear_input)[sub].astype(np.float64)
+    else:
+        lin = colour.linearise(np, sub, settings.linear_input).astype(np.float64)
+    matrix = colour.emulsion_matrix(stock).astype(np.float64)
+    factors = colour.reciprocity_factors(stock, settings.exposure_time)
+    out = []
+    for c in range(matrix.shape[0]):
+        m = matrix[c]
+        X = m[0] * lin[..., 0] + m[1] * lin[..., 1] + m[2] * lin[..., 2]
+        if factors is not None:
+            X = np.clip(X * float(factors[c]), 0.0, 1.0)
+        out.append(grain.k_sums(X))
+    return tuple(out)
+
+
+def add_grain_sums(*parts: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """The sums of several blocks' `grain_sums`, plane by plane (exact: integers)."""
+    if not parts:
+        return ()
+    return tuple((sum(p[i][0] for p in parts), sum(p[i][1] for p in parts)) for i in range(len(parts[0])))
+
+
+def grain_k_from_sums(sums: Sequence[tuple[int, int]]) -> tuple[float, ...]:
+    """K_c per grain plane from the image's summed `grain_sums`."""
+    return tuple(grain.k_value(t, n) for t, n in sums)
+
+
+def grain_constants(image, plan: Plan | Settings) -> tuple[float, ...]:
+    """K_c per grain plane (spec §4) of a whole prepared image, in one pass; () without grain."""
+    return grain_k_from_sums(grain_sums(image, (0, 0), plan))
+
+
+def _to_host(a) -> np.ndarray:
+    if isinstance(a, np.ndarray):
+        return a
+    get = getattr(a, "get", None)  # CuPy
+    return get() if callable(get) else np.asarray(a)
 
 
 def _grain_planes(stock: Stock) -> tuple[int, ...]:
@@ -133,7 +226,8 @@ def _plan_cached(settings: Settings, s: float) -> Plan:
     C = stock.channels
     if style > 0:
         taps = psf.grain_taps(settings.grain_size, s).astype(np.float32)
-        nscale = settings.grain_intensity / (3.0 * grain.grain_norm(taps))
+        r = grain.resolution_factor(settings.grain_size, s)
+        nscale = settings.grain_intensity * r / (3.0 * grain.grain_norm(taps))
         gP = stock.pan.grain
         if stock.is_color:
             coef = np.array([[style * 0.30 * L.grain, style * gP, style * gP] for L in stock.layers])
@@ -160,7 +254,7 @@ def _plan_cached(settings: Settings, s: float) -> Plan:
         halation_k=tuple(halation_k),
         grain_taps=taps,
         grain_coef=coef.astype(np.float32),
-        grain_nscale=nscale,
+        grain_base=nscale,
         grain_keys=(),
         wd=np.array([L.w_diffuse for L in stock.layers], np.float32),
         ws=np.array([L.w_direct for L in stock.layers], np.float32),
@@ -216,6 +310,12 @@ def render_region(window, window_origin: tuple[int, int], shape: tuple[int, int]
     y0, y1, x0, x1 = out_box
     if not (0 <= y0 < y1 <= H and 0 <= x0 < x1 <= W):
         raise ValueError(f"output box {out_box} is not inside the image {shape}")
+    if plan.has_grain and plan.grain_k is None:
+        if tuple(window_origin) != (0, 0) or tuple(window.shape[:2]) != (H, W):
+            raise ValueError("grain is on but the plan has no per-image grain constant K_c, and the window "
+                             "is not the whole image: make the plan with the whole image's grain_k "
+                             "(pipeline.grain_constants or summed grain_sums)")
+        plan = plan.with_grain_k(grain_constants(window, plan))
     xp = ops.namespace(window)
     hal = plan.halation
     y_box = _expand(out_box, plan.halo_halation, shape) if hal is not None else out_box
@@ -255,8 +355,8 @@ def render_region(window, window_origin: tuple[int, int], shape: tuple[int, int]
 
 
 def noise_planes(X, origin: tuple[int, int], out_box: Box, shape: tuple[int, int], plan: Plan):
-    """Blurred, normalised-to-be grain planes G_g ⊛ (a(X)·u) on out_box, (P, h, w) float32; X covers
-    out_box plus the grain radius (clipped to the image) from global `origin`. n_p = clip(· × nscale)."""
+    """Blurred grain planes ρ_b = G_g ⊛ (a(X)·u) on out_box, (P, h, w) float32; X covers out_box plus the
+    grain radius (clipped to the image) from global `origin`. n_p = clip(ρ_b,p × plan.grain_nscale[p], ±1)."""
     xp = ops.namespace(X)
     y0, y1, x0, x1 = out_box
     if plan.grain_taps is None:

@@ -1,0 +1,231 @@
+"""Grain amplitude (spec §4, revised 2026-12-01): the per-image constant K_c, its block-wise sums, r(s), and
+the look against the original app and across resolutions."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import cv2
+import numpy as np
+import pytest
+from conftest import PARITY
+
+from phos_dask import Settings, make_plan, render, render_window, settings
+from phos_dask.film import colour, grain
+from phos_dask.film.pipeline import (
+    add_grain_sums,
+    grain_constants,
+    grain_k_from_sums,
+    grain_sums,
+    noise_planes,
+)
+
+
+def _image(h: int, w: int, seed: int, dtype=np.uint8) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = rng.random((h, w, 3)) ** 1.5
+    img[: h // 3, : w // 2] *= 0.05  # a deep shadow
+    img[-h // 4 :, -w // 3 :] = 1.0  # a highlight
+    if dtype == np.float32:
+        return img.astype(np.float32)
+    vmax = np.iinfo(dtype).max
+    return np.round(img * vmax).astype(dtype)
+
+
+def _random_cuts(rng: random.Random, n: int, parts: int) -> list[int]:
+    return [0, *sorted(rng.sample(range(1, n), parts - 1)), n]
+
+
+# --- K_c: one number per image and plane, from the whole image or from any blocks -------------------------
+
+
+@pytest.mark.parametrize(
+    ("dtype", "st"),
+    [
+        (np.uint8, Settings()),
+        (np.uint16, Settings(film="Cinestill800T", exposure_time=30.0)),
+        (np.float32, Settings(film="HP5Plus400")),
+        (np.float32, Settings(film="Velvia50", linear_input=True)),
+    ],
+)
+def test_blocks_summed_in_any_order_give_the_whole_images_k_bit_for_bit(dtype, st):
+    H, W = 1013, 777
+    img = _image(H, W, 3, dtype)
+    whole = grain_constants(img, st)
+    assert len(whole) == make_plan(st, (H, W)).grain_planes
+    rng = random.Random(7)
+    for _ in range(4):  # tiles of a random, unaligned grid, added up in a random order
+        ys, xs = _random_cuts(rng, H, 5), _random_cuts(rng, W, 4)
+        parts = [grain_sums(img[y0:y1, x0:x1], (y0, x0), st)
+                 for y0, y1 in itertools.pairwise(ys) for x0, x1 in itertools.pairwise(xs)]
+        rng.shuffle(parts)
+        assert grain_k_from_sums(add_grain_sums(*parts)) == whole
+    strips = [grain_sums(img[y : y + 37], (y, 0), st) for y in range(0, H, 37)]  # row strips
+    assert grain_k_from_sums(add_grain_sums(*strips)) == whole
+
+
+def test_k_is_the_mean_of_the_inverse_exposure_on_the_global_4_by_4_grid():
+    """K_c = mean over y ≡ 0, x ≡ 0 (mod 4) of 1/max(E0·X_c, 1), here recomputed independently in float64."""
+    img = _image(301, 203, 5)
+    st = Settings()
+    lin = colour.decode_table(8)[img[::4, ::4]].astype(np.float64)
+    X = np.einsum("cj,hwj->chw", colour.emulsion_matrix(st.stock).astype(np.float64), lin)
+    expected = (1.0 / np.maximum(1000.0 * X, 1.0)).mean(axis=(1, 2))
+    np.testing.assert_allclose(grain_constants(img, st), expected, rtol=1e-9)
+    assert grain_constants(img, st.replace(grain="none")) == ()
+
+
+def test_tiles_rendered_with_the_summed_k_equal_the_whole_image():
+    H, W = 517, 389
+    img = _image(H, W, 8)
+    st = Settings(seed=4, image_key="k.png", dtype="uint16")
+    whole = render(img, st)
+    halo = make_plan(st, (H, W)).halo
+    ys, xs = [0, 200, H], [0, 150, 300, W]
+    k = grain_k_from_sums(add_grain_sums(*[grain_sums(img[y0:y1, x0:x1], (y0, x0), st)
+                                           for y0, y1 in itertools.pairwise(ys)
+                                           for x0, x1 in itertools.pairwise(xs)]))
+    for y0, y1 in itertools.pairwise(ys):
+        for x0, x1 in itertools.pairwise(xs):
+            wy0, wy1, wx0, wx1 = max(0, y0 - halo), min(H, y1 + halo), max(0, x0 - halo), min(W, x1 + halo)
+            got = render_window(img[wy0:wy1, wx0:wx1], (wy0, wx0), (H, W), (y0, y1, x0, x1), st, grain_k=k)
+            np.testing.assert_array_equal(got, whole[y0:y1, x0:x1])
+
+
+def test_the_fingerprint_carries_the_model_version(monkeypatch):
+    st = Settings()
+    now = st.fingerprint()
+    monkeypatch.setattr(settings, "MODEL_VERSION", "0.1.0")
+    assert st.fingerprint() != now  # a store written by the 0.1 model is refused on rerun
+
+
+# --- r(s) ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [2, 3, 4, 8])
+def test_r_is_the_std_of_the_reference_field_averaged_over_the_box(k):
+    """The reference (s = 1) unit field, averaged over aligned k×k blocks, has std r(1/k): measured on the
+    model's own noise planes for a uniform image (a(X) constant, so ρ_b / (ΣG²·a)^½ is that field)."""
+    shape, size = (3000, 3000), 1536
+    X = np.full((1, size + 8, size + 8), 0.18, np.float32)
+    plan = make_plan(Settings(film="HP5Plus400"), shape, grain_k=(1.0,))
+    field = noise_planes(X, (0, 0), (0, size, 0, size), shape, plan)[0].astype(np.float64)
+    field /= field.std()
+    blocks = field.reshape(size // k, k, size // k, k).mean(axis=(1, 3))
+    assert blocks.std() == pytest.approx(grain.resolution_factor(1.5, 1.0 / k), rel=0.03)
+    assert grain.resolution_factor(1.5, 1.0) == grain.resolution_factor(1.5, 1.7) == 1.0
+
+
+# --- the look: against the original app, across resolutions, dark vs bright ---------------------------------
+
+#: Grain std per tone band of the original Phos app (issue 12): coffee photo, Portra400, working size 3000,
+#: scattering 0.10, default grain; band = grey level of the grain-free output, std over the band's pixels and
+#: all channels of (with grain − without), 8-bit codes. (shared/parity/README.md lists a second draw:
+#: 57.5 / 56.1 / 35.6 / 11.7 / 1.6 / 0.4.)
+UPSTREAM_BAND_STD = {(0, 40): 57.5, (40, 80): 56.3, (80, 120): 36.0, (120, 160): 11.9, (160, 200): 1.7,
+                     (200, 256): 0.4}
+
+
+@pytest.fixture(scope="module")
+def coffee(read_rgb):
+    src = PARITY / "coffee_3000x2000.jpg"
+    if not src.exists():
+        pytest.skip("parity references not available")
+    return read_rgb(src)
+
+
+def test_grain_std_per_tone_band_matches_the_original_app(coffee):
+    st = Settings(film="Portra400", working_size=3000, scattering=0.10, grain="default")
+    with_grain = render(coffee, st).astype(np.int16)
+    plain = render(coffee, st.replace(grain="none"))
+    diff = with_grain - plain
+    grey = cv2.cvtColor(plain, cv2.COLOR_RGB2GRAY)
+    checked = 0
+    for (lo, hi), upstream in UPSTREAM_BAND_STD.items():
+        band = (grey >= lo) & (grey < hi)
+        if band.mean() < 0.01:
+            continue
+        ours = float(diff[band].std())
+        assert ours == pytest.approx(upstream, rel=0.20), f"band {lo}-{hi}: {ours:.2f} vs {upstream}"
+        checked += 1
+    assert checked >= 5
+
+
+@pytest.fixture(scope="module")
+def big_renders(coffee):
+    """The coffee photo enlarged to 6000×4000 (s = 4/3) and its renders with and without grain."""
+    big = cv2.resize(coffee, (6000, 4000), interpolation=cv2.INTER_LANCZOS4)
+    st = Settings(film="Portra400", seed=3, image_key="res")
+    return big, st, render(big, st).astype(np.float32), render(big, st.replace(grain="none")).astype(np.float32)
+
+
+def _area(a: np.ndarray, k: int) -> np.ndarray:
+    return cv2.resize(a, (a.shape[1] // k, a.shape[0] // k), interpolation=cv2.INTER_AREA)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "k",
+    [2, 4, pytest.param(8, marks=pytest.mark.xfail(
+        strict=True, reason="measured 1.37: the tone curve saturates the strong shadow grain, so scaling the "
+                            "grain field by r(s) before it (spec §4) lowers the output grain less than "
+                            "averaging the output does"))],
+)
+def test_grain_keeps_one_look_across_resolutions(big_renders, k):
+    """Spec §4 check on a 6000×4000 photograph: grain std of render(area-downsample_k(I)) within ±15 % of
+    that of area-downsample_k(render(I)) − area-downsample_k(render_no_grain(I)), 8-bit codes."""
+    big, st, with_grain, plain = big_renders
+    small = _area(big, k)
+    small_grain = render(small, st).astype(np.float32) - render(small, st.replace(grain="none"))
+    reduced = _area(with_grain, k) - _area(plain, k)
+    assert small_grain.std() / reduced.std() == pytest.approx(1.0, abs=0.15)
+
+
+def test_a_dark_photo_gets_fainter_mid_tone_grain_than_a_bright_one(small_photo):
+    """The same photograph (300×450, top-left, so the same grain hash values) beside a dark or a bright
+    surround: the dark surround raises K_c, and the photo's mid-tone grain shrinks by sqrt(K_bright/K_dark)
+    per plane (spec §4). Each channel mixes the three planes with positive weights, so its ratio lies between
+    the planes' (small intensity: no clipping, the tone curve locally linear)."""
+    st = Settings(film="Portra400", dtype="float32", grain_intensity=0.2, seed=9, image_key="dark-bright")
+    renders, ks = {}, {}
+    for name, level in (("dark", 8), ("bright", 200)):
+        canvas = np.full((600, 900, 3), level, np.uint8)
+        canvas[:300, :450] = small_photo
+        ks[name] = np.array(grain_constants(canvas, st))
+        renders[name] = render(canvas, st)[:260, :410] - render(canvas, st.replace(grain="none"))[:260, :410]
+    plain = render(small_photo, st.replace(grain="none"))[:260, :410]
+    mid = (plain.mean(axis=2) > 0.15) & (plain.mean(axis=2) < 0.6)
+    assert mid.mean() > 0.2
+    per_plane = np.sqrt(ks["bright"] / ks["dark"])
+    assert per_plane.max() < 0.7  # the dark surround matters
+    for c in range(3):
+        ratio = renders["dark"][..., c][mid].std() / renders["bright"][..., c][mid].std()
+        assert per_plane.min() * 0.95 <= ratio <= per_plane.max() * 1.05, (c, ratio, per_plane)
+
+
+def test_a_tiff_read_by_region_renders_its_tiles_with_the_whole_images_k(tmp_path, small_photo):
+    """The task layer's direct path (tiles read from the file itself) sums K_c tile by tile at staging."""
+    import tifffile
+
+    from phos_dask.cluster import connect
+    from phos_dask.imageio import read_image
+    from phos_dask.job import JobSpec, run_job
+    from phos_dask.tiles import MIN_TILE
+
+    src = tmp_path / "src"
+    src.mkdir()
+    img = (cv2.resize(small_photo, (900, 700), interpolation=cv2.INTER_CUBIC).astype(np.uint16) * 257)
+    img[:300, :400] //= 16  # a shadow, so K_c is far from a mid-grey image's
+    tifffile.imwrite(src / "scan.tif", img, tile=(256, 256), photometric="rgb")
+    st = Settings(dtype="uint16", grain="default", seed=2)
+    out = tmp_path / "out.zarr"
+    with connect(workers=1, dashboard_address="127.0.0.1:0") as client:
+        report = run_job(JobSpec(str(src), str(out), st, tile=MIN_TILE, whole_limit_mp=0.0), client)
+    assert report["counts"] == {"done": 1, "skipped": 0, "failed": 0}
+    import zarr
+
+    group = zarr.open_group(str(out), mode="r")["scan.tif"]
+    assert group.attrs["phos"]["tile_plan"]["mode"] == "tiled, read by region"
+    expected = render(read_image(src / "scan.tif"), st.replace(image_key="scan.tif"))
+    np.testing.assert_array_equal(np.moveaxis(group["0"][...], 0, -1), expected)
