@@ -131,8 +131,8 @@ def limit_kernel_threads() -> None:
 
 
 #: Inputs up to this size (bytes) are fetched whole in one request by the task that reads their header;
-#: larger ones are first tried as tiled TIFFs read by region.
-FETCH_WHOLE_BYTES = 64 << 20
+#: larger ones are first tried as tiled TIFFs read by region (environment: PHOS_DASK_FETCH_WHOLE_BYTES).
+FETCH_WHOLE_BYTES = int(os.environ.get("PHOS_DASK_FETCH_WHOLE_BYTES", 64 << 20))
 
 
 def _fetch(url: str, storage_options: dict | None, size: int | None = None) -> bytes:
