@@ -196,7 +196,7 @@ def _preview(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from phos_dask.cluster import ClusterError, connect, threads_for, tls_security
-    from phos_dask.job import JobError, JobSpec, dry_run, plan_job, run_job
+    from phos_dask.job import JobError, JobSpec, check_spec, dry_run, plan_job, run_job
     from phos_dask.lease import LeaseError, hold
     from phos_dask.progress import Progress
 
@@ -238,8 +238,11 @@ def _run(args: argparse.Namespace) -> int:
             return 0
         security = tls_security(args.tls_ca_file, args.tls_cert, args.tls_key)
         sheet_thumbs: dict[str, bytes] = {}
+        checked = check_spec(spec)  # before the lease, which writes into the output
         with hold(spec.out, spec.storage_options) as lease:
-            plan = plan_job(spec)  # usage errors surface before a cluster starts
+            plan = plan_job(spec, checked)  # usage errors surface before a cluster starts
+            for note in plan.notes:
+                print(f"note: {note}", file=sys.stderr, flush=True)
             threads = args.threads or threads_for(spec.source, spec.out)
             with connect(args.scheduler, args.scheduler_file, args.workers, args.dashboard_address,
                          security=security, device=spec.device, rmm_pool_size=args.rmm_pool_size,
@@ -263,13 +266,19 @@ def _run(args: argparse.Namespace) -> int:
     for r in report["images"]:
         if r["status"] == "failed":
             named = r["source"] in r["error"]
-            print(f"{PROG}: failed: {r['error'] if named else r['source'] + ': ' + r['error']}", file=sys.stderr)
+            line = r["error"] if named else f"{r['source']}: {r['error']}"
+            print(f"{PROG}: failed: {printable(line)}", file=sys.stderr)
     _contact_sheet(args.out, storage_options, report, sheet_thumbs)
     export_failed = 0
     if args.export:
         finished = [r["key"] for r in report["images"] if r["status"] in ("done", "skipped")]
         export_failed = _export(args.out, args.export_dir, args.export, args.quality, storage_options, finished)
     return 1 if counts["failed"] or export_failed else 0
+
+
+def printable(text: str) -> str:
+    """One terminal line: control characters (a newline in a file name) shown as escapes."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def default_out(source: str) -> str:
@@ -429,8 +438,9 @@ def _print_plan(plan: dict) -> None:
           f"({plan['skipped']} already complete); about {plan['bytes_out'] / 1e9:.2f} GB to write")
     rows = [("IMAGE", "SIZE", "SCALE", "HALO", "MODE", "TILES", "PEAK MB", "OUT MB")]
     for r in plan["plan"]:
-        if "shape" not in r:
-            rows.append((r["source"], "?", "?", "?", r["mode"], "?", "?", "?"))
+        if "scale" not in r:  # header unreadable, or refused (over --max-pixels)
+            size = f"{r['shape'][1]}x{r['shape'][0]}" if "shape" in r else "?"
+            rows.append((r["source"], size, "?", "?", r["mode"], "?", "?", "?"))
             continue
         rows.append((r["source"], f"{r['shape'][1]}x{r['shape'][0]}", f"{r['scale']:.3f}", str(r["halo"]),
                      r["mode"], str(r["tiles"]), f"{r['peak_task_bytes'] / 1e6:.0f}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 
@@ -98,7 +99,8 @@ def connect(scheduler: str | None = None, scheduler_file: str | None = None, wor
         return
     n = workers or os.cpu_count() or 1
     environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_ENV}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+    preload = [*dask.config.get("distributed.worker.preload", []), "phos_dask.worker_setup"]
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ, "distributed.worker.preload": preload}):
         if device == "gpu":
             cluster = _start_cuda(local_address(dashboard_address), rmm_pool_size)
         else:
@@ -124,7 +126,9 @@ def _start_local(workers: int, dashboard_address: str, threads: int = 1, attempt
     """A LocalCluster, started again once if a worker process dies while it starts (e.g. killed)."""
     for attempt in range(1, attempts + 1):
         try:
+            # silence_logs: only errors reach the terminal; the job reports each failed image itself
             return LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, host="127.0.0.1",
+                                silence_logs=logging.ERROR,
                                 dashboard_address=dashboard_address)
         except RuntimeError as e:  # "Nanny failed to start."
             if attempt == attempts:

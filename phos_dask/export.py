@@ -205,8 +205,14 @@ def source_exif(phos: dict[str, Any], size_wh: tuple[int, int], storage_options:
     if not url:
         return None
     try:
-        with fsspec.open(url, "rb", **(storage_options or {})) as f:
-            data = f.read()
+        from phos_dask.storage import Location
+
+        where = Location.of(url, storage_options)
+        if where.local and source.get("size") is not None and os.stat(where.root).st_size != source["size"]:
+            return None  # changed since the render (and never a FIFO or device: those are not read)
+        data = where.get("")
+        if data is None:
+            return None
         recorded = source.get("sha256")
         if recorded and hashlib.sha256(data).hexdigest() != recorded:
             return None
@@ -532,7 +538,8 @@ def write_contact_sheet(out: str, storage_options: dict | None = None, path: str
             if image is None:
                 image = np.full((*shape, 3), _PLACEHOLDER, np.uint8)
             _paste(sheet, image, y, x_at, thumb, align)
-        labels.append((x + thumb + pad // 2, y + thumb, _relpath(key, phos)))
+        caption = "".join(c if c.isprintable() else "?" for c in _relpath(key, phos))  # one line of text
+        labels.append((x + thumb + pad // 2, y + thumb, caption))
     pil = Image.fromarray(sheet, "RGB")
     draw = ImageDraw.Draw(pil)
     font = ImageFont.load_default(size=max(8, round(label * 0.7)))

@@ -27,7 +27,11 @@ MAX_PNG_CHUNKS = 10_000
 
 
 class HeaderError(ValueError):
-    """A header that does not say the image's size."""
+    """A header that does not say the image's size; the message is "cannot read the size of NAME: REASON"."""
+
+    @property
+    def reason(self) -> str:
+        return str(self).split("': ", 1)[-1]
 
 
 @dataclass(frozen=True)
@@ -55,24 +59,37 @@ def from_bytes(data: bytes) -> Read:
 def read_header(read: Read, name: str = "image") -> Header:
     """The image's format, size and orientation from its header (see the module docstring)."""
     head = read(0, 32)
+    fmt, parse = _format(head)
+    if parse is None:
+        raise HeaderError(f"cannot read the size of {name!r}: not a recognised image format")
+    try:
+        return parse(read, head, name)
+    except HeaderError as e:
+        if fmt in str(e):
+            raise
+        raise HeaderError(f"cannot read the size of {name!r}: a damaged {fmt} header ({e.reason})") from None
+    except (struct.error, IndexError, ValueError):
+        raise HeaderError(f"cannot read the size of {name!r}: a damaged {fmt} header") from None
+
+
+def _format(head: bytes) -> tuple[str, Callable[[Read, bytes, str], Header] | None]:
     if head.startswith(b"\xff\xd8"):
-        return _jpeg(read, name)
+        return "JPEG", lambda read, head, name: _jpeg(read, name)
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return _png(read, name)
+        return "PNG", lambda read, head, name: _png(read, name)
     if head[:6] in (b"GIF87a", b"GIF89a"):
-        w, h = struct.unpack("<HH", _need(head, 6, 4, name))
-        return _sized("GIF", w, h, name)
+        return "GIF", lambda read, head, name: _sized("GIF", *struct.unpack("<HH", _need(head, 6, 4, name)), name)
     if head.startswith(b"BM"):
-        return _bmp(head, name)
+        return "BMP", lambda read, head, name: _bmp(head, name)
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return _webp(read, name)
+        return "WebP", lambda read, head, name: _webp(read, name)
     if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        return _tiff(read, name)
+        return "TIFF", lambda read, head, name: _tiff(read, name)
     if head[:1] == b"P" and head[1:2] in b"123456" and len(head) > 2:
-        return _pnm(read, name)
+        return "PNM", lambda read, head, name: _pnm(read, name)
     if head[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n" or head[:4] == b"\xff\x4f\xff\x51":
-        return _jp2(read, head, name)
-    raise HeaderError(f"cannot read the size of {name!r}: not a recognised image format")
+        return "JPEG 2000", lambda read, head, name: _jp2(read, head, name)
+    return "", None
 
 
 def _need(data: bytes, offset: int, size: int, name: str) -> bytes:

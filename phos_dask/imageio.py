@@ -74,6 +74,9 @@ import numpy as np
 import tifffile
 from PIL import Image, ImageCms
 
+from phos_dask.headers import HeaderError, from_bytes, read_header
+from phos_dask.storage import NotARegularFile, read_local
+
 __all__ = [
     "JPEG_QUALITY",
     "WRITE_FORMATS",
@@ -270,11 +273,13 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     """
     p = Path(path)
     try:
-        data = p.read_bytes()
+        data = read_local(str(p))
     except FileNotFoundError:
         raise ImageReadError(f"cannot read image {str(p)!r}: no such file") from None
     except IsADirectoryError:
         raise ImageReadError(f"cannot read image {str(p)!r}: it is a directory") from None
+    except NotARegularFile as e:
+        raise ImageReadError(f"cannot read image {str(p)!r}: {e.strerror}") from None
     except OSError as e:
         raise ImageReadError(f"cannot read image {str(p)!r}: {e.strerror or e}") from None
     return decode_image(data, str(p))
@@ -330,6 +335,11 @@ def decode_image_info(data: bytes, name: str, max_pixels: int | None = DEFAULT_M
     if os.path.splitext(name)[1].lower() in RAW_EXTENSIONS:  # before sniffing: a DNG is also a TIFF
         image = _develop_raw(data, name, max_pixels)
         return image, {"format": "RAW", "bits": 16, "linear": False, "icc": "none"}
+    try:  # the size from the header alone, for every format, before any decoder sees the data
+        sized = read_header(from_bytes(data), name)
+    except HeaderError as e:
+        raise ImageReadError(f"cannot decode image {name!r}: {e.reason}") from None
+    check_pixels(name, sized.width, sized.height, max_pixels)
     kind = _sniff(data)
     decoded: _Decoded | None = None
     header: _Header | None = None
@@ -597,7 +607,10 @@ def _decode_tiff(data: bytes, name: str, max_pixels: int | None) -> _Decoded:
         layout = _TiffLayout.of(page)
         orientation = int(page.tags.valueof(274, 1))
         icc = _tiff_icc(page)
-        raw = page.asarray(squeeze=False)
+        try:
+            raw = page.asarray(squeeze=False)
+        except Exception as e:  # damaged data: no other decoder may fill it in
+            raise ImageReadError(f"cannot decode image {name!r}: damaged TIFF data ({_one_line(e)})") from None
     pixels, cmyk = layout.finish(_samples_last(raw))
     del raw
     return _Decoded(pixels, "TIFF", icc, orientation if orientation in _ORIENT else 1, cmyk)
@@ -843,7 +856,11 @@ class RegionReader:
             sort=True, lock=fh.lock, flat=True,
         )
         for data, index in segments:
-            tile, (plane, _, ty0, tx0, _), _ = page.decode(data, index, **kwargs)
+            try:
+                tile, (plane, _, ty0, tx0, _), _ = page.decode(data, index, **kwargs)
+            except Exception as e:
+                raise ImageReadError(f"cannot decode image {self.url!r}: damaged TIFF data ({_one_line(e)})"
+                                     ) from None
             ya, yb, xa, xb = max(y0, ty0), min(y1, ty0 + th), max(x0, tx0), min(x1, tx0 + tw)
             target = raw[plane, ya - y0 : yb - y0, xa - x0 : xb - x0]
             if tile is None:

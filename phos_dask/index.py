@@ -2,10 +2,10 @@
 job's client in batches, so that planning a rerun reads a few objects instead of one per image.
 
 A part is named `<time ns>-<run token>-<n>.jsonl`; parts are read in name order and later lines win. A line
-is {"key", "relpath", "fingerprint", "size"} for an image finished with those settings from a file of that
-size, or {"key", "removed": true} for an image about to be replaced (written before any task of the run
-that replaces it starts). Only the run holding the output's lease writes parts. At the end of a job the
-parts are compacted into one.
+is {"key", "relpath", "fingerprint", "size", "stamp"} for an image finished with those settings from a
+file of that size and stamp (modification time or ETag), or {"key", "removed": true} for an image about to
+be replaced (written before any task of the run that replaces it starts). Only the run holding the
+output's lease writes parts. At the end of a job the parts are compacted into one.
 
 The index is a cache of the images' own completion markers, never the only record: an image finished after
 the last part was written (a killed run) is found by its task, which reads the marker; an image whose
@@ -47,8 +47,8 @@ def read(out: Location) -> tuple[dict[str, dict[str, Any]], list[str]]:
     return entries, parts
 
 
-def entry(key: str, relpath: str, fingerprint: str, size: int) -> dict[str, Any]:
-    return {"key": key, "relpath": relpath, "fingerprint": fingerprint, "size": size}
+def entry(key: str, relpath: str, fingerprint: str, size: int, stamp: str = "") -> dict[str, Any]:
+    return {"key": key, "relpath": relpath, "fingerprint": fingerprint, "size": size, "stamp": stamp}
 
 
 class Writer:

@@ -16,8 +16,8 @@ from phos_dask.lease import Lease, LeaseError, hold
 from phos_dask.progress import Progress
 from phos_dask.settings import Settings
 from phos_dask.sources import Problem, SourceItem, scan
-from phos_dask.storage import Location
-from phos_dask.store import REPORT, STAGING, root_document, write_root
+from phos_dask.storage import Location, relative_inside
+from phos_dask.store import REPORT, STAGING, OutputError, check_output, root_document, write_root
 from phos_dask.tasks import WHOLE_LIMIT_MP, JobConfig
 from phos_dask.tiles import DEFAULT_TILE, TilePlan, pyramid_shapes
 
@@ -66,43 +66,72 @@ class JobPlan:
     #: the output's index as read ({key: entry}) and its parts
     index: dict[str, dict[str, Any]] = field(default_factory=dict)
     index_parts: list[str] = field(default_factory=list)
+    #: lines for the user about how the plan was made (e.g. the output found inside the source)
+    notes: list[str] = field(default_factory=list)
 
 
-def plan_job(spec: JobSpec) -> JobPlan:
+@dataclass(frozen=True)
+class Checked:
+    """What `check_spec` found: the output's path inside the source (None: it is not there) and the names
+    at the output's top level."""
+
+    inside: str | None
+    names: frozenset[str]
+
+
+def check_spec(spec: JobSpec) -> Checked:
+    """Refuse (JobError) a job whose output is the source or holds it, or is neither absent, nor empty, nor a
+    phos_dask store; before anything is written. Lists the output once."""
+    if relative_inside(spec.out, spec.source) is not None:
+        raise JobError(f"the output {spec.out!r} is the source or contains it; choose an --out outside "
+                       f"{spec.source!r}")
+    try:
+        names = check_output(Location.of(spec.out, spec.storage_options))
+    except OutputError as e:
+        raise JobError(str(e)) from None
+    return Checked(relative_inside(spec.source, spec.out) or None, frozenset(names))
+
+
+def plan_job(spec: JobSpec, checked: Checked | None = None) -> JobPlan:
     """Find the inputs and sort them into work to do and finished images to skip (resume), from one
     listing of the source, and of an existing output its root, its index and one listing of its names:
-    nothing per image."""
+    nothing per image. An image counts as finished when its index entry has this job's fingerprint and the
+    size and stamp (modification time, or ETag) its file has now."""
+    checked = checked or check_spec(spec)
+    inside = checked.inside
     try:
-        items, problems = scan(spec.source, spec.storage_options, spec.include, spec.exclude)
+        items, problems = scan(spec.source, spec.storage_options, spec.include, spec.exclude, skip=inside)
     except FileNotFoundError as e:
         raise JobError(str(e)) from None
+    notes = [f"the output is inside the source: its files ({inside}/) are not inputs"] if inside else []
     if not items:
         raise JobError(f"no images found under {spec.source!r}")
     out = Location.of(spec.out, spec.storage_options)
     if root_document(out) is None:  # a new output: every image is fresh
-        return JobPlan(spec, items, [], problems)
+        return JobPlan(spec, items, [], problems, notes=notes)
     finished, parts = index.read(out)
-    names = set(out.names())
+    names = checked.names
     fingerprint = spec.config().fingerprint()
     todo, skipped, clash, replaced = [], [], [], []
     for item in items:
         entry = finished.get(item.key) if item.key in names else None
         if entry is None:
             todo.append(item)
-        elif entry.get("fingerprint") == fingerprint and entry.get("size") == item.size:
+        elif entry.get("fingerprint") != fingerprint and not spec.overwrite:
+            clash.append(item.key)
+        elif (entry.get("fingerprint") == fingerprint and entry.get("size") == item.size
+              and entry.get("stamp", "") == item.stamp):
             skipped.append(item)
-        elif spec.overwrite:
+        else:  # replaced: other settings with --overwrite, or its input changed since
             todo.append(item)
             replaced.append(item.key)
-        else:
-            clash.append(item.key)
     if clash:
         raise JobError(
-            f"{len(clash)} image(s) in {spec.out!r} were made with other settings or from another file "
-            f"(e.g. {clash[0]!r}); rerun with --overwrite to replace them, or choose another --out"
+            f"{len(clash)} image(s) in {spec.out!r} were made with other settings (e.g. {clash[0]!r}); rerun "
+            "with --overwrite to replace them, or choose another --out"
         )
     present = frozenset(it.key for it in todo if it.key in names)
-    return JobPlan(spec, todo, skipped, problems, present, tuple(replaced), finished, parts)
+    return JobPlan(spec, todo, skipped, problems, present, tuple(replaced), finished, parts, notes)
 
 
 def _manifest(spec: JobSpec) -> dict[str, Any]:
@@ -124,9 +153,10 @@ def run_job(spec: JobSpec, client, progress: Progress | None = None, plan: JobPl
     `sheet_thumbs` receives {key: thumbnail pair JPEG} of the images rendered now among the first
     SHEET_IMAGES keys (for `export.write_contact_sheet`)."""
     if lease is None:
+        checked = check_spec(spec)  # before the lease: it writes into the output
         try:
             with hold(spec.out, spec.storage_options) as held:
-                return run_job(spec, client, progress, plan, held, sheet_thumbs)
+                return run_job(spec, client, progress, plan or plan_job(spec, checked), held, sheet_thumbs)
         except LeaseError as e:
             raise JobError(str(e)) from None
     from phos_dask.graph import Todo, submit_job
@@ -157,7 +187,7 @@ def run_job(spec: JobSpec, client, progress: Progress | None = None, plan: JobPl
             thumbs[item.key] = result.pop("thumb")
         results[item.key] = {"key": item.key, "source": item.relpath, **result}
         if result.get("status") in ("done", "skipped") and not lease.lost.is_set():
-            finished.add(index.entry(item.key, item.relpath, fingerprint, item.size))
+            finished.add(index.entry(item.key, item.relpath, fingerprint, item.size, item.stamp))
         progress.update(results[item.key])
 
     cfg = spec.config(lease.token)
@@ -253,6 +283,9 @@ def dry_run(spec: JobSpec) -> dict[str, Any]:
                 return {"key": item.key, "source": item.relpath, "mode": "whole"}  # the decoder decides
             with reader:
                 shape = reader.shape
+        if spec.max_pixels is not None and shape[0] * shape[1] > spec.max_pixels:
+            return {"key": item.key, "source": item.relpath, "mode": "refused", "shape": list(shape),
+                    "error": f"{shape[1]}x{shape[0]} px is over the limit of {spec.max_pixels} px (--max-pixels)"}
         shape = output_shape(shape, cfg.settings)
         mode = "whole" if cfg.runs_whole(shape) else "tiled"
         out: dict[str, Any] = {"key": item.key, "source": item.relpath, "mode": mode}

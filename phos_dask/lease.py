@@ -164,12 +164,18 @@ def acquire(url: str, storage_options: dict | None = None) -> Lease:
 
 @contextlib.contextmanager
 def hold(url: str, storage_options: dict | None = None) -> Iterator[Lease]:
-    """The lease of `url` for the duration of the block."""
+    """The lease of `url` for the duration of the block. A local output folder that the lease created is
+    removed again when the block leaves it empty (a job that failed to start leaves nothing behind)."""
+    where = Location.of(url, storage_options)
+    created = where.local and not os.path.lexists(where.root)
     lease = acquire(url, storage_options)
     try:
         yield lease
     finally:
         lease.release()
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(where.root)  # only when empty
 
 
 _checked: dict[tuple[str, str], float] = {}

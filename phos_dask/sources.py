@@ -6,7 +6,6 @@ import errno
 import fnmatch
 import os
 import stat
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ import fsspec
 import fsspec.utils
 
 from phos_dask.imageio import RAW_EXTENSIONS
-from phos_dask.storage import Location, options_for
+from phos_dask.storage import Location, options_for, special_kind
 from phos_dask.store import unique_keys
 
 IMAGE_EXTENSIONS = frozenset(
@@ -26,12 +25,14 @@ IMAGE_EXTENSIONS = frozenset(
 
 @dataclass(frozen=True)
 class SourceItem:
-    """One input: where it is, its path relative to the source root, its output key and its size."""
+    """One input: where it is, its path relative to the source root, its output key, its size and a stamp
+    that changes when its content does (local files: modification time in ns; object stores: the ETag)."""
 
     url: str
     relpath: str
     key: str
     size: int
+    stamp: str = ""
 
 
 def _selected(rel: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
@@ -58,7 +59,7 @@ def discover(source: str, storage_options: dict | None = None, include: Sequence
 
 
 def scan(source: str, storage_options: dict | None = None, include: Sequence[str] = (),
-         exclude: Sequence[str] = ()) -> tuple[list[SourceItem], list[Problem]]:
+         exclude: Sequence[str] = (), skip: str | None = None) -> tuple[list[SourceItem], list[Problem]]:
     """`discover`'s inputs, and the problems met on the way: folders that cannot be listed, symbolic links
     that loop or point nowhere. Local folders are walked following links to folders (each followed until it
     leads back to a folder it is inside); names starting with '.' (hidden) are left out."""
@@ -72,13 +73,14 @@ def scan(source: str, storage_options: dict | None = None, include: Sequence[str
         if not os.path.exists(root):
             raise FileNotFoundError(f"source {source!r} does not exist")
         if os.path.isfile(root):
-            base, sizes = os.path.dirname(root.rstrip("/")), {root: os.path.getsize(root)}
+            st = os.stat(root)
+            base, sizes = os.path.dirname(root.rstrip("/")), {root: (st.st_size, f"mtime:{st.st_mtime_ns}")}
         else:
             base = root.rstrip("/")
-            sizes, problems = _walk_local(base)
+            sizes, problems = _walk_local(base, os.path.join(base, skip) if skip else None)
     else:  # one paginated listing; a single object or nothing at all costs one more request
         base = root.rstrip("/")
-        sizes = {p: int(i.get("size") or 0) for p, i in fs.find(root, detail=True).items()
+        sizes = {p: (int(i.get("size") or 0), _stamp(i)) for p, i in fs.find(root, detail=True).items()
                  if i.get("type") != "directory" and p.rstrip("/") != base}
         if not sizes:
             try:
@@ -86,26 +88,38 @@ def scan(source: str, storage_options: dict | None = None, include: Sequence[str
             except FileNotFoundError:
                 raise FileNotFoundError(f"source {source!r} does not exist") from None
             if info.get("type") == "file":
-                base, sizes = os.path.dirname(base), {base: int(info.get("size") or 0)}
+                base, sizes = os.path.dirname(base), {base: (int(info.get("size") or 0), _stamp(info))}
     found = []
-    for path, size in sorted(sizes.items()):
+    for path, (size, stamp) in sorted(sizes.items()):
         if Path(path).suffix.lower() not in IMAGE_EXTENSIONS:
             continue
         rel = path[len(base) :].lstrip("/") if path.startswith(base) else Path(path).name
         if any(part.startswith(".") for part in rel.split("/")):
             continue  # hidden files and folders
+        if skip and (rel == skip or rel.startswith(skip.rstrip("/") + "/")):
+            continue  # the job's own output, inside the source
         if not _selected(rel, include, exclude):
             continue
-        found.append((path if local else fs.unstrip_protocol(path), rel, size))
+        found.append((path if local else fs.unstrip_protocol(path), rel, size, stamp))
     problems = sorted((p for p in problems if _selected(p.relpath, (), exclude)),
                       key=lambda p: p.relpath)
-    keys = unique_keys([rel for _, rel, _ in found])
-    return [SourceItem(url, rel, keys[rel], size) for url, rel, size in found], problems
+    keys = unique_keys([rel for _, rel, _, _ in found])
+    return [SourceItem(url, rel, keys[rel], size, stamp) for url, rel, size, stamp in found], problems
 
 
-def _walk_local(base: str) -> tuple[dict[str, int], list[Problem]]:
-    """{path: size} of the files under `base` (links followed) and the problems met."""
-    sizes: dict[str, int] = {}
+def _stamp(info: dict) -> str:
+    """What changes with an object's content in a listing: its ETag, else its modification time."""
+    etag = info.get("ETag") or info.get("etag")
+    if etag:
+        return f"etag:{str(etag).strip(chr(34))}"
+    mtime = info.get("LastModified") or info.get("mtime") or info.get("last_modified")
+    return f"mtime:{mtime}" if mtime else ""
+
+
+def _walk_local(base: str, skip: str | None = None) -> tuple[dict[str, tuple[int, str]], list[Problem]]:
+    """{path: (size, stamp)} of the files under `base` (links followed, the folder `skip` left out) and the
+    problems met."""
+    sizes: dict[str, tuple[int, str]] = {}
     problems: list[Problem] = []
 
     def rel(path: str) -> str:
@@ -133,6 +147,8 @@ def _walk_local(base: str) -> tuple[dict[str, int], list[Problem]]:
                     problems.append(Problem(rel(entry.path), f"cannot read: {e.strerror or e} (broken link?)"))
                 continue
             if stat.S_ISDIR(st.st_mode):
+                if skip is not None and os.path.abspath(entry.path) == os.path.abspath(skip):
+                    continue
                 ident = (st.st_dev, st.st_ino)
                 if ident in inside:
                     problems.append(Problem(rel(entry.path), "symbolic link loop: it leads back to "
@@ -141,56 +157,29 @@ def _walk_local(base: str) -> tuple[dict[str, int], list[Problem]]:
                     continue
                 stack.append((entry.path, {**inside, ident: entry.path}))
             elif stat.S_ISREG(st.st_mode):
-                sizes[entry.path] = st.st_size
+                sizes[entry.path] = (st.st_size, f"mtime:{st.st_mtime_ns}")
+            elif (kind := special_kind(st.st_mode)) is not None:
+                problems.append(Problem(rel(entry.path), f"not a regular file (it is {kind}); not read"))
     return sizes, problems
 
 
-#: Bytes read to find an image's size from its header (JPEG EXIF and PNG/WebP/GIF headers fit).
-HEADER_BYTES = 64 << 10
-
-
 def header_shape(data: bytes) -> tuple[int, int] | None:
-    """(rows, cols) of the upright image from the start of its file, or None when that does not tell (a
-    damaged header, or a format whose size lies further in, such as some TIFFs)."""
-    import io
+    """(rows, cols) of the upright image from the bytes of its file (the header alone is read), or None when
+    the header does not say (the decoder then refuses the file)."""
+    from phos_dask.headers import HeaderError, from_bytes, read_header
 
-    from PIL import Image
-
-    Image.MAX_IMAGE_PIXELS = None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a damaged header: the decoder will report the file
-            with Image.open(io.BytesIO(data)) as im:
-                w, h = im.size
-                orientation = im.getexif().get(0x0112, 1)
-    except Exception:
+        return read_header(from_bytes(data)).upright
+    except HeaderError:
         return None
-    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 
 
 def probe_shape(url: str, storage_options: dict | None = None) -> tuple[int, int] | None:
-    """(rows, cols) of the upright image from its header alone, or None when the header is unreadable
-    (the decoder then decides, and reports the error). One ranged GET of HEADER_BYTES; the file is opened
-    lazily only when its header lies further in."""
-    location = Location.of(url, storage_options)
-    try:
-        head = location.get("", 0, HEADER_BYTES)
-    except OSError:
-        return None
-    if head is None:
-        return None
-    shape = header_shape(head)
-    if shape is not None or len(head) < HEADER_BYTES:
-        return shape
-    from PIL import Image
+    """(rows, cols) of the upright image from its header alone, or None when the header does not say. Reads
+    64 KiB blocks as the header needs them (one request for most files); never decodes pixels."""
+    from phos_dask.headers import HeaderError, read_header
 
-    Image.MAX_IMAGE_PIXELS = None
     try:
-        with warnings.catch_warnings(), fsspec.open(url, "rb", **options_for(url, storage_options)) as f:
-            warnings.simplefilter("ignore")
-            with Image.open(f) as im:
-                w, h = im.size
-                orientation = im.getexif().get(0x0112, 1)
-    except Exception:
+        return read_header(Location.of(url, storage_options).reader(), url).upright
+    except (HeaderError, OSError):
         return None
-    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)

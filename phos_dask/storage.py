@@ -20,6 +20,7 @@ import functools
 import json
 import os
 import secrets
+import stat
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -33,8 +34,43 @@ T = TypeVar("T")
 
 #: Waits (s) between attempts after a transient storage error (the S3 client also retries each request).
 BACKOFF = (0.5, 1.0, 2.0, 4.0)
+class NotARegularFile(OSError):
+    """A path that is a FIFO, a device or a socket: never read (a read could block or never end)."""
+
+
 #: Errors that no retry can cure.
-PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError,
+             NotARegularFile)
+
+
+def special_kind(mode: int) -> str | None:
+    """'a FIFO', 'a device', 'a socket' for a special file's st_mode; None for a regular file or folder."""
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return None
+
+
+def read_local(path: str, start: int | None = None, end: int | None = None) -> bytes:
+    """Bytes [start, end) of a local regular file (all of it by default). A FIFO, device or socket is refused
+    before anything is read (NotARegularFile): opening is non-blocking and the type is checked on the open
+    file, so a file swapped for a FIFO after discovery cannot hang the reader."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(21, "Is a directory", path)
+        kind = special_kind(st.st_mode)
+        if kind is not None:
+            raise NotARegularFile(95, f"not a regular file (it is {kind})", path)
+        begin = start or 0
+        stop = st.st_size if end is None else min(end, st.st_size)
+        return os.pread(fd, max(0, stop - begin), begin) if stop > begin else b""
+    finally:
+        os.close(fd)
 #: Requests a location keeps in flight at once.
 CONCURRENCY = 32
 #: Objects larger than this are read with several concurrent ranged GETs.
@@ -51,6 +87,23 @@ def options_for(url: str, storage_options: dict | None) -> dict:
     """The job's storage options where `url` is remote; none for local paths (one job may read a bucket
     and write a local store, or the reverse)."""
     return dict(storage_options or {}) if is_remote(url) else {}
+
+
+def relative_inside(outer: str, inner: str) -> str | None:
+    """The path of `inner` relative to `outer` when `inner` is `outer` ("") or lies under it, else None.
+    Local paths are compared resolved (links followed); URLs by protocol and path."""
+    po, pi = fsspec.utils.get_protocol(str(outer)), fsspec.utils.get_protocol(str(inner))
+    if is_remote(outer) != is_remote(inner) or (is_remote(outer) and po != pi):
+        return None
+    if is_remote(outer):
+        a = str(outer).split("://", 1)[-1].rstrip("/")
+        b = str(inner).split("://", 1)[-1].rstrip("/")
+    else:
+        a = os.path.realpath(str(outer).removeprefix("file://"))
+        b = os.path.realpath(str(inner).removeprefix("file://"))
+    if a == b:
+        return ""
+    return b[len(a) + 1:] if b.startswith(a.rstrip("/") + "/") else None
 
 
 def retry(call: Callable[[], T], backoff: Iterable[float] = BACKOFF) -> T:
@@ -108,9 +161,34 @@ class Location:
         (objects larger than SPLIT_BYTES, when `size` says so: several concurrent ranged GETs)."""
         options = self._one_request(size)
         try:
+            if self.local:
+                return retry(lambda: read_local(self.path(name), start, end))
             return retry(lambda: self.fs.cat_file(self.path(name), start=start, end=end, **options))
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
+
+    def reader(self, name: str = "", block: int = 64 << 10):
+        """read(offset, size) → bytes over the object `name`, fetching aligned blocks of `block` bytes (one
+        request each) and keeping them, for header parsers that hop through a file."""
+        blocks: dict[int, bytes] = {}
+
+        def read(offset: int, size: int) -> bytes:
+            out = []
+            while size > 0:
+                index = offset // block
+                if index not in blocks:
+                    data = self.get(name, index * block, (index + 1) * block)
+                    if data is None:
+                        raise FileNotFoundError(2, "No such file or directory", self.url_of(name))
+                    blocks[index] = bytes(data)
+                piece = blocks[index][offset - index * block:offset - index * block + size]
+                if not piece:
+                    break
+                out.append(piece)
+                offset, size = offset + len(piece), size - len(piece)
+            return b"".join(out)
+
+        return read
 
     def get_json(self, name: str) -> Any | None:
         """A JSON object, or None when it is absent or not JSON (a torn write on a store without atomic

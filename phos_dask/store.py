@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import os
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -197,6 +198,43 @@ def root_document(out: Location) -> dict[str, Any] | None:
     if not isinstance(document, dict):
         return None
     return (document.get("attributes") or {}).get("phos") or {}
+
+
+class OutputError(ValueError):
+    """An output that a job must not write into: one line saying why."""
+
+
+#: What a phos_dask store may hold at its top level besides image groups.
+_OWN = {METADATA, "_lease.json", "_index", "_thumbs", STAGING, REPORT, "contact.jpg"}
+
+
+def check_output(out: Location) -> list[str]:
+    """Refuse (OutputError) an output that is neither absent, nor empty, nor a phos_dask store, before
+    anything is written: a job only ever creates, replaces or deletes inside a store that is its own.
+    One listing (plus one read of the root's zarr.json when there is one); returns the names listed."""
+    if out.local:
+        if not os.path.lexists(out.root):
+            return []
+        if not os.path.isdir(out.root):
+            raise OutputError(f"the output {out.url!r} exists and is not a folder; choose another --out")
+    names = out.names()
+    if not names:
+        return names
+    if METADATA not in names:
+        if set(names) <= {"_lease.json", "_index"}:  # a run that stopped before writing its root
+            return names
+        v2 = " (a Zarr v2 store)" if ".zgroup" in names or ".zarray" in names else ""
+        raise OutputError(f"the output {out.url!r} is not empty and is not a phos_dask store{v2}; refusing to "
+                          "write into it: choose a new or empty --out")
+    document = out.get_json(METADATA)
+    if not isinstance(document, dict):
+        raise OutputError(f"the output {out.url!r} has a zarr.json that is not valid JSON; refusing to write "
+                          "into it: repair it or choose another --out")
+    if document.get("node_type") != "group" or not isinstance((document.get("attributes") or {}).get("phos"),
+                                                                dict):
+        what = "a Zarr array" if document.get("node_type") == "array" else "a Zarr group not made by phos_dask"
+        raise OutputError(f"the output {out.url!r} is {what}; refusing to write into it: choose another --out")
+    return names
 
 
 def write_root(out: Location, manifest: dict[str, Any]) -> None:

@@ -34,7 +34,15 @@ from phos_dask.film.pipeline import (
     grain_sums,
     make_plan,
 )
-from phos_dask.imageio import DEFAULT_MAX_PIXELS, ImageReadError, check_pixels, decode_image_info, open_region_reader
+from phos_dask.headers import Header, HeaderError, read_header
+from phos_dask.imageio import (
+    DEFAULT_MAX_PIXELS,
+    RAW_EXTENSIONS,
+    ImageReadError,
+    check_pixels,
+    decode_image_info,
+    open_region_reader,
+)
 from phos_dask.lease import still_held
 from phos_dask.pyramid import downsample2
 from phos_dask.render import output_shape, prepare
@@ -159,6 +167,22 @@ def _read_file(item: SourceItem, storage_options: dict | None) -> bytes:
         raise InputError(f"cannot read {item.url!r}: {e.strerror or e}") from None
 
 
+#: A file may hold at most this many bytes per pixel its header declares, plus FILE_SLACK_BYTES (metadata,
+#: previews): float32 RGBA uncompressed is 16 bytes a pixel.
+FILE_BYTES_PER_PIXEL = 16
+FILE_SLACK_BYTES = 64 << 20
+
+
+def _check_file(item: SourceItem, header: Header, cfg: JobConfig) -> None:
+    """Refuse, before reading it, a file whose header claims more pixels than allowed, or that is far
+    larger than its pixels can explain (a sparse or padded file would be read whole for nothing)."""
+    check_pixels(item.url, header.width, header.height, cfg.max_pixels)
+    limit = header.pixels * FILE_BYTES_PER_PIXEL + FILE_SLACK_BYTES
+    if item.size > limit:
+        raise InputError(f"cannot read {item.url!r}: the file is {item.size / 1e6:.0f} MB but its header "
+                         f"declares {header.width}×{header.height} px (at most {limit / 1e6:.0f} MB); not read")
+
+
 def _failed(item: SourceItem, error: Exception | str) -> dict[str, Any]:
     return {"key": item.key, "status": "failed", "error": str(error)}
 
@@ -170,7 +194,8 @@ def _chw(out: np.ndarray) -> np.ndarray:
 def _provenance(cfg: JobConfig, item: SourceItem, st: Settings, plan: Plan, tp: TilePlan, digest: str,
                 mode: str, seconds: float, used: str = "cpu") -> dict[str, Any]:
     return {
-        "source": {"url": item.url, "relpath": item.relpath, "size": item.size, "sha256": digest},
+        "source": {"url": item.url, "relpath": item.relpath, "size": item.size, "stamp": item.stamp,
+                   "sha256": digest},
         "stock": plan.stock.name,
         "settings": st.to_dict(),
         "fingerprint": cfg.fingerprint(),
@@ -194,22 +219,51 @@ def _result(item: SourceItem, shape: tuple[int, int], seconds: float, **extra: A
 
 def _previous(cfg: JobConfig, out: Location, item: SourceItem) -> dict[str, Any] | None:
     """For an image the output already holds something of: {"status": "skipped"} when it is complete with
-    this job's settings and from a file of the same size, a failure when it was made otherwise and the job
-    does not overwrite; else None, after removing what is there (a half-written or replaced image)."""
+    this job's settings from its file as it is now (same size and stamp), a failure when it was made with
+    other settings and the job does not overwrite; else None, after removing what is there (a half-written
+    image, one whose input changed, or one replaced with --overwrite)."""
     state = image_state(out, item.key)
     if state is not None and state.get("status") == COMPLETE:
-        same = state.get("fingerprint") == cfg.fingerprint() and (state.get("source") or {}).get("size") == item.size
-        if same:
+        source = state.get("source") or {}
+        if state.get("fingerprint") != cfg.fingerprint():
+            if not cfg.overwrite:
+                return _failed(item, f"{item.relpath!r} in {cfg.out_url!r} was made with other settings; rerun "
+                                     "with --overwrite to replace it")
+        elif source.get("size") == item.size and source.get("stamp", "") == item.stamp:
             return {"key": item.key, "status": "skipped"}
-        if not cfg.overwrite:
-            return _failed(item, f"{item.relpath!r} in {cfg.out_url!r} was made with other settings or from "
-                                 "another file; rerun with --overwrite to replace it")
     _guard(cfg)
     out.delete(item.key, recursive=True)
     return None
 
 
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 300 else text[:297] + "…"
+
+
+def _as_failure(item: SourceItem, error: BaseException) -> dict[str, Any]:
+    """An error of a task as the image's failed result: one line for the user (the job reports it, so Dask
+    has no task failure to log); an unexpected error keeps its traceback in the result's "detail"."""
+    if isinstance(error, InputError | LeaseLost | ImageReadError):
+        return _failed(item, _one_line(error))
+    if isinstance(error, OSError):
+        where = f" {error.filename!r}" if getattr(error, "filename", None) else ""
+        return _failed(item, f"storage error{where}: {error.strerror or _one_line(error)}")
+    import traceback
+
+    return {**_failed(item, f"internal error: {type(error).__name__}: {_one_line(error)}"),
+            "detail": traceback.format_exc(limit=20)}
+
+
 def process_image(cfg: JobConfig, item: SourceItem, fresh: bool = True, thumb: bool = False) -> dict[str, Any]:
+    """The first task of every input: `_process_image`, its errors reported as the image's result."""
+    try:
+        return _process_image(cfg, item, fresh, thumb)
+    except Exception as e:
+        return _as_failure(item, e)
+
+
+def _process_image(cfg: JobConfig, item: SourceItem, fresh: bool = True, thumb: bool = False) -> dict[str, Any]:
     """The first task of every input. `fresh`: the output holds nothing under the image's key (the client
     listed it), so nothing needs checking or clearing. Returns the image's result ({"status": "done" |
     "skipped" | "failed", …}) when it ran whole, or {"status": "staged", …, "tiles": [(row, col), …]} when
@@ -221,6 +275,13 @@ def process_image(cfg: JobConfig, item: SourceItem, fresh: bool = True, thumb: b
     if not fresh and (previous := _previous(cfg, out, item)) is not None:
         return previous
     st = cfg.image_settings(item)
+    if item.size > FETCH_WHOLE_BYTES and os.path.splitext(item.relpath)[1].lower() not in RAW_EXTENSIONS:
+        try:  # a big file: its header first, so nothing is read that the header does not account for
+            _check_file(item, read_header(Location.of(item.url, cfg.storage_options).reader(), item.url), cfg)
+        except HeaderError as e:
+            return _failed(item, f"cannot decode image {item.url!r}: {e.reason}")
+        except (InputError, ImageReadError) as e:
+            return _failed(item, e)
     if item.size > FETCH_WHOLE_BYTES and st.working_size is None:
         reader = open_region_reader(item.url, options_for(item.url, cfg.storage_options))
         if reader is not None:
@@ -388,7 +449,16 @@ def _window(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], out: Locat
 def process_tile(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], index: tuple[int, int]
                  ) -> dict[str, Any]:
     """Render one tile from its padded window of the staged input and write its chunks; returns
-    {"seconds", "device" (where it ran), "fallback" (a GPU out-of-memory error made it run on the CPU)}."""
+    {"seconds", "device" (where it ran), "fallback" (a GPU out-of-memory error made it run on the CPU)},
+    or {"failed": the image's failed result} (finalize then reports the image as failed)."""
+    try:
+        return _process_tile(cfg, item, staged, index)
+    except Exception as e:
+        return {"failed": _as_failure(item, e), "seconds": 0.0, "device": "", "fallback": False}
+
+
+def _process_tile(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], index: tuple[int, int]
+                  ) -> dict[str, Any]:
     limit_kernel_threads()
     t0 = time.perf_counter()
     shape = tuple(staged["shape"])
@@ -412,7 +482,19 @@ def process_tile(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], index
 
 def finalize(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], *tiles: dict[str, Any]) -> dict[str, Any]:
     """After every tile: the pyramid levels past TILE_LEVELS (gigapixel images), the thumbnails, the
-    metadata and completion marker; the staged input removed."""
+    metadata and completion marker; the staged input removed. An image with a failed tile fails (first
+    error) and is not marked complete."""
+    try:
+        failed = next((t["failed"] for t in tiles if "failed" in t), None)
+        if failed is not None:
+            Location.of(cfg.out_url, cfg.storage_options).delete(staging_path(item.key), recursive=True)
+            return failed
+        return _finalize(cfg, item, staged, *tiles)
+    except Exception as e:
+        return _as_failure(item, e)
+
+
+def _finalize(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], *tiles: dict[str, Any]) -> dict[str, Any]:
     import zarr
 
     limit_kernel_threads()

@@ -1,0 +1,18 @@
+"""Preloaded into the worker processes of the local clusters `run` starts (Dask's `distributed.worker.preload`).
+
+Ctrl-C in a terminal reaches every process of its foreground group. The `run` process handles it (one line,
+exit 130) and closes its cluster, which stops the workers; the workers themselves ignore it, so none prints a
+KeyboardInterrupt traceback on the user's terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+
+with contextlib.suppress(ValueError):  # only the main thread may set handlers
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def dask_setup(worker) -> None:  # the hook Dask calls for a preload module; the work is done on import
+    return None

@@ -1,0 +1,348 @@
+"""Hostile inputs and hostile surroundings, through the real command line on a real local cluster: every
+problem is bounded, never hangs, never serves a stale result, never loses a user's file, and reaches the
+terminal as one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
+FLAGS = ["--film", "Portra400", "--workers", "1", "--dashboard-address", "127.0.0.1:0"]
+
+
+def phos(*args: str | Path, timeout: float = 180, env: dict | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "phos_dask", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env or ENV)
+
+
+def no_traceback(proc: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr, proc.stderr
+    assert "Compute Failed" not in proc.stderr, proc.stderr
+
+
+def error_line(proc: subprocess.CompletedProcess[str], code: int = 2) -> str:
+    assert proc.returncode == code, proc.stderr
+    no_traceback(proc)
+    lines = [ln for ln in proc.stderr.splitlines() if not ln.startswith(("film: ", "out: "))]
+    assert len(lines) == 1 and lines[0].startswith("phos_dask: error: "), proc.stderr
+    return lines[0]
+
+
+def failed_lines(proc: subprocess.CompletedProcess[str]) -> list[str]:
+    no_traceback(proc)
+    return [ln for ln in proc.stderr.splitlines() if ln.startswith("phos_dask: failed: ")]
+
+
+@pytest.fixture(scope="module")
+def pixels(small_photo) -> np.ndarray:
+    return cv2.cvtColor(cv2.resize(small_photo, (96, 64), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2BGR)
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    return cv2.imencode(".png", pixels)[1].tobytes()
+
+
+def _chunk(kind: bytes, body: bytes, crc: int | None = None) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) if crc is None
+                                                                    else crc)
+
+
+# --- 1. --max-pixels holds for every input, and planning never decodes --------------------------------------
+
+
+def test_a_png_claiming_60000_squared_costs_the_planner_nothing(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    ihdr = struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)
+    rows = zlib.compress(b"\0" * (60000 * 3 + 1) * 60, 9)  # a few real rows; the rest missing
+    exif = b"MM\x00*" + struct.pack(">I", 8) + struct.pack(">H", 0) + b"\0\0\0\0"
+    data = (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", rows) + _chunk(b"eXIf", exif)
+            + _chunk(b"IEND", b""))
+    (src / "huge.png").write_bytes(data)
+    code = ("import resource, runpy, sys\n"
+            "sys.argv = ['phos_dask', *sys.argv[1:]]\n"
+            "try:\n    runpy.run_module('phos_dask', run_name='__main__')\n"
+            "except SystemExit as e:\n    code = e.code\n"
+            "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+            "sys.exit(code)\n")
+    proc = subprocess.run([sys.executable, "-c", code, "run", str(src), "--out", str(tmp_path / "o.zarr"),
+                           "--dry-run", "--json", "--max-pixels", "1000", *FLAGS],
+                          capture_output=True, text=True, timeout=120, env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    peak_kb = int(proc.stderr.split("PEAK ")[-1].split()[0])
+    assert peak_kb < 600_000  # the planner never held any of the 10.8 GB image
+    plan = json.loads(proc.stdout)
+    assert plan["plan"][0]["shape"] == [60000, 60000] and plan["plan"][0]["mode"] == "refused"
+    assert "--max-pixels" in plan["plan"][0]["error"]
+
+
+def test_a_png_that_pillow_refuses_is_still_held_to_max_pixels(tmp_path, pixels):
+    src = tmp_path / "src"
+    src.mkdir()
+    png = _png(pixels)
+    (src / "bad-text-crc.png").write_bytes(png[:33] + _chunk(b"tEXt", b"k\x00v", crc=0) + png[33:])
+    proc = phos("run", src, "--out", tmp_path / "o.zarr", "--max-pixels", "1000", *FLAGS)
+    assert proc.returncode == 1
+    (line,) = failed_lines(proc)
+    assert "bad-text-crc.png" in line and "96x64 px" in line and "--max-pixels" in line, line
+
+
+# --- 2. special files: reported, never read ----------------------------------------------------------------
+
+
+def test_a_fifo_at_discovery_is_one_line_and_the_other_images_finish(tmp_path, pixels):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "good.png").write_bytes(_png(pixels))
+    os.mkfifo(src / "pipe.jpg")
+    proc = phos("run", src, "--out", tmp_path / "o.zarr", *FLAGS, timeout=120)
+    assert proc.returncode == 1
+    (line,) = failed_lines(proc)
+    assert "pipe.jpg" in line and "FIFO" in line
+    report = json.loads((tmp_path / "o.zarr" / "_report.json").read_text())
+    assert report["counts"] == {"done": 1, "skipped": 0, "failed": 1}
+
+
+def test_a_file_swapped_for_a_fifo_after_discovery_fails_at_once(tmp_path, pixels):
+    from phos_dask import Settings
+    from phos_dask.sources import discover
+    from phos_dask.tasks import JobConfig, process_image
+
+    (tmp_path / "a.png").write_bytes(_png(pixels))
+    item = discover(str(tmp_path / "a.png"))[0]
+    (tmp_path / "a.png").unlink()
+    os.mkfifo(tmp_path / "a.png")
+    t0 = time.monotonic()
+    result = process_image(JobConfig(str(tmp_path / "o.zarr"), Settings(film="Portra400")), item)
+    assert time.monotonic() - t0 < 10
+    assert result["status"] == "failed" and "FIFO" in result["error"]
+
+
+@pytest.mark.parametrize("special", ["fifo", "dev-zero"])
+def test_preview_of_a_special_file_is_one_line(tmp_path, special):
+    path = tmp_path / "x.jpg"
+    if special == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    line = error_line(phos("preview", path, "-o", tmp_path / "y.jpg", "--film", "Portra400", timeout=60))
+    assert "not a regular file" in line
+
+
+def test_a_sparse_file_far_larger_than_its_header_says_is_not_read(tmp_path, pixels):
+    src = tmp_path / "src"
+    src.mkdir()
+    jpeg = cv2.imencode(".jpg", pixels)[1].tobytes()
+    with open(src / "padded.jpg", "wb") as f:
+        f.write(jpeg)
+        f.truncate(1 << 30)  # 1 GiB, sparse: costs no disk
+    proc = phos("run", src, "--out", tmp_path / "o.zarr", *FLAGS)
+    (line,) = failed_lines(proc)
+    assert "padded.jpg" in line and "96×64" in line and "not read" in line
+
+
+# --- 3, 4. where the output may be ----------------------------------------------------------------------
+
+
+def test_an_output_inside_the_source_is_left_out_of_the_inputs(tmp_path, pixels):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.png").write_bytes(_png(pixels))
+    runs = [phos("run", src, "--out", src / "out.zarr", *FLAGS) for _ in range(3)]
+    for proc in runs:
+        assert proc.returncode == 0, proc.stderr
+        assert "note: the output is inside the source: its files (out.zarr/) are not inputs" in proc.stderr
+    report = json.loads((src / "out.zarr" / "_report.json").read_text())
+    assert [(r["source"], r["status"]) for r in report["images"]] == [("a.png", "skipped")]
+
+
+@pytest.mark.parametrize("where", ["same", "above"])
+def test_an_output_that_is_or_holds_the_source_is_refused(tmp_path, pixels, where):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.png").write_bytes(_png(pixels))
+    out = src if where == "same" else tmp_path
+    assert "is the source or contains it" in error_line(phos("run", src, "--out", out, *FLAGS))
+    assert sorted(p.name for p in src.iterdir()) == ["a.png"]
+
+
+def test_an_ordinary_folder_is_never_written_into(tmp_path, pixels):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.png").write_bytes(_png(pixels))
+    folder = tmp_path / "my documents"
+    (folder / "a.png").mkdir(parents=True)  # a sub-folder named like the image's key
+    (folder / "a.png" / "thesis.txt").write_text("precious")
+    line = error_line(phos("run", src, "--out", folder, *FLAGS))
+    assert "not empty and is not a phos_dask store" in line
+    assert (folder / "a.png" / "thesis.txt").read_text() == "precious"
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png"]
+
+
+@pytest.mark.parametrize("kind", ["zarr array", "corrupt zarr.json", "zarr v2 group", "a file"])
+def test_outputs_that_are_not_phos_stores_are_one_line(tmp_path, pixels, kind):
+    import zarr
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.png").write_bytes(_png(pixels))
+    out = tmp_path / "o.zarr"
+    if kind == "zarr array":
+        zarr.create_array(str(out), shape=(4,), dtype="uint8")
+    elif kind == "corrupt zarr.json":
+        out.mkdir()
+        (out / "zarr.json").write_text('{"zarr_format": 3, "node_')
+    elif kind == "zarr v2 group":
+        zarr.open_group(str(out), mode="w", zarr_format=2)
+    else:
+        out.write_text("not a folder")
+    before = sorted(p.name for p in out.iterdir()) if out.is_dir() else None
+    error_line(phos("run", src, "--out", out, *FLAGS))
+    assert (sorted(p.name for p in out.iterdir()) if out.is_dir() else None) == before
+
+
+def test_a_job_that_cannot_start_leaves_no_output_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert "no images found" in error_line(phos("run", tmp_path / "empty", "--out", tmp_path / "o.zarr", *FLAGS))
+    assert not (tmp_path / "o.zarr").exists()
+
+
+# --- 5. one verdict for damaged data -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["whole", "tiled by region"])
+def test_a_tiff_with_a_damaged_tile_is_refused_in_every_mode(tmp_path, small_photo, mode):
+    src = tmp_path / "src"
+    src.mkdir()
+    image = cv2.resize(small_photo, (512, 384), interpolation=cv2.INTER_AREA)
+    path = src / "scan.tif"
+    tifffile.imwrite(path, image, tile=(128, 128), compression="zlib", photometric="rgb")
+    with tifffile.TiffFile(path) as tf:
+        page = tf.pages.first
+        offset, count = page.dataoffsets[5], page.databytecounts[5]
+    data = bytearray(path.read_bytes())
+    data[offset + 10:offset + count - 10] = bytes(count - 20)  # the sixth tile's deflate stream zeroed
+    path.write_bytes(bytes(data))
+    env = {**ENV, "PHOS_DASK_FETCH_WHOLE_BYTES": "0"} if mode != "whole" else ENV
+    extra = ["--whole-limit", "0", "--tile", "256"] if mode != "whole" else []
+    proc = phos("run", src, "--out", tmp_path / "o.zarr", *FLAGS, *extra, env=env)
+    assert proc.returncode == 1, proc.stderr
+    (line,) = failed_lines(proc)
+    assert "scan.tif" in line and "damaged TIFF data" in line
+    assert "scan.tif" not in {k for k in _complete(tmp_path / "o.zarr")}
+
+
+def _complete(out: Path) -> set[str]:
+    return {p.name for p in out.iterdir() if (p / "zarr.json").exists()
+            and json.loads((p / "zarr.json").read_text())["attributes"]["phos"].get("status") == "complete"}
+
+
+# --- 6. freshness -----------------------------------------------------------------------------------------
+
+
+def test_a_source_rewritten_with_the_same_size_is_rendered_again(tmp_path, pixels):
+    src = tmp_path / "src"
+    src.mkdir()
+    cv2.imwrite(str(src / "a.bmp"), pixels)
+    out = tmp_path / "o.zarr"
+    assert phos("run", src, "--out", out, *FLAGS).returncode == 0
+    size = (src / "a.bmp").stat().st_size
+    cv2.imwrite(str(src / "a.bmp"), pixels[::-1].copy())  # other pixels, same byte size
+    assert (src / "a.bmp").stat().st_size == size
+    os.utime(src / "a.bmp", ns=(time.time_ns(), time.time_ns() + 10**9))
+    proc = phos("run", src, "--out", out, *FLAGS)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "_report.json").read_text())
+    assert [r["status"] for r in report["images"]] == ["done"]
+
+
+# --- 7. no tracebacks: a full disk, Ctrl-C ----------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MB tmpfs mounted for the test (root only; skipped where it cannot be made)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_per_image_and_exit_1(tmp_path, small_photo, small_disk):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        big = cv2.resize(small_photo[i:, i:], (1200, 800), interpolation=cv2.INTER_CUBIC)
+        cv2.imwrite(str(src / f"p{i}.png"), cv2.cvtColor(big, cv2.COLOR_RGB2BGR))
+    proc = phos("run", src, "--out", small_disk / "o.zarr", *FLAGS)
+    assert proc.returncode == 1, proc.stderr
+    no_traceback(proc)
+    # one line per image that could not be written, or one for the job when its own files cannot be
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith(("phos_dask: failed: ", "phos_dask: error: "))]
+    assert lines and all("No space left on device" in ln for ln in lines), proc.stderr
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, small_photo):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(12):
+        big = cv2.resize(small_photo[i:, i:], (2400, 1600), interpolation=cv2.INTER_CUBIC)
+        cv2.imwrite(str(src / f"p{i:02d}.jpg"), cv2.cvtColor(big, cv2.COLOR_RGB2BGR))
+    proc = subprocess.Popen([sys.executable, "-m", "phos_dask", "run", src, "--out", tmp_path / "o.zarr",
+                             "--film", "Portra400", "--workers", "2", "--dashboard-address", "127.0.0.1:0", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                            start_new_session=True)
+    assert proc.stdout is not None
+    proc.stdout.readline()  # the first image finished: the cluster is busy
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.strip().splitlines()[-1] == "phos_dask: error: interrupted"
+
+
+# --- 8. names that are not one line -----------------------------------------------------------------------
+
+
+def test_a_name_with_a_newline_stays_on_one_line(tmp_path, pixels):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "fine\nname.png").write_bytes(_png(pixels))
+    (src / "broken\nname.png").write_bytes(_png(pixels)[:60])
+    proc = phos("run", src, "--out", tmp_path / "o.zarr", *FLAGS)
+    assert proc.returncode == 1
+    (line,) = failed_lines(proc)
+    assert "broken\\nname.png" in line
+    assert (tmp_path / "o.zarr" / "contact.jpg").exists()
+
+
+def test_export_of_an_image_whose_source_became_a_fifo_does_not_hang(tmp_path, pixels):
+    src = tmp_path / "src"
+    src.mkdir()
+    cv2.imwrite(str(src / "a.jpg"), pixels)
+    out = tmp_path / "o.zarr"
+    assert phos("run", src, "--out", out, *FLAGS).returncode == 0
+    (src / "a.jpg").unlink()
+    os.mkfifo(src / "a.jpg")
+    proc = phos("export", out, "--to", tmp_path / "files", "--format", "jpeg", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    no_traceback(proc)
+    assert (tmp_path / "files" / "a.jpg").exists()
