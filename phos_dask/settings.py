@@ -16,7 +16,10 @@ DTYPES = ("uint8", "uint16", "float16", "float32")
 #: Version of the film model's pixels: part of every fingerprint, so a store written by an earlier model is
 #: refused on rerun (unless --overwrite). Bump it with any change to what a render computes.
 #: 0.2.0: grain normalised by the image's K_c (spec §4, revised 2026-12-01) and r(s).
-MODEL_VERSION = "0.2.0"
+#: 0.2.0+r-after-tone: r(s) (s < 1) scales the grain's effect after the tone curve instead of n_c before
+#: it (the package version stays 0.2.0, unreleased; the fingerprint is derived from this string, so it
+#: must change with the pixels: renders at s < 1 with grain differ from the first 0.2.0 model's).
+MODEL_VERSION = "0.2.0+r-after-tone"
 
 
 class SettingsError(ValueError):

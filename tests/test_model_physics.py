@@ -186,7 +186,10 @@ def test_every_stock_renders_a_real_photograph_sanely(name, small_photo):
     stock = get_stock(name)
     assert out.dtype == np.uint8
     assert out.shape == ((300, 450, 3) if stock.is_color else (300, 450))
-    assert out.min() <= 30 and out.max() >= 180  # the photograph's range survives
+    # the photograph's range survives (the B&W stocks' H&D toe lifts the blacks: their grain-free renders of
+    # this photo start at 19-54; a bound of 30 used to hold for them only because shadow grain clipped 1 % of
+    # the pixels to black at this small size, before r(s) scaled the grain's effect after the tone curve)
+    assert out.min() <= 60 and out.max() >= 180
     f = render(small_photo, Settings(film=name, dtype="float32"))
     assert np.isfinite(f).all() and f.min() >= 0 and f.max() <= 1
 

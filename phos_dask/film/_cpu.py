@@ -277,6 +277,50 @@ def mix_filmic_encode(Yp, X, xy, xx, noise, coef, nscale, wd, ws, tone, guess, s
 
 
 @njit(parallel=True, cache=True, nogil=True)
+def mix_filmic_blend_encode(Yp, X, xy, xx, noise, coef, nscale, wd, ws, tone, r, guess, steps, out):
+    """`mix_filmic_encode` with the grain's effect scaled after the curve (r = r(s) < 1, spec §4): per
+    channel F = clip01(F0 + r·(F − F0)), F0 the filmic value of the mix without its grain terms (the same
+    float32 sum `_mixed_row` starts from), then coded as there."""
+    C, h, w = Yp.shape
+    P = noise.shape[0]
+    cells = guess.shape[0] - 1
+    zero, one = _f32(0.0), _f32(1.0)
+    ten, half = _f32(10.0), _f32(0.5)
+    for y in prange(h):
+        n = np.empty((P, w), dtype=np.float32)
+        F = np.empty(w, dtype=np.float32)
+        F0 = np.empty(w, dtype=np.float32)
+        _clipped_noise(noise, y, nscale, n)
+        for c in range(C):
+            tA, tB, tC, tD, tE, tF = tone[c, 0], tone[c, 1], tone[c, 2], tone[c, 3], tone[c, 4], tone[c, 5]
+            cb, de, df, ef = tC * tB, tD * tE, tD * tF, tE / tF
+            a, b = wd[c], ws[c]
+            for x in range(w):
+                F0[x] = a * Yp[c, y, x] + b * X[c, xy + y, xx + x]
+                F[x] = F0[x]
+            for p in range(P):
+                k = coef[c, p]
+                for x in range(w):
+                    F[x] += k * n[p, x]
+            for x in range(w):
+                v = ten * max(F0[x], zero)
+                f0 = (v * (tA * v + cb) + de) / (v * (tA * v + tB) + df) - ef
+                f0 = min(max(f0, zero), one)
+                v = ten * max(F[x], zero)
+                f = (v * (tA * v + cb) + de) / (v * (tA * v + tB) + df) - ef
+                f = min(max(f, zero), one)
+                F[x] = min(max(f0 + r * (f - f0), zero), one)
+            for x in range(w):
+                f = F[x]
+                u = np.sqrt(f) * cells
+                j = min(np.int64(u), cells - 1)
+                g = guess[j] + (u - j) * (guess[j + 1] - guess[j])
+                k = np.int64(g + half)
+                k = k - (f < steps[k]) + (f >= steps[k + 1])
+                out[y, x, c] = k
+
+
+@njit(parallel=True, cache=True, nogil=True)
 def any_above(src, y0, y1, x0, x1, thr):
     found = np.zeros(y1 - y0, dtype=np.bool_)
     for y in prange(y0, y1):

@@ -108,7 +108,8 @@ def resolution_factor(grain_size: float, s: float) -> float:
     field averaged over a (1/s)×(1/s) box whose edges lie on the reference pixel grid (for integer 1/s the
     aligned block of an area reduction; a box of b = 1/s px covers floor(b) whole pixels and a fraction
     b − floor(b) of the next, in each direction). The 2D kernel and the box are separable, so
-    r = Σ_k (w ∗ g)_k² / Σ g² for the 1D reference taps g and box weights w (each summing to 1)."""
+    r = Σ_k (w ∗ g)_k² / Σ g² for the 1D reference taps g and box weights w (each summing to 1).
+    The model applies it to the grain's effect after the tone curve, not to n_c (`pipeline.Plan.grain_r`)."""
     if s >= 1.0:
         return 1.0
     from phos_dask.film.psf import grain_taps

@@ -176,24 +176,45 @@ def mix(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: np.ndarray, wd
     return xp.stack(out)
 
 
-def mix_filmic_encode(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: np.ndarray, wd, ws, tone_, vmax: int):
+def blend(F0, F, r: float):
+    """F0 + r·(F − F0), clipped to [0, 1] (float32; r is rounded to float32): the grain's effect on the
+    tone-mapped value F scaled by r(s) (spec §4, resolution consistency), F0 the grain-free value."""
+    r32 = float(_f32(r))
+    if isinstance(F, np.ndarray):
+        return np.clip(F0 + np.float32(r32) * (F - F0), np.float32(0.0), np.float32(1.0))
+    xp = namespace(F)
+    return xp.clip(F0 + r32 * (F - F0), 0.0, 1.0)
+
+
+def mix_filmic_encode(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: np.ndarray, wd, ws, tone_,
+                      vmax: int, r: float = 1.0):
     """`mix`, then filmic (no H&D curve) and sRGB codes: (C, h, w) → (h, w, C) uint8/uint16.
-    tone_: one stocks.Tone per channel."""
+    tone_: one stocks.Tone per channel. r < 1 (grain's resolution factor r(s)): the code of
+    `blend(F(Z without grain), F(Z), r)` instead of F(Z)'s; r = 1 evaluates the curve once."""
     from phos_dask.film import tone
 
     dtype = np.uint8 if vmax == 255 else np.uint16
     C, h, w = Yp.shape
+    after = r < 1.0
     if _is_cpu(Yp):
         from phos_dask.film import _cpu
 
         consts = np.array([[t.A, t.B, t.C, t.D, t.E, t.F] for t in tone_], np.float32)
         guess, steps = tone.code_tables(vmax)
         out = np.empty((h, w, C), dtype)
-        _cpu.mix_filmic_encode(Yp, X, xy, xx, noise, coef, _scales(nscale), wd, ws, consts, guess, steps, out)
+        if after:
+            _cpu.mix_filmic_blend_encode(Yp, X, xy, xx, noise, coef, _scales(nscale), wd, ws, consts, _f32(r),
+                                         guess, steps, out)
+        else:
+            _cpu.mix_filmic_encode(Yp, X, xy, xx, noise, coef, _scales(nscale), wd, ws, consts, guess, steps, out)
         return out
     xp = namespace(Yp)
     Z = mix(Yp, X, xy, xx, noise, coef, nscale, wd, ws)
-    codes = [tone.quantise(xp, tone.filmic(xp, Z[c, ...], tone_[c]), vmax) for c in range(C)]
+    F = [tone.filmic(xp, Z[c, ...], tone_[c]) for c in range(C)]
+    if after:
+        Z0 = mix(Yp, X, xy, xx, noise[:0, ...], coef[:, :0], _scales(nscale)[:0], wd, ws)
+        F = [blend(tone.filmic(xp, Z0[c, ...], tone_[c]), F[c], r) for c in range(C)]
+    codes = [tone.quantise(xp, F[c], vmax) for c in range(C)]
     return xp.stack(codes, axis=-1)
 
 

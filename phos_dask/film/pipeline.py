@@ -70,7 +70,10 @@ class Plan:
     halation_k: tuple[float, ...]
     grain_taps: np.ndarray | None
     grain_coef: np.ndarray
-    grain_base: float  # intensity·r(s)/(3·sqrt(ΣG²)): n_p = clip(ρ_b · grain_base / sqrt(K_p), −1, 1)
+    grain_base: float  # intensity/(3·sqrt(ΣG²)): n_p = clip(ρ_b · grain_base / sqrt(K_p), −1, 1)
+    #: r(s) (spec §4) when grain is on and s < 1, else 1.0. Applied to the grain's effect after the tone
+    #: curve: F = F_no-grain + r·(F_grain − F_no-grain) per channel, before quantisation (see `render_region`).
+    grain_r: float
     grain_keys: tuple[int, ...]
     wd: np.ndarray
     ws: np.ndarray
@@ -106,8 +109,9 @@ class Plan:
 
     @property
     def grain_nscale(self) -> np.ndarray:
-        """Per-plane float32 factor n_p = clip(ρ_b,p · nscale_p, −1, 1) = 1/(3·sqrt(V_p)) · intensity · r(s)
-        with V_p = ΣG²·K_p; empty without grain. Raises when grain is on and K_c was not given."""
+        """Per-plane float32 factor n_p = clip(ρ_b,p · nscale_p, −1, 1) = 1/(3·sqrt(V_p)) · intensity with
+        V_p = ΣG²·K_p (r(s) is applied after the tone curve: `grain_r`); empty without grain. Raises when
+        grain is on and K_c was not given."""
         if not self.has_grain:
             return np.zeros(0, np.float32)
         if self.grain_k is None:
@@ -226,15 +230,15 @@ def _plan_cached(settings: Settings, s: float) -> Plan:
     C = stock.channels
     if style > 0:
         taps = psf.grain_taps(settings.grain_size, s).astype(np.float32)
-        r = grain.resolution_factor(settings.grain_size, s)
-        nscale = settings.grain_intensity * r / (3.0 * grain.grain_norm(taps))
+        grain_r = grain.resolution_factor(settings.grain_size, s)
+        nscale = settings.grain_intensity / (3.0 * grain.grain_norm(taps))
         gP = stock.pan.grain
         if stock.is_color:
             coef = np.array([[style * 0.30 * L.grain, style * gP, style * gP] for L in stock.layers])
         else:
             coef = np.array([[style * gP]])
     else:
-        taps, nscale, coef = None, 0.0, np.zeros((C, 0))
+        taps, nscale, coef, grain_r = None, 0.0, np.zeros((C, 0)), 1.0
     hd = (stock.hd_curve or DEFAULT_HD) if settings.uses_hd_curve else None
     vmax = {"uint8": 255, "uint16": 65535}.get(settings.dtype)
     tables = None
@@ -255,6 +259,7 @@ def _plan_cached(settings: Settings, s: float) -> Plan:
         grain_taps=taps,
         grain_coef=coef.astype(np.float32),
         grain_base=nscale,
+        grain_r=grain_r,
         grain_keys=(),
         wd=np.array([L.w_diffuse for L in stock.layers], np.float32),
         ws=np.array([L.w_direct for L in stock.layers], np.float32),
@@ -345,12 +350,15 @@ def render_region(window, window_origin: tuple[int, int], shape: tuple[int, int]
         Yp = Y
     noise = noise_planes(X, xo, out_box, shape, plan)
     args = (Yp, X, y0 - xo[0], x0 - xo[1], noise, plan.grain_coef, plan.grain_nscale, plan.wd, plan.ws)
+    # r(s) < 1 (grain on, s < 1): the grain's effect is scaled after the tone curve, which needs the
+    # grain-free F as well (spec §4 as implemented, see `grain_r`); r = 1 takes the single-curve paths.
+    r = plan.grain_r
     if plan.vmax is not None and plan.hd is None:
-        out = ops.mix_filmic_encode(*args, (plan.stock.tone,) * C, plan.vmax)
-    elif plan.vmax is not None and plan.tables is not None:
+        out = ops.mix_filmic_encode(*args, (plan.stock.tone,) * C, plan.vmax, r)
+    elif plan.vmax is not None and plan.tables is not None and r >= 1.0:
         out = ops.mix_encode(*args, plan.tables, plan.vmax)
     else:
-        out = _encode(ops.mix(*args), plan)
+        out = _encode(_tone(args, plan), plan)
     return out[..., 0] if C == 1 else out
 
 
@@ -370,11 +378,24 @@ def noise_planes(X, origin: tuple[int, int], out_box: Box, shape: tuple[int, int
     return planes
 
 
-def _encode(Z, plan: Plan):
-    """Z → output without threshold tables: float outputs, or codes for a non-monotone chain."""
+def _tone(args: tuple, plan: Plan):
+    """S6–S7 without threshold tables: F (C, h, w) float32 of the mix of `args` (`ops.mix`'s arguments).
+    With r = plan.grain_r < 1, F = F₀ + r·(F − F₀) for the grain-free F₀ (same chain, no grain terms)."""
+    Z = ops.mix(*args)
     xp = ops.namespace(Z)
-    vmax = plan.vmax
     F = tone.tone_chain(xp, Z, plan.stock.tone, plan.hd)
+    if plan.grain_r < 1.0:
+        Yp, X, xy, xx, noise, coef, nscale, wd, ws = args
+        Z0 = ops.mix(Yp, X, xy, xx, noise[:0, ...], coef[:, :0], nscale[:0], wd, ws)
+        F = ops.blend(tone.tone_chain(xp, Z0, plan.stock.tone, plan.hd), F, plan.grain_r)
+    return F
+
+
+def _encode(F, plan: Plan):
+    """F (linear, after the tone chain) → output without threshold tables: float outputs, or codes for a
+    non-monotone chain or an H&D chain whose grain is scaled after the curve."""
+    xp = ops.namespace(F)
+    vmax = plan.vmax
     if vmax is not None:
         out = tone.quantise(xp, F, vmax)
     else:
