@@ -192,6 +192,29 @@ def _png_problem(data: bytes) -> str | None:
         pos = end
 
 
+#: PNG chunks OpenCV's decoder is given: what the pixels need. Colour management (iCCP) is read from the
+#: original bytes by this module; text, time, EXIF and animation chunks mean nothing to the pixels, and a
+#: damaged one only makes libpng print a warning on the terminal.
+_PNG_PIXEL_CHUNKS = (*_PNG_CRITICAL, b"tRNS")
+
+
+def _png_for_decoder(data: bytes) -> bytes:
+    """The PNG with only the chunks its pixels need (the same bytes when there is nothing else); call only
+    on data that passed `_png_problem`."""
+    parts, pos, dropped = [data[:8]], 8, False
+    while pos + 12 <= len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        end = pos + 12 + length
+        if data[pos + 4 : pos + 8] in _PNG_PIXEL_CHUNKS:
+            parts.append(data[pos:end])
+        else:
+            dropped = True
+        if data[pos + 4 : pos + 8] == b"IEND":
+            break
+        pos = end
+    return b"".join(parts) if dropped else data
+
+
 def _jpeg_problem(data: bytes) -> str | None:
     """Whether a JPEG stops before its end-of-image marker (libjpeg-turbo decodes what there is and pads
     the rest with grey, silently). Walks the marker segments and the entropy-coded scans of the primary
@@ -370,7 +393,8 @@ def decode_image_info(data: bytes, name: str, max_pixels: int | None = DEFAULT_M
             grey_alpha = len(data) > 25 and data[25] == 4
         else:
             grey_alpha = header is not None and header.mode in ("LA", "La")
-        pixels = _decode_opencv(data, name, kind, grey_alpha, tiff_problem)
+        pixels = _decode_opencv(_png_for_decoder(data) if kind == "PNG" else data, name, kind, grey_alpha,
+                                tiff_problem)
         fmt = kind or (header.format if header is not None and header.format else "unknown")
         decoded = _Decoded(pixels, fmt, header.icc if header is not None else None)
     pixels, icc = _colour_manage(decoded.pixels, decoded.icc, decoded.cmyk)
