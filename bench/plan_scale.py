@@ -93,7 +93,7 @@ def child(source: str, out: str, mode: str) -> dict[str, Any]:
         writer = index.Writer(where)
         fingerprint = spec.config().fingerprint()
         for it in items:
-            writer.pending.append(index.entry(it.key, it.relpath, fingerprint, it.size))
+            writer.pending.append(index.entry(it.key, it.relpath, fingerprint, it.size, it.stamp))
         writer.flush()
         for it in items[::10]:
             Path(out, it.key).mkdir()  # a tenth present as folders; the rest will be redone
@@ -140,8 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for mode in ("fresh", "rerun"):
         out = args.workdir / f"out-{mode}-{args.images}.zarr"
-        if mode == "fresh":
-            subprocess.run(["rm", "-rf", str(out)], check=True)
+        subprocess.run(["rm", "-rf", str(out)], check=True)
         proc = subprocess.run([sys.executable, __file__, "--child", str(source), str(out), mode],
                               capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
         if proc.returncode:
