@@ -286,6 +286,8 @@ def default_out(source: str) -> str:
     a file a.jpg → a.zarr. A bucket or file-system root has no beside: CLIError."""
     import fsspec.utils
 
+    from phos_dask.sources import IMAGE_EXTENSIONS
+
     protocol = fsspec.utils.get_protocol(source)
     remote = protocol not in ("file", "local")
     if remote:
@@ -295,12 +297,14 @@ def default_out(source: str) -> str:
             bucket = parts[0] if parts else "BUCKET"
             raise CLIError(f"{source!r} is a bucket's root: there is nothing beside it to write the output to; "
                            f"give --out (e.g. --out {head}://{bucket}/phos.zarr)")
-        stem = parts[-1].rsplit(".", 1)[0] if "." in parts[-1] and not parts[-1].startswith(".") else parts[-1]
+        last = parts[-1]
+        image = not source.endswith("/") and Path(last).suffix.lower() in IMAGE_EXTENSIONS
+        stem = Path(last).stem if image else last
         return f"{head}://{'/'.join([*parts[:-1], stem])}.zarr"
     path = Path(source.removeprefix("file://")).resolve()
     if path.parent == path:
         raise CLIError(f"{source!r} is the file system's root; give --out")
-    stem = path.stem if path.is_file() else path.name
+    stem = path.stem if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS else path.name
     return str(path.parent / f"{stem}.zarr")
 
 

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 Read = Callable[[int, int], bytes]
 
-#: More JPEG segments than this before the frame header: not a photograph.
+#: More JPEG segments than this before the frame header, or more bytes: not a photograph.
 MAX_JPEG_SEGMENTS = 10_000
+MAX_JPEG_HEADER_BYTES = 16 << 20
 #: More PNG chunks than this before the image data: not a photograph.
 MAX_PNG_CHUNKS = 10_000
 
@@ -85,6 +86,8 @@ def _format(head: bytes) -> tuple[str, Callable[[Read, bytes, str], Header] | No
         return "WebP", lambda read, head, name: _webp(read, name)
     if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         return "TIFF", lambda read, head, name: _tiff(read, name)
+    if head[:3] == b"P7\n":
+        return "PAM", lambda read, head, name: _pam(read, name)
     if head[:1] == b"P" and head[1:2] in b"123456" and len(head) > 2:
         return "PNM", lambda read, head, name: _pnm(read, name)
     if head[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n" or head[:4] == b"\xff\x4f\xff\x51":
@@ -112,9 +115,16 @@ def _jpeg(read: Read, name: str) -> Header:
     pos, orientation, seen_exif = 2, 1, False
     for _ in range(MAX_JPEG_SEGMENTS):
         marker = read(pos, 4)
-        while marker[:1] == b"\xff" and marker[1:2] == b"\xff":  # fill bytes
-            pos += 1
+        while marker[:2] == b"\xff\xff" and pos <= MAX_JPEG_HEADER_BYTES:  # fill bytes, skipped a run at a time
+            run = read(pos, 4096)
+            rest = run.lstrip(b"\xff")
+            pos += len(run) - len(rest) - (1 if rest else 0)  # stay on the 0xFF that starts the marker
+            if not run:
+                break
             marker = read(pos, 4)
+        if pos > MAX_JPEG_HEADER_BYTES:
+            raise HeaderError(f"cannot read the size of {name!r}: no JPEG frame header in its first "
+                              f"{MAX_JPEG_HEADER_BYTES >> 20} MiB")
         if len(marker) < 4 or marker[0] != 0xFF:
             raise HeaderError(f"cannot read the size of {name!r}: no JPEG frame header before the data ends")
         kind, length = marker[1], struct.unpack(">H", marker[2:4])[0]
@@ -240,6 +250,19 @@ def _pnm(read: Read, name: str) -> Header:
     except (IndexError, ValueError):
         raise HeaderError(f"cannot read the size of {name!r}: a damaged PNM header") from None
     return _sized("PNM", w, h, name)
+
+
+def _pam(read: Read, name: str) -> Header:
+    fields = {}
+    for line in read(0, 1024).split(b"\n")[1:]:
+        if line.strip() == b"ENDHDR":
+            break
+        key, _, value = line.partition(b" ")
+        fields[key.strip()] = value.strip()
+    try:
+        return _sized("PAM", int(fields[b"WIDTH"]), int(fields[b"HEIGHT"]), name)
+    except (KeyError, ValueError):
+        raise HeaderError(f"cannot read the size of {name!r}: a damaged PAM header") from None
 
 
 def _jp2(read: Read, head: bytes, name: str) -> Header:

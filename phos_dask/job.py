@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ from phos_dask.progress import Progress
 from phos_dask.settings import Settings
 from phos_dask.sources import Problem, SourceItem, scan
 from phos_dask.storage import Location, relative_inside
-from phos_dask.store import REPORT, STAGING, OutputError, check_output, root_document, write_root
+from phos_dask.store import METADATA, REPORT, STAGING, OutputError, check_output, root_document, write_root
 from phos_dask.tasks import WHOLE_LIMIT_MP, JobConfig
 from phos_dask.tiles import DEFAULT_TILE, TilePlan, pyramid_shapes
 
@@ -82,6 +83,8 @@ class Checked:
 def check_spec(spec: JobSpec) -> Checked:
     """Refuse (JobError) a job whose output is the source or holds it, or is neither absent, nor empty, nor a
     phos_dask store; before anything is written. Lists the output once."""
+    if any(c in spec.out for c in "*?[]"):
+        raise JobError(f"the output {spec.out!r} has a glob character (* ? [ ]) in its name; choose another --out")
     if relative_inside(spec.out, spec.source) is not None:
         raise JobError(f"the output {spec.out!r} is the source or contains it; choose an --out outside "
                        f"{spec.source!r}")
@@ -107,8 +110,12 @@ def plan_job(spec: JobSpec, checked: Checked | None = None) -> JobPlan:
     if not items:
         raise JobError(f"no images found under {spec.source!r}")
     out = Location.of(spec.out, spec.storage_options)
-    if root_document(out) is None:  # a new output: every image is fresh
+    if METADATA not in checked.names:  # a new output: every image is fresh
         return JobPlan(spec, items, [], problems, notes=notes)
+    root = root_document(out) or {}
+    if root.get("source") not in (None, spec.source) and not spec.overwrite:
+        raise JobError(f"the output {spec.out!r} holds the images of another source ({root['source']!r}); "
+                       "choose another --out, or give --overwrite to let this source replace its images")
     finished, parts = index.read(out)
     names = checked.names
     fingerprint = spec.config().fingerprint()
@@ -130,6 +137,8 @@ def plan_job(spec: JobSpec, checked: Checked | None = None) -> JobPlan:
             f"{len(clash)} image(s) in {spec.out!r} were made with other settings (e.g. {clash[0]!r}); rerun "
             "with --overwrite to replace them, or choose another --out"
         )
+    # indexed as finished but gone from the store (deleted by hand): no longer finished, whatever happens next
+    replaced += [it.key for it in todo if it.key in finished and it.key not in names]
     present = frozenset(it.key for it in todo if it.key in names)
     return JobPlan(spec, todo, skipped, problems, present, tuple(replaced), finished, parts, notes)
 
@@ -200,13 +209,12 @@ def run_job(spec: JobSpec, client, progress: Progress | None = None, plan: JobPl
         results[item.key] = {"key": item.key, "source": item.relpath, "status": "skipped"}
         progress.update(results[item.key])
     todos = (Todo(it, it.key not in plan.present, it.key in sheet) for it in plan.todo)
+    lease.tasks_started = True
     try:
         submit_job(client, cfg, todos, record)
     finally:
         if not lease.lost.is_set():
             finished.flush()
-    if not lease.lost.is_set():
-        finished.compact(plan.index_parts)
     progress.close()
     images = [results[it.key] for it in plan.skipped + plan.todo] + unusable
     counts = {s: sum(1 for r in images if r["status"] == s) for s in ("done", "skipped", "failed")}
@@ -226,6 +234,9 @@ def run_job(spec: JobSpec, client, progress: Progress | None = None, plan: JobPl
         "images": images,
     }
     out.put_json(REPORT, report)
+    if not lease.lost.is_set():
+        with contextlib.suppress(OSError):  # e.g. a bucket that allows no deletes: the parts stay valid
+            finished.compact(plan.index_parts)
     if out.local and not out.names(STAGING):
         out.delete(STAGING, recursive=True)
     if sheet_thumbs is not None:

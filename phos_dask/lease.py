@@ -29,7 +29,7 @@ from typing import Any
 
 import psutil
 
-from phos_dask.storage import Location, retry
+from phos_dask.storage import Location
 
 LEASE = "_lease.json"
 #: Seconds after its last heartbeat that a lease held from another machine is considered dead.
@@ -50,8 +50,8 @@ class LeaseError(RuntimeError):
 
 def read_holder(url: str, storage_options: dict | None = None) -> dict[str, Any] | None:
     """The lease record of `url`'s store, or None when there is none (or it is unreadable: a torn write).
-    Transient storage errors are retried (0.5, 1, 2 s) before they propagate."""
-    data = retry(lambda: Location.of(url, storage_options).get(LEASE), (0.5, 1.0, 2.0))
+    Transient storage errors are retried before they propagate."""
+    data = Location.of(url, storage_options).get(LEASE)  # transient errors are retried by get
     try:
         record = json.loads(data) if data is not None else None
     except ValueError:
@@ -88,6 +88,8 @@ class Lease:
     token: str
     record: dict[str, Any]
     lost: threading.Event = field(default_factory=threading.Event)
+    #: set by the job once it submits tasks that carry this lease's token
+    tasks_started: bool = False
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -110,8 +112,13 @@ class Lease:
         self._thread = threading.Thread(target=self._beat, name="phos-lease", daemon=True)
         self._thread.start()
 
-    def release(self) -> None:
+    def release(self, settle: bool = False) -> None:
+        """Give the lease up. `settle`: the run is ending abnormally and some of its tasks may still be
+        running (on an external cluster) with a cached 'still held' (see CHECK_CACHE): wait that long first,
+        so that they ask again before their next write, and find no lease of theirs."""
         self._stop.set()
+        if settle:
+            time.sleep(CHECK_CACHE)
         if self._thread is not None:
             self._thread.join(timeout=5)
         holder = read_holder(self.url, self.storage_options)
@@ -169,10 +176,12 @@ def hold(url: str, storage_options: dict | None = None) -> Iterator[Lease]:
     where = Location.of(url, storage_options)
     created = where.local and not os.path.lexists(where.root)
     lease = acquire(url, storage_options)
+    ended = False
     try:
         yield lease
+        ended = True
     finally:
-        lease.release()
+        lease.release(settle=not ended and lease.tasks_started)
         if created:
             with contextlib.suppress(OSError):
                 os.rmdir(where.root)  # only when empty

@@ -180,6 +180,8 @@ class Location:
                     data = self.get(name, index * block, (index + 1) * block)
                     if data is None:
                         raise FileNotFoundError(2, "No such file or directory", self.url_of(name))
+                    if len(blocks) >= 4:  # a header parser moves forward: keep the last few blocks only
+                        del blocks[min(blocks)]
                     blocks[index] = bytes(data)
                 piece = blocks[index][offset - index * block:offset - index * block + size]
                 if not piece:
@@ -313,10 +315,15 @@ def _write_atomic(path: str, data: bytes) -> None:
     folder = os.path.dirname(path)
     tmp = f"{path}.{secrets.token_hex(4)}.tmp"
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-    except FileNotFoundError:
-        os.makedirs(folder, exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(data)
-    os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+        except FileNotFoundError:
+            os.makedirs(folder, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, an interruption: leave no temporary file behind
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise

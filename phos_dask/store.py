@@ -37,9 +37,11 @@ STAGING = "_staging"
 THUMBS = "_thumbs"
 REPORT = "_report.json"
 COMPLETE = "complete"
-#: Names in the root that are the job's own, not images (image keys never start with '_' or '.').
-RESERVED_PREFIX = "_"
 METADATA = "zarr.json"
+#: Names in the root that are the job's own, not images: image keys never are one, nor start with '_' or '.'.
+RESERVED_NAMES = frozenset({METADATA, "contact.jpg"})
+#: Files an operating system leaves in folders: an output folder holding only these counts as empty.
+OS_LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", ".directory"})
 
 
 def fast_compressor() -> BloscCodec:
@@ -59,7 +61,7 @@ def safe_key(relpath: str) -> str:
     text = unicodedata.normalize("NFKD", relpath.replace("\\", "/"))
     text = "".join(c for c in text if not unicodedata.combining(c))
     key = re.sub(r"[^A-Za-z0-9._-]", "_", text.replace("/", "__"))
-    if key[:1] in (".", "_", ""):
+    if key[:1] in (".", "_", "") or key in RESERVED_NAMES:
         key = "i" + key
     if len(key) > MAX_KEY:
         key = f"{key[: MAX_KEY - 17]}-{_digest(relpath, 8)}"
@@ -218,7 +220,7 @@ def check_output(out: Location) -> list[str]:
         if not os.path.isdir(out.root):
             raise OutputError(f"the output {out.url!r} exists and is not a folder; choose another --out")
     names = out.names()
-    if not names:
+    if not set(names) - OS_LITTER:
         return names
     if METADATA not in names:
         if set(names) <= {"_lease.json", "_index"}:  # a run that stopped before writing its root

@@ -178,7 +178,7 @@ def _check_file(item: SourceItem, header: Header, cfg: JobConfig) -> None:
     larger than its pixels can explain (a sparse or padded file would be read whole for nothing)."""
     check_pixels(item.url, header.width, header.height, cfg.max_pixels)
     limit = header.pixels * FILE_BYTES_PER_PIXEL + FILE_SLACK_BYTES
-    if item.size > limit:
+    if item.size > limit and header.format not in ("TIFF", "BigTIFF"):  # a TIFF may hold more pages
         raise InputError(f"cannot read {item.url!r}: the file is {item.size / 1e6:.0f} MB but its header "
                          f"declares {header.width}×{header.height} px (at most {limit / 1e6:.0f} MB); not read")
 
@@ -221,7 +221,7 @@ def _previous(cfg: JobConfig, out: Location, item: SourceItem) -> dict[str, Any]
     """For an image the output already holds something of: {"status": "skipped"} when it is complete with
     this job's settings from its file as it is now (same size and stamp), a failure when it was made with
     other settings and the job does not overwrite; else None, after removing what is there (a half-written
-    image, one whose input changed, or one replaced with --overwrite)."""
+    image, one whose input changed, or one replaced with --overwrite): its marker is removed first."""
     state = image_state(out, item.key)
     if state is not None and state.get("status") == COMPLETE:
         source = state.get("source") or {}
@@ -232,7 +232,10 @@ def _previous(cfg: JobConfig, out: Location, item: SourceItem) -> dict[str, Any]
         elif source.get("size") == item.size and source.get("stamp", "") == item.stamp:
             return {"key": item.key, "status": "skipped"}
     _guard(cfg)
-    out.delete(item.key, recursive=True)
+    # the marker first (the image stops counting as finished), then its thumbnails; its chunks stay, every
+    # one of them is written again (a second attempt of this task may be writing them right now)
+    out.delete(f"{item.key}/{METADATA}")
+    out.delete(thumbs_path(item.key))
     return None
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -362,3 +363,97 @@ def test_a_png_with_damaged_text_chunks_renders_without_libpng_warnings(tmp_path
     from phos_dask.imageio import decode_image
 
     np.testing.assert_array_equal(decode_image(damaged, "a.png"), decode_image(png, "a.png"))
+
+
+# --- found in review -----------------------------------------------------------------------------------
+
+
+def test_an_image_deleted_by_hand_and_interrupted_while_redone_is_not_taken_for_finished(tmp_path, pixels):
+    """The index named it finished; once its objects are gone the index must stop saying so before any task
+    writes again, or a redo killed before its marker would be 'skipped' on the next run."""
+    from phos_dask import Settings, index
+    from phos_dask.job import JobSpec, plan_job
+    from phos_dask.storage import Location
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.png").write_bytes(_png(pixels))
+    out = tmp_path / "o.zarr"
+    assert phos("run", src, "--out", out, *FLAGS).returncode == 0
+    spec = JobSpec(str(src), str(out), Settings(film="Portra400", dtype="uint16"))  # as `run` makes them
+    assert [it.key for it in plan_job(spec).skipped] == ["a.png"]
+    shutil.rmtree(out / "a.png")
+    plan = plan_job(spec)
+    assert [it.key for it in plan.todo] == ["a.png"] and plan.replaced == ("a.png",)
+    # the run that redoes it writes the tombstone first, then is "killed" before its task runs
+    writer = index.Writer(Location.of(str(out)))
+    writer.remove(plan.replaced)
+    writer.flush()
+    (out / "a.png" / "0").mkdir(parents=True)  # some chunks of the interrupted redo, no marker
+    again = plan_job(spec)
+    assert [it.key for it in again.todo] == ["a.png"] and not again.skipped
+
+
+@pytest.mark.parametrize(("source", "out"), [
+    ("s3://b/shoot.day1/", "s3://b/shoot.day1.zarr"),
+    ("s3://b/2024.06.01", "s3://b/2024.06.01.zarr"),
+    ("s3://b/scans/a.tif", "s3://b/scans/a.zarr"),
+])
+def test_default_outputs_keep_dotted_folder_names(source, out):
+    from phos_dask.cli import default_out
+
+    assert default_out(source) == out
+
+
+def test_a_store_of_another_source_is_refused_unless_overwrite(tmp_path, pixels):
+    for name in ("day1", "day2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "IMG_0001.png").write_bytes(_png(pixels if name == "day1" else pixels[::-1].copy()))
+    out = tmp_path / "shoot.zarr"
+    assert phos("run", tmp_path / "day1", "--out", out, *FLAGS).returncode == 0
+    line = error_line(phos("run", tmp_path / "day2", "--out", out, *FLAGS))
+    assert "holds the images of another source" in line and "day1" in line
+
+
+def test_an_output_url_with_glob_characters_is_refused(tmp_path, pixels):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.png").write_bytes(_png(pixels))
+    assert "glob character" in error_line(phos("run", src, "--out", tmp_path / "run[2].zarr", *FLAGS))
+
+
+def test_an_input_named_like_the_contact_sheet_does_not_collide_with_it(tmp_path, pixels):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "contact.jpg").write_bytes(cv2.imencode(".jpg", pixels)[1].tobytes())
+    out = tmp_path / "o.zarr"
+    proc = phos("run", src, "--out", out, *FLAGS)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "icontact.jpg" / "zarr.json").exists() and (out / "contact.jpg").is_file()
+
+
+def test_an_empty_output_folder_with_os_litter_is_accepted(tmp_path, pixels):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.png").write_bytes(_png(pixels))
+    out = tmp_path / "o.zarr"
+    out.mkdir()
+    (out / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    assert phos("run", src, "--out", out, *FLAGS).returncode == 0
+
+
+def test_a_jpeg_padded_with_megabytes_of_fill_bytes_is_sized_quickly():
+    from phos_dask.headers import from_bytes, read_header
+
+    jpeg = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
+    data = jpeg[:2] + b"\xff" * (4 << 20) + jpeg[2:]
+    t0 = time.perf_counter()
+    assert read_header(from_bytes(data)).upright == (8, 8)
+    assert time.perf_counter() - t0 < 0.5  # generous: it is a few milliseconds
+
+
+def test_a_pam_file_is_sized():
+    from phos_dask.headers import from_bytes, read_header
+
+    data = b"P7\nWIDTH 5\nHEIGHT 3\nDEPTH 3\nMAXVAL 255\nTUPLTYPE RGB\nENDHDR\n" + bytes(45)
+    assert read_header(from_bytes(data)).upright == (3, 5)
