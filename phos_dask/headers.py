@@ -22,7 +22,7 @@ Read = Callable[[int, int], bytes]
 
 #: More JPEG segments than this before the frame header, or more bytes: not a photograph.
 MAX_JPEG_SEGMENTS = 10_000
-MAX_JPEG_HEADER_BYTES = 16 << 20
+MAX_JPEG_HEADER_BYTES = 256 << 20
 #: More PNG chunks than this before the image data: not a photograph.
 MAX_PNG_CHUNKS = 10_000
 
