@@ -277,8 +277,10 @@ def encode(image: np.ndarray, fmt: str, quality: int = JPEG_QUALITY, exif: bytes
     if fmt == "tiff16":
         import tifffile
 
+        from phos_dask.imageio import TIFF_WRITE
+
         tifffile.imwrite(buf, np.ascontiguousarray(image), photometric="rgb" if channels == 3 else "minisblack",
-                         compression="zlib", predictor=True, iccprofile=icc)
+                         predictor=True, iccprofile=icc, maxworkers=os.cpu_count() or 1, **TIFF_WRITE)
         return buf.getvalue()
     from PIL import Image
 

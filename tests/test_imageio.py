@@ -239,3 +239,26 @@ def test_all_eight_exif_orientations_match_opencv(tmp_path: Path, orientation: i
     path.write_bytes(jpeg[:2] + _exif_app1(orientation) + jpeg[2:])
     expected = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     np.testing.assert_array_equal(read_image(path), expected)
+
+
+def test_a_16_bit_tiff_written_in_strips_at_deflate_level_1_reads_back_everywhere(tmp_path):
+    """The fast TIFF settings (phos_dask.imageio.TIFF_WRITE) stay readable by libtiff (OpenCV), Pillow and
+    tifffile, bit for bit."""
+    import cv2
+    import tifffile
+    from PIL import Image
+
+    from phos_dask.imageio import write_image
+
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 65535, (300, 200, 3), dtype=np.uint16)
+    path = write_image(tmp_path / "x.tif", image)
+    with tifffile.TiffFile(path) as tf:
+        page = tf.pages.first
+        assert page.compression == tifffile.COMPRESSION.ADOBE_DEFLATE and page.rowsperstrip == 64
+        np.testing.assert_array_equal(page.asarray(), image)
+    np.testing.assert_array_equal(cv2.imread(str(path), cv2.IMREAD_UNCHANGED)[:, :, ::-1], image)
+    grey = rng.integers(0, 65535, (300, 200), dtype=np.uint16)
+    write_image(tmp_path / "g.tif", grey)
+    with Image.open(tmp_path / "g.tif") as im:
+        np.testing.assert_array_equal(np.asarray(im), grey)
