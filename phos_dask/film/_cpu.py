@@ -190,15 +190,47 @@ def _clipped_noise(noise, y, nscale, n):
 
 
 @njit(cache=True, inline="always")
-def _mixed_row(Yp, X, xy, xx, y, c, n, coef, wd, ws, z):
-    """S6 for row y of channel c into z: wd·Y' + ws·X + Σ_p coef[c, p]·n_p."""
+def _base_row(Yp, X, xy, xx, y, c, wd, ws, z):
+    """S6 without grain for row y of channel c into z: wd·Y' + ws·X."""
     a, b = wd[c], ws[c]
     for x in range(z.shape[0]):
         z[x] = a * Yp[c, y, x] + b * X[c, xy + y, xx + x]
+
+
+@njit(cache=True, inline="always")
+def _add_grain_row(c, n, coef, z):
+    """z += Σ_p coef[c, p]·n_p (the grain terms of S6)."""
     for p in range(n.shape[0]):
         k = coef[c, p]
         for x in range(z.shape[0]):
             z[x] += k * n[p, x]
+
+
+@njit(cache=True, inline="always")
+def _mixed_row(Yp, X, xy, xx, y, c, n, coef, wd, ws, z):
+    """S6 for row y of channel c into z: wd·Y' + ws·X + Σ_p coef[c, p]·n_p."""
+    _base_row(Yp, X, xy, xx, y, c, wd, ws, z)
+    _add_grain_row(c, n, coef, z)
+
+
+@njit(cache=True, inline="always")
+def _filmic(z, tA, tB, cb, de, df, ef):
+    """The filmic curve of one mixed value, clipped to [0, 1] (cb = tC·tB, de = tD·tE, df = tD·tF,
+    ef = tE/tF)."""
+    v = _f32(10.0) * max(z, _f32(0.0))
+    f = (v * (tA * v + cb) + de) / (v * (tA * v + tB) + df) - ef
+    return min(max(f, _f32(0.0)), _f32(1.0))
+
+
+@njit(cache=True, inline="always")
+def _srgb_code(f, guess, steps, cells):
+    """The sRGB code of F: read off `guess` (interpolated in u = sqrt(F)), then settled exactly against the
+    code's thresholds `steps`."""
+    u = np.sqrt(f) * cells
+    j = min(np.int64(u), cells - 1)
+    g = guess[j] + (u - j) * (guess[j + 1] - guess[j])
+    k = np.int64(g + _f32(0.5))
+    return k - (f < steps[k]) + (f >= steps[k + 1])
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -252,8 +284,6 @@ def mix_filmic_encode(Yp, X, xy, xx, noise, coef, nscale, wd, ws, tone, guess, s
     C, h, w = Yp.shape
     P = noise.shape[0]
     cells = guess.shape[0] - 1
-    zero, one = _f32(0.0), _f32(1.0)
-    ten, half = _f32(10.0), _f32(0.5)
     for y in prange(h):
         n = np.empty((P, w), dtype=np.float32)
         F = np.empty(w, dtype=np.float32)
@@ -263,17 +293,7 @@ def mix_filmic_encode(Yp, X, xy, xx, noise, coef, nscale, wd, ws, tone, guess, s
             cb, de, df, ef = tC * tB, tD * tE, tD * tF, tE / tF
             _mixed_row(Yp, X, xy, xx, y, c, n, coef, wd, ws, F)
             for x in range(w):
-                v = ten * max(F[x], zero)
-                f = (v * (tA * v + cb) + de) / (v * (tA * v + tB) + df) - ef
-                F[x] = min(max(f, zero), one)
-            for x in range(w):
-                f = F[x]
-                u = np.sqrt(f) * cells
-                j = min(np.int64(u), cells - 1)
-                g = guess[j] + (u - j) * (guess[j + 1] - guess[j])
-                k = np.int64(g + half)
-                k = k - (f < steps[k]) + (f >= steps[k + 1])
-                out[y, x, c] = k
+                out[y, x, c] = _srgb_code(_filmic(F[x], tA, tB, cb, de, df, ef), guess, steps, cells)
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -285,7 +305,6 @@ def mix_filmic_blend_encode(Yp, X, xy, xx, noise, coef, nscale, wd, ws, tone, r,
     P = noise.shape[0]
     cells = guess.shape[0] - 1
     zero, one = _f32(0.0), _f32(1.0)
-    ten, half = _f32(10.0), _f32(0.5)
     for y in prange(h):
         n = np.empty((P, w), dtype=np.float32)
         F = np.empty(w, dtype=np.float32)
@@ -294,30 +313,13 @@ def mix_filmic_blend_encode(Yp, X, xy, xx, noise, coef, nscale, wd, ws, tone, r,
         for c in range(C):
             tA, tB, tC, tD, tE, tF = tone[c, 0], tone[c, 1], tone[c, 2], tone[c, 3], tone[c, 4], tone[c, 5]
             cb, de, df, ef = tC * tB, tD * tE, tD * tF, tE / tF
-            a, b = wd[c], ws[c]
+            _base_row(Yp, X, xy, xx, y, c, wd, ws, F0)
+            F[:] = F0
+            _add_grain_row(c, n, coef, F)
             for x in range(w):
-                F0[x] = a * Yp[c, y, x] + b * X[c, xy + y, xx + x]
-                F[x] = F0[x]
-            for p in range(P):
-                k = coef[c, p]
-                for x in range(w):
-                    F[x] += k * n[p, x]
-            for x in range(w):
-                v = ten * max(F0[x], zero)
-                f0 = (v * (tA * v + cb) + de) / (v * (tA * v + tB) + df) - ef
-                f0 = min(max(f0, zero), one)
-                v = ten * max(F[x], zero)
-                f = (v * (tA * v + cb) + de) / (v * (tA * v + tB) + df) - ef
-                f = min(max(f, zero), one)
-                F[x] = min(max(f0 + r * (f - f0), zero), one)
-            for x in range(w):
-                f = F[x]
-                u = np.sqrt(f) * cells
-                j = min(np.int64(u), cells - 1)
-                g = guess[j] + (u - j) * (guess[j + 1] - guess[j])
-                k = np.int64(g + half)
-                k = k - (f < steps[k]) + (f >= steps[k + 1])
-                out[y, x, c] = k
+                f0 = _filmic(F0[x], tA, tB, cb, de, df, ef)
+                f = _filmic(F[x], tA, tB, cb, de, df, ef)
+                out[y, x, c] = _srgb_code(min(max(f0 + r * (f - f0), zero), one), guess, steps, cells)
 
 
 @njit(parallel=True, cache=True, nogil=True)
