@@ -57,7 +57,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -72,6 +71,7 @@ for _p in (TESTS, BENCH):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
+from archive import _default_source, _size, _workdir, make_bucket  # noqa: E402
 from s3_support import CountingProxy, MotoServer, set_credentials, storage_options, summarize  # noqa: E402
 
 FILM = "Portra400"
@@ -389,31 +389,6 @@ def check_stores(local: str, remote: str, so: dict, n: int) -> dict[str, Any]:
 # --- main -----------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _workdir(path: Path | None) -> Iterator[Path]:
-    if path is not None:
-        path.mkdir(parents=True, exist_ok=True)
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="phos-archive-s3-bench-") as tmp:
-        yield Path(tmp)
-
-
-def _size(text: str) -> tuple[int, int]:
-    w, h = (int(v) for v in text.lower().split("x"))
-    return w, h
-
-
-def _default_source() -> Path:
-    parity = REPO.parent / "shared" / "parity" / "coffee_3000x2000.jpg"
-    if parity.exists():
-        return parity
-    examples = sorted((REPO / "examples").glob("*.jpg"))
-    if not examples:
-        raise SystemExit("archive_s3 bench: no source photograph (shared/parity or examples/*.jpg)")
-    return examples[0]
-
-
 def _ms(v: float | None) -> str:
     return "—" if v is None else f"{v * 1000:.1f}"
 
@@ -495,7 +470,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--images and --workers must be at least 1, --latency at least 0")
 
     import boto3
-    from archive import make_bucket
 
     from phos_dask.cluster import threads_for
     from phos_dask.job import dry_run, run_job
