@@ -44,6 +44,15 @@ def read_rgb():
     return _read_rgb
 
 
+@pytest.fixture(scope="session")
+def coffee() -> np.ndarray:
+    """The shared parity photograph (3000×2000), RGB uint8; skipped where ../shared/parity is absent."""
+    src = PARITY / "coffee_3000x2000.jpg"
+    if not src.exists():
+        pytest.skip("parity references not available")
+    return _read_rgb(src)
+
+
 def make_photo_bucket(tmp: Path, photo: np.ndarray) -> Path:
     """Odd-sized inputs made from a real photograph: 1013×777 JPEG, 2000×3001 PNG, a grey PNG in a subfolder."""
     src = tmp / "bucket"

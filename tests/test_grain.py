@@ -10,7 +10,6 @@ import random
 import cv2
 import numpy as np
 import pytest
-from conftest import PARITY
 
 from phos_dask import Settings, make_plan, render, render_window, settings
 from phos_dask.film import _cpu, colour, grain, ops, tone
@@ -128,14 +127,6 @@ def test_r_is_the_std_of_the_reference_field_averaged_over_the_box(k):
 #: 57.5 / 56.1 / 35.6 / 11.7 / 1.6 / 0.4.)
 UPSTREAM_BAND_STD = {(0, 40): 57.5, (40, 80): 56.3, (80, 120): 36.0, (120, 160): 11.9, (160, 200): 1.7,
                      (200, 256): 0.4}
-
-
-@pytest.fixture(scope="module")
-def coffee(read_rgb):
-    src = PARITY / "coffee_3000x2000.jpg"
-    if not src.exists():
-        pytest.skip("parity references not available")
-    return read_rgb(src)
 
 
 def test_grain_std_per_tone_band_matches_the_original_app(coffee):

@@ -15,14 +15,6 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
-@pytest.fixture(scope="module")
-def coffee(read_rgb):
-    src = PARITY / "coffee_3000x2000.jpg"
-    if not src.exists():
-        pytest.skip("parity references not available")
-    return read_rgb(src)
-
-
 @pytest.mark.parametrize("film", ["Portra400", "Cinestill800T", "Velvia50"])
 def test_matches_the_upstream_app_on_the_parity_crop(coffee, read_rgb, film):
     st = Settings(film=film, working_size=3000, scattering=0.10, grain="none")
