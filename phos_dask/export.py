@@ -250,16 +250,9 @@ def _write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     """Write `data` to `path`, creating folders. Local files appear whole or not at all (a temporary file
     beside the target, then a rename); other filesystems get one PUT, which object stores make atomic."""
     if _is_local(fs):
-        folder, name = os.path.split(path)
-        os.makedirs(folder or ".", exist_ok=True)
-        tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        from phos_dask.storage import write_atomic
+
+        write_atomic(path, data)
     else:
         parent = path.rsplit("/", 1)[0] if "/" in path else ""
         if parent:

@@ -75,7 +75,7 @@ import tifffile
 from PIL import Image, ImageCms
 
 from phos_dask.headers import HeaderError, from_bytes, read_header
-from phos_dask.storage import NotARegularFile, read_local
+from phos_dask.storage import NotARegularFile, read_local, write_atomic
 
 __all__ = [
     "JPEG_QUALITY",
@@ -986,14 +986,7 @@ def write_image(path: str | os.PathLike[str], array: np.ndarray) -> Path:
         if not ok:
             raise ValueError(f"cannot write {str(p)!r}: OpenCV could not encode the image as {ext}")
         data = buf.tobytes()
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, p)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    write_atomic(str(p), data)
     return p
 
 

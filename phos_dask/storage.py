@@ -238,7 +238,7 @@ class Location:
     def put(self, name: str, data: bytes) -> None:
         """Write the object `name` whole: atomically on local disks, one PUT on object stores."""
         if self.local:
-            _write_atomic(self.path(name), data)
+            write_atomic(self.path(name), data)
         else:
             retry(lambda: self.fs.pipe_file(self.path(name), data))
 
@@ -311,7 +311,9 @@ def _map(fn: Callable[[Any], T], items: list[Any]) -> list[T]:
     return list(_POOL.map(fn, items))
 
 
-def _write_atomic(path: str, data: bytes) -> None:
+def write_atomic(path: str, data: bytes) -> None:
+    """Write a local file whole or not at all: a temporary file beside it (folders created), then a rename;
+    the temporary file is removed if anything fails."""
     folder = os.path.dirname(path)
     tmp = f"{path}.{secrets.token_hex(4)}.tmp"
     try:
