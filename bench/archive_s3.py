@@ -222,6 +222,8 @@ def _per_bucket(rows: list[tuple[str, str, str]]) -> dict[str, int]:
 #: The S3 server's and the proxy's processes: their CPU during a phase is reported apart (on this 2-core
 #: machine the object store runs beside the job and takes its share of the cores).
 HARNESS_PIDS: list[int] = []
+#: The `dask worker` launcher of the current external cluster; its descendants are the workers.
+WORKER_ROOTS: list[int] = []
 
 
 def _harness_cpu() -> float:
@@ -232,6 +234,22 @@ def _harness_cpu() -> float:
         try:
             t = psutil.Process(pid).cpu_times()
             total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def _workers_cpu() -> float:
+    """CPU seconds (user + system) so far of every process under WORKER_ROOTS (nannies and workers)."""
+    import psutil
+
+    total = 0.0
+    for pid in WORKER_ROOTS:
+        try:
+            root = psutil.Process(pid)
+            for proc in [root, *root.children(recursive=True)]:
+                t = proc.cpu_times()
+                total += t.user + t.system
         except psutil.NoSuchProcess:
             pass
     return total
@@ -248,6 +266,7 @@ def measure(label: str, n: int, fn: Callable[[], Any], proxy: ProxyProcess, clie
     threads0 = _thread_cpu()
     cpu0 = time.process_time()
     harness0 = _harness_cpu()
+    workers0 = _workers_cpu()
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         seen = stack.enter_context(first_submit(client)) if client is not None else {"at": None}
@@ -255,6 +274,7 @@ def measure(label: str, n: int, fn: Callable[[], Any], proxy: ProxyProcess, clie
     wall = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
     harness = _harness_cpu() - harness0
+    workers = _workers_cpu() - workers0
     threads1 = _thread_cpu()
     names = {**names_before, **_thread_names()}
     rows = proxy.snapshot()
@@ -275,6 +295,7 @@ def measure(label: str, n: int, fn: Callable[[], Any], proxy: ProxyProcess, clie
         "client_cpu_s": round(cpu, 4),
         "s3_server_and_proxy_cpu_s_per_image": round(harness / n, 5),
         "client_cpu_s_per_image": round(cpu / n, 6),
+        "workers_cpu_s_per_image": round(workers / n, 5),
         "client_cpu_by_thread_s": {k: round(v, 3) for k, v in by_thread.most_common()},
         "client_cpu_s_per_image_less_idle": (round(max(0.0, cpu - idle["cpu_s_per_s"] * wall) / n, 6)
                                              if idle else None),
@@ -412,7 +433,8 @@ def _describe(r: dict[str, Any]) -> str:
             f"  {' ' * len(r['label'])}  per image by object: {objects or 'none'}\n"
             f"  {' ' * len(r['label'])}  client CPU s by thread: {threads or 'none'}\n"
             f"  {' ' * len(r['label'])}  S3 server + proxy CPU per image: "
-            f"{r['s3_server_and_proxy_cpu_s_per_image'] * 1000:.1f} ms")
+            f"{r['s3_server_and_proxy_cpu_s_per_image'] * 1000:.1f} ms; workers' CPU per image: "
+            f"{r['workers_cpu_s_per_image'] * 1000:.1f} ms")
 
 
 @contextlib.contextmanager
@@ -437,6 +459,7 @@ def external_cluster(workdir: Path, workers: int, threads: int) -> Iterator[Any]
                                        "--nworkers", str(workers), "--nthreads", str(threads), "--no-dashboard",
                                        "--host", "127.0.0.1"],
                                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        WORKER_ROOTS[:] = [procs[-1].pid]
         with Client(scheduler_file=str(sched_file), timeout=30) as client:
             client.wait_for_workers(workers, timeout=120)
             yield client
