@@ -449,15 +449,14 @@ def _rendered_thumb(group: zarr.Group, thumb: int) -> np.ndarray:
 
 def _stored_pairs(out: str, keys: list[str], storage_options: dict | None, given: dict[str, bytes]
                   ) -> dict[str, tuple[np.ndarray, np.ndarray] | None]:
-    """{key: (input, result) thumbnails} from `given` or from the store's _thumbs/ (read concurrently);
-    None for an image without them (made by an older version)."""
+    """{key: (input, result) thumbnails} from `given` or from the store's thumbnail packs (one listing and
+    a GET per pack); None for an image without them (made by an older version, or finished by a run that
+    was killed before it stored them)."""
     from phos_dask import thumbs
     from phos_dask.storage import Location
-    from phos_dask.store import thumbs_path
 
-    missing = [k for k in keys if k not in given]
-    fetched = Location.of(out, storage_options).get_many(thumbs_path(k) for k in missing) if missing else {}
-    data = {**{k: fetched.get(thumbs_path(k)) for k in missing}, **given}
+    stored = thumbs.read_packs(Location.of(out, storage_options))[0] if set(keys) - set(given) else {}
+    data = {**stored, **given}
     return {k: thumbs.decode_pair(data[k]) if data.get(k) else None for k in keys}
 
 

@@ -20,6 +20,7 @@ from phos_dask.sources import Problem, SourceItem, scan
 from phos_dask.storage import Location, relative_inside
 from phos_dask.store import METADATA, REPORT, STAGING, OutputError, check_output, root_document, write_root
 from phos_dask.tasks import WHOLE_LIMIT_MP, JobConfig
+from phos_dask.thumbs import PackWriter
 from phos_dask.tiles import DEFAULT_TILE, TilePlan, pyramid_shapes
 
 #: Peak bytes of working memory per pixel of a render window (measured: 24 MP colour ≈ 1.1 GB).
@@ -177,9 +178,12 @@ def run_job(spec: JobSpec, client, progress: Progress | None = None, plan: JobPl
     manifest = _manifest(spec)
     write_root(out, manifest)
     finished = index.Writer(out)
+    packs = PackWriter(out)
     if plan.replaced:  # before any task replaces them: a killed run must not leave them indexed as finished
         finished.remove(plan.replaced)
         finished.flush()
+        packs.remove(plan.replaced)
+        packs.flush()
     total = len(plan.todo) + len(plan.skipped) + len(plan.problems)
     progress = progress or Progress(total, tty=False)
     progress.total = total
@@ -197,6 +201,8 @@ def run_job(spec: JobSpec, client, progress: Progress | None = None, plan: JobPl
         results[item.key] = {"key": item.key, "source": item.relpath, **result}
         if result.get("status") in ("done", "skipped") and not lease.lost.is_set():
             finished.add(index.entry(item.key, item.relpath, fingerprint, item.size, item.stamp))
+            if item.key in thumbs:
+                packs.add(item.key, thumbs[item.key])
         progress.update(results[item.key])
 
     cfg = spec.config(lease.token)
@@ -215,6 +221,8 @@ def run_job(spec: JobSpec, client, progress: Progress | None = None, plan: JobPl
     finally:
         if not lease.lost.is_set():
             finished.flush()
+            with contextlib.suppress(OSError):  # thumbnails are a convenience: never the job's failure
+                packs.flush()
     progress.close()
     images = [results[it.key] for it in plan.skipped + plan.todo] + unusable
     counts = {s: sum(1 for r in images if r["status"] == s) for s in ("done", "skipped", "failed")}
@@ -237,6 +245,8 @@ def run_job(spec: JobSpec, client, progress: Progress | None = None, plan: JobPl
     if not lease.lost.is_set():
         with contextlib.suppress(OSError):  # e.g. a bucket that allows no deletes: the parts stay valid
             finished.compact(plan.index_parts)
+        with contextlib.suppress(OSError):
+            packs.compact(earlier_runs=bool(plan.index_parts))
     if out.local and not out.names(STAGING):
         out.delete(STAGING, recursive=True)
     if sheet_thumbs is not None:

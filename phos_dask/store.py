@@ -250,10 +250,6 @@ def staging_path(key: str) -> str:
     return f"{STAGING}/{key}"
 
 
-def thumbs_path(key: str) -> str:
-    return f"{THUMBS}/{key}.jpg"
-
-
 def write_json(url: str, name: str, payload: Any, storage_options: dict | None = None) -> None:
     """A JSON document beside the images (e.g. _report.json), replaced atomically where the filesystem
     allows."""

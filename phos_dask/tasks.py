@@ -8,7 +8,7 @@ worker dies writes the same bytes again.
 whether the image runs whole (then it renders and writes it) or in tiles (then it stages the input and
 returns the tile grid for the client to expand into `process_tile` tasks and a `finalize`). A small image
 in a fresh output costs one GET of the file, at most one GET of the lease, one concurrent batch of PUTs
-(chunks, level metadata, thumbnail) and the PUT of its zarr.json, in that order.
+(chunks, level metadata) and the PUT of its zarr.json, in that order.
 """
 
 from __future__ import annotations
@@ -56,7 +56,6 @@ from phos_dask.store import (
     fast_compressor,
     image_state,
     staging_path,
-    thumbs_path,
 )
 from phos_dask.tiles import DEFAULT_TILE, TILE_LEVELS, TilePlan
 
@@ -232,10 +231,10 @@ def _previous(cfg: JobConfig, out: Location, item: SourceItem) -> dict[str, Any]
         elif source.get("size") == item.size and source.get("stamp", "") == item.stamp:
             return {"key": item.key, "status": "skipped"}
     _guard(cfg)
-    # the marker first (the image stops counting as finished), then its thumbnails; its chunks stay, every
-    # one of them is written again (a second attempt of this task may be writing them right now)
+    # the marker goes (the image stops counting as finished); its chunks stay, every one of them is written
+    # again (a second attempt of this task may be writing them right now); the job's client has marked its
+    # thumbnails stale
     out.delete(f"{item.key}/{METADATA}")
-    out.delete(thumbs_path(item.key))
     return None
 
 
@@ -270,8 +269,8 @@ def _process_image(cfg: JobConfig, item: SourceItem, fresh: bool = True, thumb: 
     """The first task of every input. `fresh`: the output holds nothing under the image's key (the client
     listed it), so nothing needs checking or clearing. Returns the image's result ({"status": "done" |
     "skipped" | "failed", …}) when it ran whole, or {"status": "staged", …, "tiles": [(row, col), …]} when
-    it is to be rendered in tiles. `thumb`: the image is on the contact sheet: store its thumbnails (input
-    and result, one small JPEG in OUT/_thumbs/) and return them."""
+    it is to be rendered in tiles. `thumb`: the image is on the contact sheet: return its thumbnails (input
+    and result, one small JPEG; the job's client stores them, see phos_dask.thumbs)."""
     limit_kernel_threads()
     t0 = time.perf_counter()
     out = Location.of(cfg.out_url, cfg.storage_options)
@@ -314,15 +313,13 @@ def _process_image(cfg: JobConfig, item: SourceItem, fresh: bool = True, thumb: 
     layout.check()
     objects, smallest = layout.levels_objects(_chw(rendered))
     del rendered
-    if thumb:
-        objects[thumbs_path(item.key)] = pair = thumbs.encode_pair(source_thumb, thumbs.result_thumb(smallest))
+    extra = {"thumb": thumbs.encode_pair(source_thumb, thumbs.result_thumb(smallest))} if thumb else {}
     _guard(cfg)
     out.put_many(objects)
     seconds = time.perf_counter() - t0
     _guard(cfg)
     out.put(f"{item.key}/{METADATA}",
             layout.complete_document(_provenance(cfg, item, st, plan, tp, digest, "whole", seconds, used)))
-    extra = {"thumb": pair} if thumb else {}
     return _result(item, shape, seconds, device=used, gpu_oom_fallbacks=int(fell_back), **extra)
 
 
@@ -522,7 +519,7 @@ def _finalize(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], *tiles: 
         objects, smallest = layout.levels_objects(downsample2(smallest), first=last + 1)
     if staged.get("thumb"):
         source_thumb = thumbs.decode_pair(staged["source_thumb"])[0] if staged.get("source_thumb") else None
-        objects[thumbs_path(item.key)] = thumbs.encode_pair(source_thumb, thumbs.result_thumb(smallest))
+        done["thumb"] = thumbs.encode_pair(source_thumb, thumbs.result_thumb(smallest))
     _guard(cfg)
     out.put_many(objects)
     _guard(cfg)
@@ -530,4 +527,4 @@ def _finalize(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], *tiles: 
         _provenance(cfg, item, st, plan, tp, staged["sha256"], "tiled, read by region" if staged["direct"] else "tiled",
                     seconds, used)))
     out.delete(staging_path(item.key), recursive=True)
-    return {**done, "thumb": objects[thumbs_path(item.key)]} if staged.get("thumb") else done
+    return done

@@ -1,11 +1,28 @@
 """Contact-sheet thumbnails: an input and its rendered result, each fitted into a square of THUMB px,
-stored together as one small JPEG (input left, result right, same size). Made by the task that holds both
-images, so the client never decodes an input to show it."""
+kept together as one small JPEG (input left, result right, same size). Made by the task that holds both
+images, so the client never decodes an input to show it; returned with the task's result, and stored by
+the job's client in packs: OUT/_thumbs/<time ns>-<run token>-<n>.zip, uncompressed ZIP archives of
+`<key>.jpg` members (any unzip tool lists them) plus, in a pack written before images are replaced, a
+`removed.json` member listing their keys. Packs are read in name order and later ones win, as the index's
+parts are (phos_dask.index); a job writes a pack with each index part and compacts them into one at its
+end, so the thumbnails cost no request of their own per image."""
 
 from __future__ import annotations
 
+import io
+import json
+import secrets
+import time
+import zipfile
+from collections.abc import Iterable
+
 import cv2
 import numpy as np
+
+from phos_dask.storage import Location
+from phos_dask.store import THUMBS
+
+REMOVED = "removed.json"
 
 #: Side of a thumbnail's square, px.
 THUMB = 256
@@ -67,3 +84,94 @@ def decode_pair(data: bytes) -> tuple[np.ndarray, np.ndarray] | None:
     pixels = cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
     half = pixels.shape[1] // 2
     return pixels[:, :half], pixels[:, half:]
+
+
+def pack(pairs: dict[str, bytes], removed: Iterable[str] = ()) -> bytes:
+    """{key: pair JPEG} (and keys whose earlier thumbnails are stale) → one uncompressed ZIP archive."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as z:
+        removed = sorted(set(removed))
+        if removed:
+            z.writestr(REMOVED, json.dumps(removed))
+        for key, data in pairs.items():
+            z.writestr(f"{key}.jpg", data)
+    return buffer.getvalue()
+
+
+def unpack(data: bytes) -> tuple[dict[str, bytes], list[str]]:
+    """pack()'s bytes → ({key: pair JPEG}, removed keys); a damaged pack reads as empty."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            pairs = {n[:-4]: z.read(n) for n in z.namelist() if n.endswith(".jpg")}
+            removed = json.loads(z.read(REMOVED)) if REMOVED in z.namelist() else []
+    except (zipfile.BadZipFile, ValueError, KeyError, OSError):
+        return {}, []
+    return pairs, [k for k in removed if isinstance(k, str)]
+
+
+def read_packs(out: Location) -> tuple[dict[str, bytes], list[str]]:
+    """({key: pair JPEG} of every image with stored thumbnails, the names of the packs): one listing and
+    one concurrent GET per pack. Thumbnails stored one object per image by earlier versions
+    (`_thumbs/<key>.jpg`) are read too; packs win over them."""
+    names = out.names(THUMBS)
+    packs = sorted(n for n in names if n.endswith(".zip"))
+    singles = [n for n in names if n.endswith(".jpg")]
+    fetched = out.get_many(f"{THUMBS}/{n}" for n in [*singles, *packs])
+    pairs = {n[:-4]: fetched[f"{THUMBS}/{n}"] for n in singles if fetched.get(f"{THUMBS}/{n}")}
+    for name in packs:
+        found, removed = unpack(fetched.get(f"{THUMBS}/{name}") or b"")
+        for key in removed:
+            pairs.pop(key, None)
+        pairs.update(found)
+    return pairs, packs
+
+
+class PackWriter:
+    """The thumbnail packs of one run: `add` a key's pair, `remove` keys about to be replaced, `flush`
+    writes what is pending as one pack; `compact` merges every pack into one at the end of the job."""
+
+    def __init__(self, out: Location) -> None:
+        self.out = out
+        self.token = secrets.token_hex(4)
+        self.pending: dict[str, bytes] = {}
+        self.removed: set[str] = set()
+        self.written: list[str] = []
+        self.last = time.monotonic()
+
+    def add(self, key: str, pair: bytes) -> None:
+        """Keep a pair; a pack is written once BATCH_SECONDS have passed since the last one."""
+        from phos_dask.index import BATCH_SECONDS
+
+        self.pending[key] = pair
+        if time.monotonic() - self.last >= BATCH_SECONDS:
+            self.flush()
+
+    def remove(self, keys: Iterable[str]) -> None:
+        self.removed.update(keys)
+
+    def _name(self, suffix: str) -> str:
+        return f"{time.time_ns():020d}-{self.token}-{suffix}.zip"
+
+    def flush(self) -> None:
+        self.last = time.monotonic()
+        if not self.pending and not self.removed:
+            return
+        name = self._name(f"{len(self.written):06d}")
+        self.out.put(f"{THUMBS}/{name}", pack(self.pending, self.removed))
+        self.written.append(name)
+        self.pending, self.removed = {}, set()
+
+    def compact(self, earlier_runs: bool) -> None:
+        """Replace every pack (earlier runs' and this run's, and single thumbnails of older versions) by one
+        holding the latest thumbnail of each key. `earlier_runs`: the output held a finished run's files
+        before this one (without them and with one pack of its own, nothing is listed or written)."""
+        self.flush()
+        if not earlier_runs and len(self.written) < 2:
+            return
+        names = self.out.names(THUMBS)
+        if sum(1 for n in names if n.endswith((".zip", ".jpg"))) < 2:
+            return
+        pairs, _ = read_packs(self.out)
+        name = self._name("all")
+        self.out.put(f"{THUMBS}/{name}", pack(pairs))
+        self.out.delete_many(f"{THUMBS}/{n}" for n in names if n.endswith((".zip", ".jpg")) and n != name)

@@ -294,3 +294,126 @@ def storage_options(endpoint: str) -> dict:
 
 def set_credentials() -> None:
     os.environ.update(CREDENTIALS)
+
+
+class RelayCountingProxy:
+    """CountingProxy's job (a fixed `latency` before each request, every request recorded as (method,
+    path percent-decoded, query)) as a lean asyncio relay on its own thread, for benches: it parses only
+    the request line and the framing headers and passes everything else through as bytes, so the proxy's
+    own CPU per request stays small next to the S3 server's and the client's (a threaded
+    BaseHTTPRequestHandler spends ~1 ms per request parsing headers, which a 2-core bench feels).
+    Client connections are kept alive; each request gets its own upstream connection (moto closes them)."""
+
+    def __init__(self, upstream_port: int, latency: float = 0.0) -> None:
+        import asyncio
+
+        self.upstream_port = upstream_port
+        self.latency = latency
+        self.requests: list[tuple[str, str, str]] = []
+        self.lock = threading.Lock()
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self.port = 0
+
+        async def start() -> None:
+            server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+            self.port = server.sockets[0].getsockname()[1]
+            self.server = server
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.loop.run_until_complete(start())
+            ready.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True, name="relay-proxy")
+        self.thread.start()
+        ready.wait(10)
+
+    @staticmethod
+    async def _message(reader, head: bytes, is_response: bool, method: str = "") -> bytes:
+        """The body that follows `head` (Content-Length, chunked de-chunked, or to EOF for an answer
+        without either)."""
+        fields = {}
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            fields[name.strip().lower()] = value.strip()
+        if is_response and (method == "HEAD" or head[9:12] in (b"204", b"304")):
+            return b""
+        if fields.get(b"transfer-encoding", b"").lower() == b"chunked":
+            body = bytearray()
+            while True:
+                size = int((await reader.readline()).split(b";")[0], 16)
+                if size == 0:
+                    while (await reader.readline()) not in (b"\r\n", b""):
+                        pass
+                    return bytes(body)
+                body += await reader.readexactly(size)
+                await reader.readline()
+        if b"content-length" in fields:
+            return await reader.readexactly(int(fields[b"content-length"]))
+        return await reader.read() if is_response else b""
+
+    @staticmethod
+    def _reframe(head: bytes, body: bytes, drop: tuple[bytes, ...]) -> bytes:
+        """`head` without the headers named in `drop` and with Content-Length set to len(body)."""
+        lines = [ln for ln in head.split(b"\r\n") if ln.split(b":", 1)[0].strip().lower() not in drop]
+        return b"\r\n".join([*lines, b"Content-Length: %d" % len(body)]) + b"\r\n\r\n"
+
+    async def _serve(self, reader, writer) -> None:
+        import asyncio
+
+        framing = (b"content-length", b"transfer-encoding", b"connection", b"expect")
+        try:
+            while True:
+                try:
+                    head = (await reader.readuntil(b"\r\n\r\n"))[:-4]
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                method, target = head.split(b" ", 2)[:2]
+                if b"\r\nexpect: 100-continue" in head.lower():
+                    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                body = await self._message(reader, head, False)
+                parts = urlsplit(target.decode("latin-1"))
+                with self.lock:
+                    self.requests.append((method.decode(), unquote(parts.path), parts.query))
+                if self.latency > 0:
+                    await asyncio.sleep(self.latency)
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+                try:
+                    up_writer.write(self._reframe(head, body, framing) + body)
+                    answer_head = (await up_reader.readuntil(b"\r\n\r\n"))[:-4]
+                    answer = await self._message(up_reader, answer_head, True, method.decode())
+                finally:
+                    up_writer.close()
+                framed = self._reframe(answer_head, answer, framing)
+                if method == b"HEAD":  # keep the object's length: a HEAD answer has no body to measure
+                    framed = answer_head + b"\r\n\r\n"
+                writer.write(framed + answer)
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            writer.close()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def count(self) -> int:
+        with self.lock:
+            return len(self.requests)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.requests.clear()
+
+    def snapshot(self) -> list[tuple[str, str, str]]:
+        with self.lock:
+            return list(self.requests)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)

@@ -14,10 +14,11 @@ import pytest
 import zarr
 from conftest import make_photo_bucket
 
-from phos_dask import Settings, render
+from phos_dask import Settings, render, thumbs
 from phos_dask.cluster import connect
 from phos_dask.imageio import read_image
 from phos_dask.job import JobError, JobSpec, dry_run, run_job
+from phos_dask.storage import Location
 from phos_dask.tiles import MIN_TILE
 
 
@@ -109,6 +110,34 @@ def test_rerun_skips_finished_images_and_redoes_a_deleted_one(client, bucket, tm
     for k in before:
         for a, b in zip(before[k], _levels(out, k), strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def test_thumbnails_are_stored_by_the_client_in_one_pack_and_a_replaced_image_loses_its_own(
+        client, bucket, tmp_path):
+    source = tmp_path / "photos"
+    shutil.copytree(bucket, source)
+    out = tmp_path / "thumbs.zarr"
+    spec = JobSpec(str(source), str(out), Settings(), tile=512, whole_limit_mp=0.5)
+    assert run_job(spec, client)["counts"]["done"] == 3
+    assert [p.suffix for p in (out / "_thumbs").iterdir()] == [".zip"]  # one pack, no object per image
+    pairs, _ = thumbs.read_packs(Location.of(str(out)))
+    assert sorted(pairs) == ["odd.jpg", "sub_dir__grey.png", "wide.png"]
+    _, result = thumbs.decode_pair(pairs["wide.png"])
+    level = _levels(out, "wide.png")[-1]
+    want = thumbs.result_thumb(level)
+    assert result.shape == want.shape and np.abs(result.astype(int) - want).mean() < 4  # the image's own result
+
+    (source / "odd.jpg").write_bytes(b"not a JPEG any more")  # changed: replaced, and now it fails
+    rerun = run_job(spec, client)
+    assert {r["key"]: r["status"] for r in rerun["images"]}["odd.jpg"] == "failed"
+    assert [p.suffix for p in (out / "_thumbs").iterdir()] == [".zip"]  # compacted into one again
+    pairs, _ = thumbs.read_packs(Location.of(str(out)))
+    assert sorted(pairs) == ["sub_dir__grey.png", "wide.png"]  # no stale thumbnail of the replaced image
+
+
+def test_a_damaged_thumbnail_pack_reads_as_empty():
+    assert thumbs.unpack(b"PK\x03\x04 torn") == ({}, [])
+    assert thumbs.unpack(thumbs.pack({"a.jpg": b"x"}, removed=["b.png"])) == ({"a.jpg": b"x"}, ["b.png"])
 
 
 def test_an_incomplete_image_is_redone(client, bucket, tmp_path):

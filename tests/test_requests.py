@@ -77,9 +77,9 @@ def test_a_small_image_in_a_fresh_output_costs_at_most_8_requests(s3, on_the_she
     _no_waste(made, "p00.jpg")
     kinds = summarize(made)["kinds"]
     assert len(made) <= 8, made
-    # the photo once, the lease once; the level's chunk and metadata (and the contact sheet's thumbnails for
-    # an image on it), then the marker
-    assert kinds["GET object"] == 2 and kinds["PUT object"] == 3 + on_the_sheet, made
+    # the photo once, the lease once; the level's chunk and metadata, then the marker; an image on the contact
+    # sheet returns its thumbnails to the job's client, which stores them in packs (no request of the task)
+    assert kinds["GET object"] == 2 and kinds["PUT object"] == 3, made
     assert made[-1][0] == "PUT" and made[-1][1].endswith("/p00.jpg/zarr.json")  # the marker comes last
     assert ("thumb" in result) == on_the_sheet
 
@@ -137,6 +137,10 @@ def test_a_job_on_a_bucket_costs_at_most_8_requests_per_image_and_a_rerun_reads_
     assert report["counts"] == {"done": 12, "skipped": 0, "failed": 0}
     assert proxy.count / 12 <= 8, proxy.summary()
     assert summarize(proxy.snapshot())["kinds"]["list"] <= 3
+    # the 12 images' thumbnails: one pack, one PUT
+    assert [p for m, p, _ in proxy.snapshot() if m == "PUT" and "/_thumbs/" in p] == [
+        p for m, p, _ in proxy.snapshot() if m == "PUT" and p.endswith(".zip")]
+    assert len([p for m, p, _ in proxy.snapshot() if "/_thumbs/" in p and m == "PUT"]) == 1
     proxy.reset()
     again = run_job(spec, client)
     assert again["counts"] == {"done": 0, "skipped": 12, "failed": 0}
