@@ -235,7 +235,17 @@ class _DevTools:
              "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        active = profile / "DevToolsActivePort"
+        self.ws = None
+        self.n = 0
+        try:
+            self.ws_url = self._page(profile / "DevToolsActivePort")
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _page(active: Path) -> str:
+        """The websocket URL of the browser's page, once its DevTools port is open."""
         deadline = time.monotonic() + 60
         while not (active.exists() and active.read_text().strip()) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -244,11 +254,8 @@ class _DevTools:
             targets = json.loads(_get(f"http://127.0.0.1:{port}/json/list")[2])
             pages = [t for t in targets if t.get("type") == "page"]
             if pages or time.monotonic() > deadline:
-                break
+                return pages[0]["webSocketDebuggerUrl"]
             time.sleep(0.1)
-        self.ws_url = pages[0]["webSocketDebuggerUrl"]
-        self.ws = None
-        self.n = 0
 
     async def call(self, method: str, **params) -> dict:
         from tornado.websocket import websocket_connect
