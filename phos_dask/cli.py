@@ -17,6 +17,14 @@ configuration errors, including an output held by another live run (see phos_das
   `storage_option`. The file's settings come first, so flags on the command line win (repeatable flags add).
 * `--max-pixels N` (default 1e9): images whose header claims more pixels are refused before decoding.
 * `--tls-ca-file`, `--tls-cert`, `--tls-key`: PEM files for a `tls://` scheduler.
+* Without `--scheduler`/`--scheduler-file`, Dask's `scheduler-address` configuration
+  (`DASK_SCHEDULER_ADDRESS`) names the scheduler, as for `distributed.Client()`; else a local cluster starts.
+* `--tile`, `--whole-limit`, `--max-pixels` default to the `phos_dask` section of Dask's configuration
+  (`DASK_PHOS_DASK__TILE=1024`, Dask's YAML files; see phos_dask.config), which also holds `lease-ttl` and
+  `kernel-threads`. Flags (and --job's file) win over the configuration.
+* `--performance-report FILE.html`: write Dask's performance report of the job (`distributed.performance_report`).
+* The job's live page is on the Dask dashboard at `/phos` (numbers at `/phos/status.json`, Prometheus series
+  `phos_*` on `/metrics`; see phos_dask.dashboard).
 
 * `--include GLOB`, `--exclude GLOB` (repeatable): only inputs whose path relative to SOURCE, or whose
   file name, matches some `--include` and no `--exclude` (`*.tif`, `raw/**`).
@@ -43,12 +51,13 @@ or a flag is wrong.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -56,7 +65,7 @@ import cv2
 
 from phos_dask import __version__
 from phos_dask.export import FORMATS, JPEG_QUALITY
-from phos_dask.imageio import DEFAULT_MAX_PIXELS, ImageReadError, check_writable, read_image, write_image
+from phos_dask.imageio import ImageReadError, check_writable, read_image, write_image
 from phos_dask.render import render
 from phos_dask.settings import DTYPES, FILM_FORMATS, GRAIN_STYLES, Settings, SettingsError
 from phos_dask.stocks import StockError, all_stocks
@@ -194,6 +203,49 @@ def _preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def _job_defaults(args: argparse.Namespace) -> None:
+    """Fill --tile, --whole-limit and --max-pixels left unset from Dask's configuration (phos_dask.config),
+    and the scheduler from `scheduler-address` when neither --scheduler nor --scheduler-file is given."""
+    import dask
+
+    from phos_dask import config
+
+    try:
+        if args.tile is None:
+            args.tile = config.tile()
+        if args.whole_limit is None:
+            args.whole_limit = config.whole_limit()
+        if args.max_pixels is None:
+            args.max_pixels = config.max_pixels()
+        args.lease_ttl = config.lease_ttl()
+    except config.ConfigError as e:
+        raise CLIError(str(e)) from None
+    if not args.scheduler and not args.scheduler_file:
+        address = dask.config.get("scheduler-address", None)
+        if address:
+            args.scheduler = str(address)
+            if not args.dry_run:
+                print(f"scheduler: {address} (Dask's scheduler-address configuration)", file=sys.stderr,
+                      flush=True)
+
+
+@contextlib.contextmanager
+def _lease_ttl(seconds: float | None) -> Iterator[None]:
+    """For the block, leases of other machines' runs expire `seconds` after their last heartbeat (and ours
+    beats every sixth of it); None: the package's own TTL (PHOS_DASK_LEASE_TTL, else 60 s)."""
+    from phos_dask import lease
+
+    if seconds is None:
+        yield
+        return
+    saved = lease.TTL, lease.HEARTBEAT
+    lease.TTL, lease.HEARTBEAT = seconds, seconds / 6
+    try:
+        yield
+    finally:
+        lease.TTL, lease.HEARTBEAT = saved
+
+
 def _run(args: argparse.Namespace) -> int:
     from phos_dask.cluster import ClusterError, connect, threads_for, tls_security
     from phos_dask.job import JobError, JobSpec, check_spec, dry_run, plan_job, run_job
@@ -214,6 +266,7 @@ def _run(args: argparse.Namespace) -> int:
     if (args.export is None) != (args.export_dir is None):
         raise CLIError("--export and --export-dir go together: give both or neither")
     storage_options = parse_storage_options(args.storage_option or [])
+    _job_defaults(args)
     from phos_dask.device import DeviceError, choose, probe
 
     external = bool(args.scheduler or args.scheduler_file)
@@ -239,7 +292,7 @@ def _run(args: argparse.Namespace) -> int:
         security = tls_security(args.tls_ca_file, args.tls_cert, args.tls_key)
         sheet_thumbs: dict[str, bytes] = {}
         checked = check_spec(spec)  # before the lease, which writes into the output
-        with hold(spec.out, spec.storage_options) as lease:
+        with _lease_ttl(args.lease_ttl), hold(spec.out, spec.storage_options) as lease:
             plan = plan_job(spec, checked)  # usage errors surface before a cluster starts
             for note in plan.notes:
                 print(f"note: {note}", file=sys.stderr, flush=True)
@@ -248,12 +301,15 @@ def _run(args: argparse.Namespace) -> int:
                          security=security, device=spec.device, rmm_pool_size=args.rmm_pool_size,
                          threads=threads) as client:
                 print(f"dashboard: {client.dashboard_link}", file=sys.stderr, flush=True)
+                if client.dashboard_link:
+                    print(f"job page: {client.dashboard_link.rsplit('/', 1)[0]}/phos", file=sys.stderr, flush=True)
                 if external and args.device != "cpu":
                     spec.device, why = _cluster_device(client, args.device)
                 print(f"device: {spec.device} ({why})", file=sys.stderr, flush=True)
                 bar = not args.json and sys.stderr.isatty()
                 progress = Progress(0, stream=sys.stderr if bar else sys.stdout, tty=bar)
-                report = run_job(spec, client, progress, plan, lease, sheet_thumbs)
+                with _performance_report(args.performance_report):
+                    report = run_job(spec, client, progress, plan, lease, sheet_thumbs)
     except (JobError, ClusterError, LeaseError) as e:
         raise CLIError(str(e)) from None
     except OSError as e:  # the output cannot be created or written (permissions, read-only, full disk)
@@ -274,6 +330,19 @@ def _run(args: argparse.Namespace) -> int:
         finished = [r["key"] for r in report["images"] if r["status"] in ("done", "skipped")]
         export_failed = _export(args.out, args.export_dir, args.export, args.quality, storage_options, finished)
     return 1 if counts["failed"] or export_failed else 0
+
+
+@contextlib.contextmanager
+def _performance_report(path: str | None) -> Iterator[None]:
+    """Dask's performance report of the block written to `path` (HTML), when given."""
+    if not path:
+        yield
+        return
+    from distributed import performance_report
+
+    with performance_report(filename=path):
+        yield
+    print(f"performance report: {path}", file=sys.stderr, flush=True)
 
 
 def printable(text: str) -> str:
@@ -502,14 +571,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="output Zarr store (default: SOURCE's name + .zarr beside it: photos/ → photos.zarr, "
                           "s3://b/photos/ → s3://b/photos.zarr)")
     add_render_arguments(run, dtypes=("uint8", "uint16", "float16"), film_required=False)
-    run.add_argument("--tile", type=integer, default=2048, metavar="PX",
-                     help="tile side in px for images rendered in tiles (default 2048; grown to at least "
-                          "256 px and the model's halo, rounded up to a multiple of 64)")
-    run.add_argument("--whole-limit", type=float, default=32.0, metavar="MP",
-                     help="images up to this many megapixels run as one task (default 32; 0 = always tile)")
-    run.add_argument("--max-pixels", type=_pixels, default=DEFAULT_MAX_PIXELS, metavar="N",
+    run.add_argument("--tile", type=integer, default=None, metavar="PX",
+                     help="tile side in px for images rendered in tiles (default: phos_dask.tile in Dask's "
+                          "configuration, 2048; grown to at least 256 px and the model's halo, rounded up to a "
+                          "multiple of 64)")
+    run.add_argument("--whole-limit", type=float, default=None, metavar="MP",
+                     help="images up to this many megapixels run as one task (default: phos_dask.whole-limit, "
+                          "32; 0 = always tile)")
+    run.add_argument("--max-pixels", type=_pixels, default=None, metavar="N",
                      help="refuse images whose header claims more pixels than N, before decoding them "
-                          "(default 1e9: 1 gigapixel; 0 = no limit)")
+                          "(default: phos_dask.max-pixels, 1e9 = 1 gigapixel; 0 = no limit)")
     run.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
                      help="where the model runs: auto (GPUs when CuPy sees one and dask-cuda imports, else the "
                           "CPU), cpu, or gpu (an error without one) (default: auto)")
@@ -521,7 +592,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="local cluster: threads per worker process (default 1; 4 when SOURCE or OUT is on "
                           "object storage, where tasks mostly wait on requests)")
     run.add_argument("--scheduler", metavar="tcp://HOST:PORT",
-                     help="use this existing Dask scheduler (tls://HOST:PORT with --tls-* or Dask's TLS config)")
+                     help="use this existing Dask scheduler (tls://HOST:PORT with --tls-* or Dask's TLS config; "
+                          "default: Dask's scheduler-address configuration, DASK_SCHEDULER_ADDRESS, else a local "
+                          "cluster)")
     run.add_argument("--scheduler-file", metavar="FILE", help="use the scheduler described in FILE")
     run.add_argument("--tls-ca-file", metavar="PEM", help="CA certificate for a tls:// scheduler")
     run.add_argument("--tls-cert", metavar="PEM", help="client certificate for a tls:// scheduler")
@@ -532,6 +605,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true",
                      help="replace finished images that were made with other settings")
     run.add_argument("--dry-run", action="store_true", help="print the plan and compute nothing")
+    run.add_argument("--performance-report", metavar="FILE.html",
+                     help="write Dask's performance report of the job (task stream, profiles, fine metrics)")
     run.add_argument("--json", action="store_true",
                      help="progress as one JSON line per image even on a terminal (and --dry-run as JSON)")
     run.add_argument("--include", action="append", metavar="GLOB",

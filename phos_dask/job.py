@@ -51,6 +51,9 @@ class JobSpec:
                          self.storage_options, self.max_pixels, lease_token, self.device, self.overwrite)
 
 
+#: Past the contact sheet's images, every this-many-th image returns its thumbnails too, for the strip of
+#: latest images on the job's dashboard page.
+STRIP_EVERY = 25
 #: The contact sheet shows this many images (the first by key).
 SHEET_IMAGES = 200
 
@@ -155,13 +158,17 @@ def _manifest(spec: JobSpec) -> dict[str, Any]:
     }
 
 
-def run_job(spec: JobSpec, client, progress: Progress | None = None, plan: JobPlan | None = None,
+def run_job(spec: JobSpec, client=None, progress: Progress | None = None, plan: JobPlan | None = None,
             lease: Lease | None = None, sheet_thumbs: dict[str, bytes] | None = None) -> dict[str, Any]:
-    """Run the job on a distributed Client and return its report (also written to OUT/_report.json).
+    """Run the job on a distributed Client (default: the current one, `distributed.get_client()`) and
+    return its report (also written to OUT/_report.json). The job's page is on the dashboard at /phos
+    (phos_dask.dashboard); its tasks run in a `distributed.span` named `phos-<job name>`.
     `plan` is plan_job(spec) when the caller has made it already, under `lease` (phos_dask.lease.hold);
     without a lease the job takes one itself. Raises JobError when another run holds the output.
     `sheet_thumbs` receives {key: thumbnail pair JPEG} of the images rendered now among the first
     SHEET_IMAGES keys (for `export.write_contact_sheet`)."""
+    if client is None:
+        client = _current_client()
     if lease is None:
         checked = check_spec(spec)  # before the lease: it writes into the output
         try:
@@ -169,6 +176,9 @@ def run_job(spec: JobSpec, client, progress: Progress | None = None, plan: JobPl
                 return run_job(spec, client, progress, plan or plan_job(spec, checked), held, sheet_thumbs)
         except LeaseError as e:
             raise JobError(str(e)) from None
+    from distributed import span
+
+    from phos_dask.dashboard import Publisher, job_name
     from phos_dask.graph import Todo, submit_job
 
     started = datetime.now(UTC)
@@ -195,30 +205,44 @@ def run_job(spec: JobSpec, client, progress: Progress | None = None, plan: JobPl
     def record(item: SourceItem, result: dict[str, Any]) -> None:
         if lease.lost.is_set() and result.get("status") == "failed":
             result = {**result, "error": f"another run took over the output's lease ({result.get('error')})"}
+        pair = None
         if "thumb" in result:
             result = dict(result)
-            thumbs[item.key] = result.pop("thumb")
+            pair = result.pop("thumb")
+            if item.key in sheet:
+                thumbs[item.key] = pair
         results[item.key] = {"key": item.key, "source": item.relpath, **result}
         if result.get("status") in ("done", "skipped") and not lease.lost.is_set():
             finished.add(index.entry(item.key, item.relpath, fingerprint, item.size, item.stamp))
             if item.key in thumbs:
                 packs.add(item.key, thumbs[item.key])
         progress.update(results[item.key])
+        board.add(results[item.key], pair)
 
     cfg = spec.config(lease.token)
     if spec.device == "gpu":
         cfg = _sized_for_gpus(cfg, client)
+    name = job_name(spec.out)
+    board = Publisher(client, name, total, spec.source, spec.out)  # the job's page on the dashboard
     unusable = [{"key": None, "source": p.relpath, "status": "failed", "error": p.error} for p in plan.problems]
     for row in unusable:
         progress.update(row)
+        board.add(row, task=False)
     for item in plan.skipped:
         results[item.key] = {"key": item.key, "source": item.relpath, "status": "skipped"}
         progress.update(results[item.key])
-    todos = (Todo(it, it.key not in plan.present, it.key in sheet) for it in plan.todo)
+        board.add(results[item.key], task=False)
+    # thumbnails: of the contact sheet's images, and of every STRIP_EVERY-th other one for the dashboard's strip
+    todos = (Todo(it, it.key not in plan.present, it.key in sheet or i % STRIP_EVERY == 0)
+             for i, it in enumerate(plan.todo))
     lease.tasks_started = True
+    outcome = "stopped"
     try:
-        submit_job(client, cfg, todos, record)
+        with span(f"phos-{name}"):
+            submit_job(client, cfg, todos, record)
+        outcome = "finished"
     finally:
+        board.close(outcome)
         if not lease.lost.is_set():
             finished.flush()
             with contextlib.suppress(OSError):  # thumbnails are a convenience: never the job's failure
@@ -252,6 +276,17 @@ def run_job(spec: JobSpec, client, progress: Progress | None = None, plan: JobPl
     if sheet_thumbs is not None:
         sheet_thumbs.update(thumbs)
     return report
+
+
+def _current_client():
+    """The current Dask client (`distributed.get_client()`), or JobError when there is none."""
+    from distributed import get_client
+
+    try:
+        return get_client()
+    except ValueError:
+        raise JobError("no Dask client: pass one to run_job, or create one first (distributed.Client(...))"
+                       ) from None
 
 
 def _free_gpu_bytes() -> int | None:

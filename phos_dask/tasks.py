@@ -121,9 +121,13 @@ def _complete(out: Location, cfg: JobConfig, item: SourceItem) -> bool:
 
 
 def limit_kernel_threads() -> None:
-    """Inside a Dask worker, run the CPU kernels on PHOS_DASK_KERNEL_THREADS threads (default 1: the
-    cluster's workers are the parallelism); elsewhere leave numba's default (every core)."""
-    wanted = os.environ.get("PHOS_DASK_KERNEL_THREADS")
+    """Inside a Dask worker, run the CPU kernels on `phos_dask.kernel-threads` (Dask's configuration) or
+    else PHOS_DASK_KERNEL_THREADS threads (default 1: the cluster's workers are the parallelism); elsewhere,
+    unless one of those is set, leave numba's default (every core)."""
+    from phos_dask import config
+
+    configured = config.kernel_threads()
+    wanted = str(configured) if configured is not None else os.environ.get("PHOS_DASK_KERNEL_THREADS")
     if wanted is None:
         try:
             from distributed import get_worker
@@ -209,6 +213,20 @@ def _provenance(cfg: JobConfig, item: SourceItem, st: Settings, plan: Plan, tp: 
         "seconds": round(seconds, 3),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+#: The stages a task's time is split into (result["stages"], seconds each): reading and decoding the input
+#: (for a tiled image also staging it and reading each tile's window), the film model, and encoding and
+#: writing the output (chunks, pyramid levels, thumbnails, metadata).
+STAGES = ("decode", "model", "write")
+
+
+def _stages(decode: float = 0.0, model: float = 0.0, write: float = 0.0) -> dict[str, float]:
+    return {"decode": round(decode, 4), "model": round(model, 4), "write": round(write, 4)}
+
+
+def _add_stages(*parts: dict[str, float] | None) -> dict[str, float]:
+    return _stages(*(sum((p or {}).get(s, 0.0) for p in parts) for s in STAGES))
 
 
 def _result(item: SourceItem, shape: tuple[int, int], seconds: float, **extra: Any) -> dict[str, Any]:
@@ -303,12 +321,14 @@ def _process_image(cfg: JobConfig, item: SourceItem, fresh: bool = True, thumb: 
     shape = image.shape[:2]
     if not cfg.runs_whole(shape):  # the header could not tell: stage the decoded pixels
         return _stage_pixels(cfg, item, st, image, digest, linear, out, t0, source_thumb)
+    t_model = time.perf_counter()
     plan = make_plan(st, shape)
     if plan.has_grain:
         plan = plan.with_grain_k(grain_constants(image, plan))
     tp = TilePlan.build(shape, cfg.tile, plan.halo)
     rendered, used, fell_back = render_on(cfg.accelerator(), image, (0, 0), shape, (0, shape[0], 0, shape[1]), plan)
     del image
+    t_write = time.perf_counter()
     layout = ImageLayout(item.key, 1 if rendered.ndim == 2 else rendered.shape[2], shape, st.dtype, tp)
     layout.check()
     objects, smallest = layout.levels_objects(_chw(rendered))
@@ -320,7 +340,8 @@ def _process_image(cfg: JobConfig, item: SourceItem, fresh: bool = True, thumb: 
     _guard(cfg)
     out.put(f"{item.key}/{METADATA}",
             layout.complete_document(_provenance(cfg, item, st, plan, tp, digest, "whole", seconds, used)))
-    return _result(item, shape, seconds, device=used, gpu_oom_fallbacks=int(fell_back), **extra)
+    stages = _stages(t_model - t0, t_write - t_model, time.perf_counter() - t_write)
+    return _result(item, shape, seconds, device=used, gpu_oom_fallbacks=int(fell_back), stages=stages, **extra)
 
 
 def _staged(item: SourceItem, shape: tuple[int, int], tp: TilePlan, digest: str, linear: bool, direct: bool,
@@ -329,7 +350,7 @@ def _staged(item: SourceItem, shape: tuple[int, int], tp: TilePlan, digest: str,
     constants K_c (computed once from the whole image, so every tile renders with the whole image's)."""
     return {"key": item.key, "status": "staged", "direct": direct, "linear": linear, "shape": list(shape),
             "sha256": digest, "grain_k": grain_k, "tiles": [t.index for t in tp],
-            "seconds": round(time.perf_counter() - t0, 3),
+            "seconds": round(time.perf_counter() - t0, 3), "stages": _stages(time.perf_counter() - t0),
             "source_thumb": None if source_thumb is None else thumbs.encode_pair(source_thumb, source_thumb)}
 
 
@@ -454,7 +475,7 @@ def process_tile(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], index
     try:
         return _process_tile(cfg, item, staged, index)
     except Exception as e:
-        return {"failed": _as_failure(item, e), "seconds": 0.0, "device": "", "fallback": False}
+        return {"failed": _as_failure(item, e), "seconds": 0.0, "device": "", "fallback": False, "stages": _stages()}
 
 
 def _process_tile(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], index: tuple[int, int]
@@ -469,15 +490,19 @@ def _process_tile(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], inde
         window = _window(cfg, item, staged, out, tile.window)
     except (OSError, KeyError, ValueError):
         if _complete(out, cfg, item):  # run again after the image was finished and its staging removed
-            return {"seconds": 0.0, "device": "", "fallback": False}
+            return {"seconds": 0.0, "device": "", "fallback": False, "stages": _stages()}
         raise
+    t_model = time.perf_counter()
     rendered, used, fell_back = render_on(cfg.accelerator(), window, tile.window[::2], shape, tile.box, plan)
+    t_write = time.perf_counter()
     out_block = _chw(rendered)
     layout = ImageLayout(item.key, out_block.shape[0], shape, st.dtype, tp)
     objects = layout.tile_objects(tile, out_block)
     _guard(cfg)
     out.put_many(objects)
-    return {"seconds": time.perf_counter() - t0, "device": used, "fallback": fell_back}
+    end = time.perf_counter()
+    return {"seconds": end - t0, "device": used, "fallback": fell_back,
+            "stages": _stages(t_model - t0, t_write - t_model, end - t_write)}
 
 
 def finalize(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], *tiles: dict[str, Any]) -> dict[str, Any]:
@@ -505,7 +530,8 @@ def _finalize(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], *tiles: 
     seconds = staged["seconds"] + sum(t["seconds"] for t in tiles) + (time.perf_counter() - t0)
     used = ", ".join(sorted({t["device"] for t in tiles if t["device"]})) or "cpu"
     fallbacks = sum(1 for t in tiles if t["fallback"])
-    done = _result(item, shape, seconds, tiles=tp.count, device=used, gpu_oom_fallbacks=fallbacks)
+    stages = _add_stages(staged.get("stages"), *(t.get("stages") for t in tiles))
+    done = _result(item, shape, seconds, tiles=tp.count, device=used, gpu_oom_fallbacks=fallbacks, stages=stages)
     if _complete(out, cfg, item):  # run again after its worker died having finished the image
         out.delete(staging_path(item.key), recursive=True)
         return done
@@ -527,4 +553,5 @@ def _finalize(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], *tiles: 
         _provenance(cfg, item, st, plan, tp, staged["sha256"], "tiled, read by region" if staged["direct"] else "tiled",
                     seconds, used)))
     out.delete(staging_path(item.key), recursive=True)
+    done["stages"] = _add_stages(stages, _stages(write=time.perf_counter() - t0))
     return done
