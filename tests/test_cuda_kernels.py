@@ -307,10 +307,10 @@ def gpu_ops(monkeypatch):
 
 
 @needs_kernels
-@pytest.mark.parametrize("film,dtype", [("Portra400", "uint16"), ("HP5Plus400", "float32"),
-                                        ("Cinestill800T", "uint8")])
-def test_the_model_on_the_gpu_kernels_matches_the_cpu(tiny, film, dtype, gpu_ops, monkeypatch):
-    st = Settings(film=film, seed=3, image_key="m", dtype=dtype)
+@pytest.mark.parametrize("film,dtype,grain_", [("Portra400", "uint16", "default"), ("HP5Plus400", "float32", "coarse"),
+                                               ("Cinestill800T", "uint8", "default"), ("Portra400", "uint8", "none")])
+def test_the_model_on_the_gpu_kernels_matches_the_cpu(tiny, film, dtype, grain_, gpu_ops, monkeypatch):
+    st = Settings(film=film, seed=3, image_key="m", dtype=dtype, grain=grain_)
     gpu = render(tiny, st)
     monkeypatch.setattr(ops, "FORCE_CUDA", False)
     cpu = render(tiny, st)

@@ -226,6 +226,8 @@ def _arg(a):
     synchronisation numba would otherwise do on every launch; everything else as it is."""
     if _is_host(a) or hasattr(a, "copy_to_host") or not hasattr(a, "__cuda_array_interface__"):
         return a
+    if a.size == 0:  # e.g. no grain planes: nothing to read, and no device pointer to wrap
+        return cuda.device_array(a.shape, dtype=np.dtype(str(a.dtype)))
     return cuda.as_cuda_array(a, sync=False)
 
 
