@@ -17,8 +17,9 @@ import numpy as np
 DEVICES = ("auto", "cpu", "gpu")
 #: Share of a GPU's free memory one task may plan to use (tiles are sized to stay under it).
 GPU_MEMORY_SHARE = 0.30
-#: Estimated peak device bytes per pixel of a render window on the CuPy path (unfused reference ops keep
-#: more temporaries than the CPU kernels' 46/22): an estimate from the op sequence, not a measurement.
+#: Estimated peak device bytes per pixel of a render window on the CuPy path: an estimate from the op
+#: sequence of the unfused reference ops (more temporaries than the CPU kernels' 46/22), not a measurement;
+#: kept for the fused kernels of `film._cuda` too, which need less (about 70/35), so it stays conservative.
 GPU_BYTES_PER_PX = {"color": 96, "bw": 48}
 
 
@@ -105,6 +106,20 @@ def probe() -> Devices:
     except Exception as e:  # no driver, no device, driver too old: CUDARuntimeError and friends
         found["probe_error"] = _line(e)
     return Devices(**found)
+
+
+def gpu_kernels() -> str:
+    """Which GPU implementation CuPy arrays get, in one line: "fused (numba-cuda X)" when the fused kernels of
+    `film._cuda` import (and `ops.CUDA_KERNELS` is on), else "reference (why)". Never raises."""
+    from phos_dask.film import ops
+
+    if not ops.CUDA_KERNELS:
+        return "reference (PHOS_CUDA_KERNELS=0)"
+    try:
+        from phos_dask.film import _cuda  # noqa: F401
+    except Exception as e:
+        return f"reference ({_line(e)})"
+    return f"fused (numba-cuda {_version('numba-cuda') or '?'})"
 
 
 def _missing(e: BaseException, module: str) -> bool:

@@ -1,4 +1,5 @@
-"""The film model on CuPy computes what the CPU kernels compute. Skipped without a CUDA GPU and CuPy
+"""The film model on CuPy (the fused kernels of film/_cuda.py, and the reference ops) computes what the CPU
+kernels compute. Skipped without a CUDA GPU and CuPy
 (bench/gpu_check.py is the fuller check, run on a GPU machine; its results are in bench/results/)."""
 
 from __future__ import annotations
@@ -72,3 +73,16 @@ def test_a_gpu_tile_that_runs_out_of_device_memory_is_rendered_on_the_cpu(small_
     out, used, fell_back = render_on(full_gpu, *region)
     assert fell_back and used == "cpu (GPU out of memory)"
     np.testing.assert_array_equal(out, render_region(*region))
+
+
+def test_cupy_arrays_take_the_fused_kernels_which_match_the_reference_gpu_ops(small_photo, monkeypatch):
+    from phos_dask.device import gpu_kernels
+    from phos_dask.film import ops
+
+    assert gpu_kernels().startswith("fused"), gpu_kernels()
+    st = Settings(film="Cinestill800T", seed=2, image_key="f", dtype="uint16")
+    g = cp.asarray(small_photo)
+    fused = cp.asnumpy(render(g, st)).astype(int)
+    monkeypatch.setattr(ops, "CUDA_KERNELS", False)
+    reference = cp.asnumpy(render(g, st)).astype(int)
+    assert np.abs(fused - reference).max() <= 1

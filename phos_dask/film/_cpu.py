@@ -3,7 +3,8 @@
 Every output element is computed by the same sequence of float32 operations whatever the array's extent
 (loops vectorise across pixels, never across a reduction; no fastmath, so no reassociation or FMA
 contraction), which is what makes a tile bit-identical to the same pixels of the whole image.
-Rows are split across threads with prange.
+Rows are split across threads with prange. The per-pixel math lives in `_pixel`, which the GPU kernels
+(`_cuda`) compile too.
 """
 
 from __future__ import annotations
@@ -11,7 +12,31 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from phos_dask.film import _pixel
+
 _f32 = np.float32
+
+
+def _inline(fn):
+    """One of `_pixel`'s shared per-pixel functions as an inlined CPU function."""
+    return njit(cache=True, inline="always")(fn)
+
+
+_exposure = _inline(_pixel.exposure)
+_excess = _inline(_pixel.excess)
+_kept = _inline(_pixel.kept)
+_lerp2 = _inline(_pixel.lerp2)
+_clip01 = _inline(_pixel.clip01)
+_grain_u = _inline(_pixel.grain_u)
+_signal_gain = _inline(_pixel.signal_gain)
+_clip_noise = _inline(_pixel.clipped_noise)
+_mixed_base = _inline(_pixel.mixed_base)
+_grain_term = _inline(_pixel.grain_term)
+_filmic_coeffs = _inline(_pixel.filmic_coeffs)
+_filmic = _inline(_pixel.filmic)
+_blend = _inline(_pixel.blend)
+_srgb_code = _inline(_pixel.srgb_code)
+_code = _inline(_pixel.table_code)
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -24,10 +49,8 @@ def front_lut(img, table, matrix, factors, use_factors):
             m0, m1, m2 = matrix[c, 0], matrix[c, 1], matrix[c, 2]
             fac = factors[c]
             for x in range(w):
-                v = m0 * table[img[y, x, 0]] + m1 * table[img[y, x, 1]] + m2 * table[img[y, x, 2]]
-                if use_factors:
-                    v = min(max(v * fac, _f32(0.0)), _f32(1.0))
-                out[c, y, x] = v
+                out[c, y, x] = _exposure(table[img[y, x, 0]], table[img[y, x, 1]], table[img[y, x, 2]],
+                                         m0, m1, m2, fac, use_factors)
     return out
 
 
@@ -41,10 +64,7 @@ def front_linear(lin, matrix, factors, use_factors):
             m0, m1, m2 = matrix[c, 0], matrix[c, 1], matrix[c, 2]
             fac = factors[c]
             for x in range(w):
-                v = m0 * lin[y, x, 0] + m1 * lin[y, x, 1] + m2 * lin[y, x, 2]
-                if use_factors:
-                    v = min(max(v * fac, _f32(0.0)), _f32(1.0))
-                out[c, y, x] = v
+                out[c, y, x] = _exposure(lin[y, x, 0], lin[y, x, 1], lin[y, x, 2], m0, m1, m2, fac, use_factors)
     return out
 
 
@@ -59,7 +79,7 @@ def cells(src, rmap, cmap, f, thr, eta):
         for a in range(f):
             row = rmap[j * f + a]
             for x in range(cmap.shape[0]):
-                acc[x] += max(src[row, cmap[x]] - thr, zero)
+                acc[x] += _excess(src[row, cmap[x]], thr)
         for i in range(nc):
             s = zero
             for b in range(f):
@@ -112,34 +132,25 @@ def blur_valid(src, taps_v, taps_h, radii, out):
 @njit(parallel=True, cache=True, nogil=True)
 def compose(src, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, eta, out):
     h, w = rj.shape[0], cj.shape[0]
-    zero, one = _f32(0.0), _f32(1.0)
     for y in prange(h):
         row = np.zeros(blurred.shape[1], dtype=np.float32)
         if has_blur:
             j = rj[y]
             a0, a1 = rw0[y], rw1[y]
             for i in range(blurred.shape[1]):
-                row[i] = a0 * blurred[j, i] + a1 * blurred[j + 1, i]
+                row[i] = _lerp2(a0, blurred[j, i], a1, blurred[j + 1, i])
         for x in range(w):
-            s = src[sy + y, sx + x]
-            v = s - eta * max(s - thr, zero)
+            v = _kept(src[sy + y, sx + x], thr, eta)
             if has_blur:
                 i = cj[x]
-                v = v + (cw0[x] * row[i] + cw1[x] * row[i + 1])
-            out[y, x] = min(max(v, zero), one)
+                v = v + _lerp2(cw0[x], row[i], cw1[x], row[i + 1])
+            out[y, x] = _clip01(v)
 
 
 @njit(cache=True, inline="always")
 def _rho(X, r, c, gy, gx, k, T, dT):
-    z = k + ((np.uint64(gy) << np.uint64(32)) | np.uint64(gx)) * np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    z = z ^ (z >> np.uint64(31))
-    t = np.int64(z >> np.uint64(48))
-    frac = np.float32((z >> np.uint64(24)) & np.uint64(0xFFFFFF)) * _f32(2.0**-24)
-    u = T[t] + frac * dT[t]
-    a = _f32(1.0) / np.sqrt(max(_f32(1000.0) * X[r, c], _f32(1.0)))
-    return a * u
+    """a(X)·u of one pixel: its signal gain times its grain deviate."""
+    return _signal_gain(X[r, c]) * _grain_u(gy, gx, k, T, dT)
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -182,11 +193,10 @@ def grain_noise(X, rmap, cmap, y0, x0, key, T, dT, taps, out):
 @njit(cache=True, inline="always")
 def _clipped_noise(noise, y, nscale, n):
     """Row y of every grain plane p, scaled by nscale[p] and clipped to [-1, 1], into n (P, w)."""
-    lo, hi = _f32(-1.0), _f32(1.0)
     for p in range(noise.shape[0]):
         k = nscale[p]
         for x in range(n.shape[1]):
-            n[p, x] = min(max(noise[p, y, x] * k, lo), hi)
+            n[p, x] = _clip_noise(noise[p, y, x], k)
 
 
 @njit(cache=True, inline="always")
@@ -194,7 +204,7 @@ def _base_row(Yp, X, xy, xx, y, c, wd, ws, z):
     """S6 without grain for row y of channel c into z: wd·Y' + ws·X."""
     a, b = wd[c], ws[c]
     for x in range(z.shape[0]):
-        z[x] = a * Yp[c, y, x] + b * X[c, xy + y, xx + x]
+        z[x] = _mixed_base(a, Yp[c, y, x], b, X[c, xy + y, xx + x])
 
 
 @njit(cache=True, inline="always")
@@ -203,7 +213,7 @@ def _add_grain_row(c, n, coef, z):
     for p in range(n.shape[0]):
         k = coef[c, p]
         for x in range(z.shape[0]):
-            z[x] += k * n[p, x]
+            z[x] = _grain_term(z[x], k, n[p, x])
 
 
 @njit(cache=True, inline="always")
@@ -211,26 +221,6 @@ def _mixed_row(Yp, X, xy, xx, y, c, n, coef, wd, ws, z):
     """S6 for row y of channel c into z: wd·Y' + ws·X + Σ_p coef[c, p]·n_p."""
     _base_row(Yp, X, xy, xx, y, c, wd, ws, z)
     _add_grain_row(c, n, coef, z)
-
-
-@njit(cache=True, inline="always")
-def _filmic(z, tA, tB, cb, de, df, ef):
-    """The filmic curve of one mixed value, clipped to [0, 1] (cb = tC·tB, de = tD·tE, df = tD·tF,
-    ef = tE/tF)."""
-    v = _f32(10.0) * max(z, _f32(0.0))
-    f = (v * (tA * v + cb) + de) / (v * (tA * v + tB) + df) - ef
-    return min(max(f, _f32(0.0)), _f32(1.0))
-
-
-@njit(cache=True, inline="always")
-def _srgb_code(f, guess, steps, cells):
-    """The sRGB code of F: read off `guess` (interpolated in u = sqrt(F)), then settled exactly against the
-    code's thresholds `steps`."""
-    u = np.sqrt(f) * cells
-    j = min(np.int64(u), cells - 1)
-    g = guess[j] + (u - j) * (guess[j + 1] - guess[j])
-    k = np.int64(g + _f32(0.5))
-    return k - (f < steps[k]) + (f >= steps[k + 1])
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -244,17 +234,6 @@ def mix(Yp, X, xy, xx, noise, coef, nscale, wd, ws):
         for c in range(C):
             _mixed_row(Yp, X, xy, xx, y, c, n, coef, wd, ws, out[c, y])
     return out
-
-
-@njit(cache=True, inline="always")
-def _code(v, vb, t, start, base, shift, last):
-    """The largest k with t[k] ≤ v: the bucket of v's float32 bits gives the first candidate, and seven
-    branchless steps search the ≤ 127 codes after it (thresholds are sorted, +inf-padded)."""
-    b = min(max(np.int64(vb >> shift) - base, 0), last)
-    k = np.int64(start[b])
-    for step in (64, 32, 16, 8, 4, 2, 1):
-        k += step * (v >= t[k + step])
-    return k if v > 0 else 0
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -290,7 +269,7 @@ def mix_filmic_encode(Yp, X, xy, xx, noise, coef, nscale, wd, ws, tone, guess, s
         _clipped_noise(noise, y, nscale, n)
         for c in range(C):
             tA, tB, tC, tD, tE, tF = tone[c, 0], tone[c, 1], tone[c, 2], tone[c, 3], tone[c, 4], tone[c, 5]
-            cb, de, df, ef = tC * tB, tD * tE, tD * tF, tE / tF
+            cb, de, df, ef = _filmic_coeffs(tB, tC, tD, tE, tF)
             _mixed_row(Yp, X, xy, xx, y, c, n, coef, wd, ws, F)
             for x in range(w):
                 out[y, x, c] = _srgb_code(_filmic(F[x], tA, tB, cb, de, df, ef), guess, steps, cells)
@@ -304,7 +283,6 @@ def mix_filmic_blend_encode(Yp, X, xy, xx, noise, coef, nscale, wd, ws, tone, r,
     C, h, w = Yp.shape
     P = noise.shape[0]
     cells = guess.shape[0] - 1
-    zero, one = _f32(0.0), _f32(1.0)
     for y in prange(h):
         n = np.empty((P, w), dtype=np.float32)
         F = np.empty(w, dtype=np.float32)
@@ -312,14 +290,14 @@ def mix_filmic_blend_encode(Yp, X, xy, xx, noise, coef, nscale, wd, ws, tone, r,
         _clipped_noise(noise, y, nscale, n)
         for c in range(C):
             tA, tB, tC, tD, tE, tF = tone[c, 0], tone[c, 1], tone[c, 2], tone[c, 3], tone[c, 4], tone[c, 5]
-            cb, de, df, ef = tC * tB, tD * tE, tD * tF, tE / tF
+            cb, de, df, ef = _filmic_coeffs(tB, tC, tD, tE, tF)
             _base_row(Yp, X, xy, xx, y, c, wd, ws, F0)
             F[:] = F0
             _add_grain_row(c, n, coef, F)
             for x in range(w):
                 f0 = _filmic(F0[x], tA, tB, cb, de, df, ef)
                 f = _filmic(F[x], tA, tB, cb, de, df, ef)
-                out[y, x, c] = _srgb_code(min(max(f0 + r * (f - f0), zero), one), guess, steps, cells)
+                out[y, x, c] = _srgb_code(_blend(f0, f, r), guess, steps, cells)
 
 
 @njit(parallel=True, cache=True, nogil=True)

@@ -1,10 +1,15 @@
 """The array ops the pipeline is built from, dispatched on the array type.
 
-NumPy arrays go to the fused numba kernels in `_cpu`; any other array namespace (CuPy) runs the reference
-implementation written here against `xp`, which is also the oracle the CPU kernels are tested against.
+NumPy arrays go to the fused numba kernels in `_cpu`; CuPy arrays go to the fused numba-cuda kernels in
+`_cuda` when numba-cuda imports (else, and for any other array namespace, the reference implementation
+written here against `xp`, which is also the oracle the fused kernels are tested against).
 """
 
 from __future__ import annotations
+
+import os
+import warnings
+from functools import cache
 
 import numpy as np
 
@@ -36,8 +41,51 @@ def _expand(xp, v, axis: int):
 FORCE_REFERENCE = False
 
 
+#: Route NumPy arrays through the GPU kernels of `_cuda` (tests: under numba-cuda's simulator they run on
+#: the CPU; on a GPU numba copies them to the device and back).
+FORCE_CUDA = False
+#: Whether CuPy arrays use the fused GPU kernels (when numba-cuda imports); PHOS_CUDA_KERNELS=0 keeps them
+#: on the reference ops (one CuPy call per array operation), e.g. to compare the two on a GPU.
+CUDA_KERNELS = os.environ.get("PHOS_CUDA_KERNELS", "1") != "0"
+
+
 def _is_cpu(a) -> bool:
-    return isinstance(a, np.ndarray) and not FORCE_REFERENCE
+    return isinstance(a, np.ndarray) and not FORCE_REFERENCE and not FORCE_CUDA
+
+
+@cache
+def _load_cuda():
+    try:
+        from phos_dask.film import _cuda
+    except Exception as e:  # numba-cuda missing, or no usable CUDA driver for it
+        warnings.warn(f"fused GPU kernels unavailable, using the reference GPU ops: {type(e).__name__}: {e}",
+                      RuntimeWarning, stacklevel=3)
+        return None
+    return _cuda
+
+
+def _gpu(a):
+    """The `_cuda` module when a's op runs on the fused GPU kernels, else None."""
+    if FORCE_REFERENCE:
+        return None
+    if isinstance(a, np.ndarray):
+        return _load_cuda() if FORCE_CUDA else None
+    if CUDA_KERNELS and type(a).__module__.split(".")[0] == "cupy":
+        return _load_cuda()
+    return None
+
+
+def _dev(k, v, like, dtype=None, key=None):
+    """Host value v (array or list) as a contiguous array of `dtype` where `like` lives (`_cuda.to_device`)."""
+    return k.to_device(np.ascontiguousarray(np.asarray(v, dtype)), like, key)
+
+
+def _contiguous(a):
+    if isinstance(a, np.ndarray):
+        return np.ascontiguousarray(a)
+    import cupy
+
+    return cupy.ascontiguousarray(a)
 
 
 def _f32(v) -> np.float32:
@@ -56,6 +104,16 @@ def front(img, matrix: np.ndarray, factors: np.ndarray | None, linear_input: boo
             return _cpu.front_lut(img, colour.input_table(img.dtype, linear_input), matrix, fac, use)
         lin = colour.linearise(np, img, linear_input)
         return _cpu.front_linear(np.ascontiguousarray(lin, dtype=np.float32), matrix, fac, use)
+    k = _gpu(img)
+    if k is not None:
+        out = k.empty_like_kind(img, (matrix.shape[0], img.shape[0], img.shape[1]))
+        m, f = _dev(k, matrix, img, np.float32), _dev(k, fac, img, np.float32)
+        if img.dtype in (np.uint8, np.uint16):
+            table = colour.input_table(img.dtype, linear_input)
+            t = k.to_device(table, img, ("input", np.dtype(img.dtype).str, bool(linear_input)))
+            return k.front_lut(_contiguous(img), t, m, f, use, out)
+        lin = colour.linearise(xp, img, linear_input)
+        return k.front_linear(_contiguous(xp.astype(lin, xp.float32)), m, f, use, out)
     lin = colour.linearise(xp, img, linear_input)
     return colour.emulsion_response(xp, lin, matrix, fac if use else None)
 
@@ -66,6 +124,10 @@ def cells(src, rmap, cmap, f: int, thr: float, eta: float):
         from phos_dask.film import _cpu
 
         return _cpu.cells(src, rmap, cmap, f, _f32(thr), _f32(eta))
+    k = _gpu(src)
+    if k is not None:
+        out = k.empty_like_kind(src, (len(rmap) // f, len(cmap) // f))
+        return k.cells(src, _dev(k, rmap, src, np.int64), _dev(k, cmap, src, np.int64), f, _f32(thr), _f32(eta), out)
     xp = namespace(src)
     v = xp.maximum(_rows_cols(xp, src, rmap, cmap) - float(_f32(thr)), 0.0)
     nr, nc = len(rmap) // f, len(cmap) // f
@@ -84,6 +146,11 @@ def blur_valid(src, taps_v: np.ndarray, taps_h: np.ndarray, radii: np.ndarray, o
         out = np.empty((h, w), np.float32) if out is None else out
         _cpu.blur_valid(src, taps_v, taps_h, radii, out)
         return out
+    k = _gpu(src)
+    if k is not None:
+        out = k.empty_like_kind(src, (h, w)) if out is None else out
+        return k.blur_valid(src, _dev(k, taps_v, src, np.float32), _dev(k, taps_h, src, np.float32),
+                            _dev(k, radii, src, np.int64), out)
     xp = namespace(src)
     out = xp.zeros((h, w), dtype=xp.float32)
     for i in range(taps_v.shape[0]):
@@ -110,6 +177,14 @@ def compose(src, sy: int, sx: int, blurred, interp_rows, interp_cols, thr: float
         b = blurred if has else np.zeros((1, 1), np.float32)
         _cpu.compose(src, sy, sx, b, has, rj, rw0, rw1, cj, cw0, cw1, _f32(thr), _f32(eta), out)
         return out
+    k = _gpu(src)
+    if k is not None:
+        has = blurred is not None
+        b = blurred if has else k.empty_like_kind(src, (2, 2))
+        i64 = [_dev(k, v, src, np.int64) for v in (rj, cj)]
+        f32 = [_dev(k, v, src, np.float32) for v in (rw0, rw1, cw0, cw1)]
+        return k.compose(src, sy, sx, b, has, i64[0], f32[0], f32[1], i64[1], f32[2], f32[3], _f32(thr), _f32(eta),
+                         out)
     xp = namespace(src)
     s = src[sy : sy + h, sx : sx + w]
     v = s - float(_f32(eta)) * xp.maximum(s - float(_f32(thr)), 0.0)
@@ -131,6 +206,8 @@ def any_above(src, box: tuple[int, int, int, int], thr: float) -> bool:
         from phos_dask.film import _cpu
 
         return bool(_cpu.any_above(src, y0, y1, x0, x1, _f32(thr)))
+    if _gpu(src) is not None:
+        return True  # no device-to-host read: the blur of all-zero cells adds exactly zero
     return bool(namespace(src).any(src[y0:y1, x0:x1] > thr))
 
 
@@ -144,6 +221,12 @@ def grain_noise(X, rmap, cmap, y0: int, x0: int, key: int, taps: np.ndarray, out
         T, dT = grain.normal_table()
         _cpu.grain_noise(X, rmap, cmap, y0, x0, np.uint64(key), T, dT, taps, out)
         return out
+    k = _gpu(X)
+    if k is not None:
+        T, dT = grain.normal_table()
+        return k.grain_noise(X, _dev(k, rmap, X, np.int64), _dev(k, cmap, X, np.int64), y0, x0, key,
+                             k.to_device(T, X, ("T",)), k.to_device(dT, X, ("dT",)),
+                             _dev(k, np.reshape(taps, (1, -1)), X, np.float32), out)
     xp = namespace(X)
     u = grain.hash_normal(xp, key, np.asarray(rmap) + y0, np.asarray(cmap) + x0)
     rho = grain.signal_gain(xp, _rows_cols(xp, X, rmap, cmap)) * u
@@ -164,6 +247,10 @@ def mix(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: np.ndarray, wd
         from phos_dask.film import _cpu
 
         return _cpu.mix(Yp, X, xy, xx, noise, coef, nscale, wd, ws)
+    k = _gpu(Yp)
+    if k is not None:
+        out = k.empty_like_kind(Yp, Yp.shape)
+        return k.mix(Yp, X, xy, xx, noise, *_mix_consts(k, Yp, coef, nscale, wd, ws), out)
     xp = namespace(Yp)
     C, h, w = Yp.shape
     n = [xp.clip(noise[p, ...] * float(nscale[p]), -1.0, 1.0) for p in range(noise.shape[0])]
@@ -174,6 +261,11 @@ def mix(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: np.ndarray, wd
             g = g + float(coef[c, p]) * n[p]
         out.append(float(wd[c]) * Yp[c, ...] + float(ws[c]) * X[c, xy : xy + h, xx : xx + w] + g)
     return xp.stack(out)
+
+
+def _mix_consts(k, like, coef, nscale, wd, ws) -> list:
+    """coef, nscale, wd, ws as float32 arrays where `like` lives."""
+    return [_dev(k, v, like, np.float32) for v in (coef, nscale, wd, ws)]
 
 
 def blend(F0, F, r: float):
@@ -208,6 +300,16 @@ def mix_filmic_encode(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: 
         else:
             _cpu.mix_filmic_encode(Yp, X, xy, xx, noise, coef, _scales(nscale), wd, ws, consts, guess, steps, out)
         return out
+    k = _gpu(Yp)
+    if k is not None:
+        consts = np.array([[t.A, t.B, t.C, t.D, t.E, t.F] for t in tone_], np.float32)
+        guess, steps = tone.code_tables(vmax)
+        g, st = k.to_device(guess, Yp, ("guess", vmax)), k.to_device(steps, Yp, ("steps", vmax))
+        out = k.empty_like_kind(Yp, (h, w, C), dtype)
+        args = (Yp, X, xy, xx, noise, *_mix_consts(k, Yp, coef, _scales(nscale), wd, ws), _dev(k, consts, Yp))
+        if after:
+            return k.mix_filmic_blend_encode(*args, _f32(r), g, st, out)
+        return k.mix_filmic_encode(*args, g, st, out)
     xp = namespace(Yp)
     Z = mix(Yp, X, xy, xx, noise, coef, nscale, wd, ws)
     F = [tone.filmic(xp, Z[c, ...], tone_[c]) for c in range(C)]
@@ -232,6 +334,16 @@ def mix_encode(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: np.ndar
         _cpu.mix_encode(Yp, X, xy, xx, noise, coef, _scales(nscale), wd, ws, thresholds, starts, BUCKET_BASE,
                         BUCKET_SHIFT, out)
         return out
+    k = _gpu(Yp)
+    if k is not None:
+        from phos_dask.film.tone import BUCKET_BASE, BUCKET_SHIFT
+
+        key = ("quant", tuple(id(t) for t in tables))  # the plan's cached tables: one upload per process
+        t = k.to_device(thresholds, Yp, (*key, "thresholds"), anchor=tables)
+        st = k.to_device(np.stack([t_.start for t_ in tables]), Yp, (*key, "starts"), anchor=tables)
+        out = k.empty_like_kind(Yp, (h, w, C), dtype)
+        return k.mix_encode(Yp, X, xy, xx, noise, *_mix_consts(k, Yp, coef, _scales(nscale), wd, ws), t, st,
+                            BUCKET_BASE, BUCKET_SHIFT, out)
     xp = namespace(Yp)
     dtype = xp.uint8 if vmax == 255 else xp.uint16
     Z = mix(Yp, X, xy, xx, noise, coef, nscale, wd, ws)
