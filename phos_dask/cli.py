@@ -55,6 +55,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -292,11 +293,14 @@ def _run(args: argparse.Namespace) -> int:
         security = tls_security(args.tls_ca_file, args.tls_cert, args.tls_key)
         sheet_thumbs: dict[str, bytes] = {}
         checked = check_spec(spec)  # before the lease, which writes into the output
-        with _lease_ttl(args.lease_ttl), hold(spec.out, spec.storage_options) as lease:
+        with contextlib.ExitStack() as stack, _lease_ttl(args.lease_ttl), \
+                hold(spec.out, spec.storage_options) as lease:
             plan = plan_job(spec, checked)  # usage errors surface before a cluster starts
             for note in plan.notes:
                 print(f"note: {note}", file=sys.stderr, flush=True)
             threads = args.threads or threads_for(spec.source, spec.out)
+            if not external and spec.device == "cpu" and plan.todo:  # compile kernels while the workers start
+                stack.enter_context(_warm_up(settings))
             with connect(args.scheduler, args.scheduler_file, args.workers, args.dashboard_address,
                          security=security, device=spec.device, rmm_pool_size=args.rmm_pool_size,
                          threads=threads) as client:
@@ -330,6 +334,22 @@ def _run(args: argparse.Namespace) -> int:
         finished = [r["key"] for r in report["images"] if r["status"] in ("done", "skipped")]
         export_failed = _export(args.out, args.export_dir, args.export, args.quality, storage_options, finished)
     return 1 if counts["failed"] or export_failed else 0
+
+
+@contextlib.contextmanager
+def _warm_up(settings: Settings) -> Iterator[None]:
+    """phos_dask.warmup in the background for the block; stopped at its end if still at work (the job that
+    needed it is over; what it compiled so far stays cached)."""
+    from phos_dask import warmup
+
+    proc = warmup.start(settings)
+    try:
+        yield
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
 
 
 @contextlib.contextmanager

@@ -7,10 +7,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
+
+from phos_dask.film._cpu import kernel
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel
 def _halve_int(block, out):
     C, h, w = block.shape
     H2, W2 = out.shape[1], out.shape[2]

@@ -1,0 +1,86 @@
+"""Compile the CPU kernels a job needs once per machine, while its local workers start.
+
+The film model's kernels are compiled by numba on first use and cached on disk. After a fresh install
+nothing is cached, and every worker's first task would wait for the same compile. `run` therefore starts
+`python -m phos_dask.warmup SETTINGS_JSON` in the background before it starts its local cluster: that
+process renders a few tiny images with the job's settings, which compiles (or loads) every kernel the job's
+tasks use, one kernel at a time under `_cpu.compile_lock`. A worker that needs a kernel meanwhile waits for
+the lock and then loads the kernel from the cache, so each kernel is compiled once on the machine, and the
+compile overlaps the cluster's start-up. When the compile takes more than a moment it says so on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+
+#: Seconds of compiling before the user is told what is happening (a warm cache answers well within it).
+NOTICE_AFTER = 1.0
+
+
+def warm(settings) -> None:
+    """Render what makes every kernel of a job with `settings` compile or load: whole images with scale
+    s < 1 (the grain-blend path) and a small region of an image with s > 1, from 8- and 16-bit input, and
+    the pyramid of the output dtype; on one kernel thread, as a worker runs them."""
+    import numba
+
+    from phos_dask.film.pipeline import make_plan, source_box
+    from phos_dask.pyramid import downsample2
+    from phos_dask.render import render, render_window
+
+    numba.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    big = (4000, 6000)
+    out_box = (2000, 2016, 3000, 3016)
+    render(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), settings)  # what most photographs need first
+    if np.dtype(settings.dtype).kind in "ui":
+        downsample2(np.zeros((3, 5, 5), settings.dtype))
+    render(rng.integers(0, 65535, (48, 64, 3), dtype=np.uint16), settings)
+    for dtype, top in ((np.uint8, 255), (np.uint16, 65535)):
+        plan = make_plan(settings, big)
+        k = (1.0,) * plan.grain_planes if plan.has_grain else None
+        y0, y1, x0, x1 = source_box(plan, out_box, big)
+        window = rng.integers(0, top, (y1 - y0, x1 - x0, 3), dtype=dtype)
+        render_window(window, (y0, x0), big, out_box, settings, grain_k=k)
+
+
+def start(settings) -> subprocess.Popen | None:
+    """Start the warm-up in the background (its notices go to this process's stderr); None if it cannot."""
+    try:
+        return subprocess.Popen([sys.executable, "-m", "phos_dask.warmup", json.dumps(settings.to_dict())],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    except OSError:
+        return None
+
+
+def main(argv: list[str]) -> int:
+    from phos_dask.settings import Settings
+
+    settings = Settings(**json.loads(argv[0]))
+    t0 = time.perf_counter()
+    done = threading.Event()
+    told = threading.Event()
+
+    def notice() -> None:
+        if not done.wait(NOTICE_AFTER):
+            told.set()
+            print("kernels: compiling the film model's kernels for this machine (once after an install or "
+                  "upgrade; the workers wait for it and then share them)…", file=sys.stderr, flush=True)
+
+    threading.Thread(target=notice, daemon=True).start()
+    try:
+        warm(settings)
+    finally:
+        done.set()
+    if told.is_set():
+        print(f"kernels: compiled in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,92 @@
+"""The CPU kernels: one-thread (serial) and many-thread builds give the same bits; a machine compiles each
+kernel once, under a lock its processes share; `run` compiles what its workers need while they start and says
+so when that takes a while."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+import pytest
+
+from phos_dask import Settings, render
+from phos_dask.film import _cpu
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _env(cache: Path) -> dict[str, str]:
+    return {**os.environ, "NUMBA_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
+
+
+@pytest.mark.parametrize(("film", "dtype", "bits"), [("Portra400", "uint8", 8), ("HP5Plus400", "uint16", 16),
+                                                     ("Cinestill800T", "float32", 8), ("NC200", "uint16", 16)])
+def test_one_thread_and_many_threads_give_the_same_bits(photo, film, dtype, bits):
+    image = photo[:300, :420] if bits == 8 else photo[:300, :420].astype(np.uint16) * 257
+    settings = Settings(film=film, dtype=dtype)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        serial = render(image, settings)
+        numba.set_num_threads(max(2, before))
+        parallel = render(image, settings)
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(serial, parallel)
+    assert _cpu.front_lut.serial.signatures and _cpu.front_lut.parallel.signatures  # both builds ran
+
+
+def test_a_process_that_needs_a_kernel_waits_while_another_compiles(tmp_path):
+    cache = tmp_path / "cache"
+    script = ("import sys, numpy as np, numba; numba.set_num_threads(1)\n"
+              "from phos_dask import Settings, render\n"
+              "print('ready', flush=True)\n"
+              "render(np.full((32, 40, 3), 90, np.uint8), Settings(film='HP5Plus400'))\n")
+    env = _env(cache)
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True, timeout=300)  # warm
+    os.environ["NUMBA_CACHE_DIR"], old = str(cache), os.environ.get("NUMBA_CACHE_DIR")
+    numba.config.CACHE_DIR, old_dir = str(cache), numba.config.CACHE_DIR
+    try:
+        with _cpu.compile_lock():
+            proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+            assert proc.stdout.readline().strip() == "ready"
+            time.sleep(3.0)  # a warm cache renders this in well under a second: it is waiting for the lock
+            assert proc.poll() is None
+        assert proc.wait(120) == 0
+    finally:
+        numba.config.CACHE_DIR = old_dir
+        if old is None:
+            del os.environ["NUMBA_CACHE_DIR"]
+        else:
+            os.environ["NUMBA_CACHE_DIR"] = old
+
+
+@pytest.mark.slow
+def test_run_on_a_cold_cache_says_it_compiles_and_leaves_the_kernels_cached(tmp_path):
+    cache = tmp_path / "cache"
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "one.jpg").write_bytes((REPO / "examples" / "coffee.jpg").read_bytes())
+    proc = subprocess.run([sys.executable, "-m", "phos_dask", "run", str(photos), "--out", str(tmp_path / "o.zarr"),
+                           "--film", "Portra400", "--workers", "1"], env=_env(cache), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "kernels: compiling the film model's kernels" in proc.stderr
+    # the same image in a new process, on one thread as a worker renders it: every kernel comes from the cache
+    check = ("import cv2, numba; numba.set_num_threads(1)\n"
+             "from phos_dask import Settings, render\n"
+             "from phos_dask.film import _cpu\n"
+             f"image = cv2.imread({str(photos / 'one.jpg')!r})[:, :, ::-1].copy()\n"
+             "render(image, Settings(film='Portra400', dtype='uint16', image_key='one.jpg'))\n"
+             "kernels = [k for k in vars(_cpu).values() if isinstance(k, _cpu.Kernel)]\n"
+             "print(sum(sum(k.serial.stats.cache_misses.values()) for k in kernels),"
+             " sum(sum(k.serial.stats.cache_hits.values()) for k in kernels))\n")
+    out = subprocess.run([sys.executable, "-c", check], env=_env(cache), capture_output=True, text=True,
+                         timeout=300, check=True).stdout.split()
+    misses, hits = int(out[0]), int(out[1])
+    assert misses == 0 and hits >= 6, out
