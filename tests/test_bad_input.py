@@ -24,7 +24,7 @@ from phos_dask.settings import Settings
 from phos_dask.store import safe_key, unique_keys
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"}
-EXPECTED_STDERR = ("dashboard: ", "device: ", "contact sheet: ")
+EXPECTED_STDERR = ("dashboard: ", "job page: ", "kernels: ", "device: ", "contact sheet: ")
 
 
 def run_cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:

@@ -49,14 +49,22 @@ if _PRELOADED:
     _PRELOADED = not _cuda_config.ENABLE_CUDASIM
 if not REAL_GPU and not _PRELOADED:
     _saved = os.environ.get("NUMBA_ENABLE_CUDASIM")
+    import numba.core.config as _numba_config
+
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
     try:
+        _numba_config.reload_config()  # numba read its environment when it was first imported, maybe before this
         from numba import cuda  # noqa: F401  (the simulator is fixed at this import)
+
+        # and so is the kernels' module's view of it (numba re-reads its environment whenever it compiles a
+        # CPU kernel, which other test modules do before these tests run)
+        from phos_dask.film import _cuda as _fixed  # noqa: F401
     finally:
         if _saved is None:
             del os.environ["NUMBA_ENABLE_CUDASIM"]
         else:
             os.environ["NUMBA_ENABLE_CUDASIM"] = _saved
+        _numba_config.reload_config()
 
 from phos_dask import Settings, make_plan, render, render_window  # noqa: E402
 from phos_dask.film import _cpu, colour, grain, ops, tone  # noqa: E402
