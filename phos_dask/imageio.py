@@ -49,8 +49,15 @@ file stays 16-bit through the conversion. The rules:
   taken as sRGB: PNG gAMA/cHRM chunks without iCCP, and EXIF's "Adobe RGB" InteropIndex (R03) without a
   profile, are not read. Untagged CMYK uses Pillow's naive formula (R = (1 − C)(1 − K), …).
 
-`write_image` writes .jpg/.jpeg (quality 95), .png and .tif/.tiff (through tifffile, so 16-bit RGB is
-stored as RGB with the right photometric tag).
+`write_image` writes .jpg/.jpeg, .png and .tif/.tiff through `phos_dask.encode`, the encoder `export` uses
+too: JPEG 4:4:4 at quality 92, every file with its ICC profile (sRGB, or grey with the sRGB tone curve).
+
+Nothing here changes process-wide state: Pillow's `MAX_IMAGE_PIXELS`, OpenCV's environment and log level
+are left as the caller set them. The pixel limit that applies is this module's own (`max_pixels`, checked
+from the header before anything is decoded); Pillow reads headers through its format plugins directly, so
+its global limit neither refuses nor warns about an image this module has accepted. OpenCV, which decodes
+PNG, BMP, GIF, … here, keeps its own limit of 2**30 px unless the process sets OPENCV_IO_MAX_IMAGE_PIXELS
+before cv2 is loaded (`python -m phos_dask` and the worker processes of its local clusters do).
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ import numpy as np
 import tifffile
 from PIL import Image, ImageCms
 
+from phos_dask import encode
 from phos_dask.headers import HeaderError, from_bytes, read_header
 from phos_dask.storage import NotARegularFile, read_local, write_atomic
 
@@ -90,8 +98,8 @@ __all__ = [
     "write_image",
 ]
 
-#: JPEG quality used by `write_image` (0–100).
-JPEG_QUALITY = 95
+#: JPEG quality used by `write_image` (1–100): the package's one default (`phos_dask.encode`).
+JPEG_QUALITY = encode.JPEG_QUALITY
 
 #: Output extension → the dtypes that format can hold (RGB or grey).
 WRITE_FORMATS: dict[str, tuple[str, ...]] = {
@@ -426,6 +434,34 @@ class _Decoded:
     cmyk: bool = False
 
 
+#: Our format names → Pillow's plugin module and image class, for `pillow_open`.
+_PILLOW_CLASSES = {
+    "JPEG": ("JpegImagePlugin", "JpegImageFile"),
+    "PNG": ("PngImagePlugin", "PngImageFile"),
+    "TIFF": ("TiffImagePlugin", "TiffImageFile"),
+    "BigTIFF": ("TiffImagePlugin", "TiffImageFile"),
+    "GIF": ("GifImagePlugin", "GifImageFile"),
+    "BMP": ("BmpImagePlugin", "BmpImageFile"),
+    "WebP": ("WebPImagePlugin", "WebPImageFile"),
+    "PNM": ("PpmImagePlugin", "PpmImageFile"),
+    "JPEG 2000": ("Jpeg2KImagePlugin", "Jpeg2KImageFile"),
+}
+
+
+def pillow_open(data: bytes) -> Image.Image:
+    """Pillow's (lazy) image of a file's bytes, opened by the plugin of the format the bytes start like,
+    without `PIL.Image.open`'s check against the process-wide `Image.MAX_IMAGE_PIXELS`: callers have checked
+    the size from the header against their own limit. Other formats go through `Image.open` (and its
+    limit). Raises what Pillow raises for data it cannot read."""
+    import importlib
+
+    where = _PILLOW_CLASSES.get(_sniff(data) or "")
+    if where is None:
+        return Image.open(io.BytesIO(data))
+    plugin = importlib.import_module(f"PIL.{where[0]}")
+    return getattr(plugin, where[1])(io.BytesIO(data))
+
+
 def _pil_header(data: bytes, exif: bool) -> _Header | None:
     """Pillow's reading of the header (format, mode, size, orientation if `exif`, ICC profile), or None.
 
@@ -433,10 +469,9 @@ def _pil_header(data: bytes, exif: bool) -> _Header | None:
     applies the orientation of the other formats itself).
     """
     try:
-        Image.MAX_IMAGE_PIXELS = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": the decoder's error, if any, says more
-            im = Image.open(io.BytesIO(data))
+            im = pillow_open(data)
             with im:
                 orientation = im.getexif().get(0x0112, 1) if exif else 1
                 return _Header(im.format, im.mode, im.size, orientation, im.info.get("icc_profile") or None)
@@ -469,7 +504,7 @@ def _decode_jpeg(data: bytes, header: _Header) -> _Decoded | None:
             imagecodecs.jpeg8_decode(data, out=out)
             return _Decoded(out, "JPEG", header.icc, header.orientation)
         if header.mode == "CMYK":
-            with Image.open(io.BytesIO(data)) as im:
+            with pillow_open(data) as im:
                 ink = np.array(im)
             return _Decoded(ink, "JPEG", header.icc, header.orientation, cmyk=True)
     except Exception:  # any doubt: let OpenCV decode it (and report its errors)
@@ -478,14 +513,17 @@ def _decode_jpeg(data: bytes, header: _Header) -> _Decoded | None:
 
 
 def _decode_opencv(data: bytes, name: str, kind: str | None, grey_alpha: bool, detail: str = "") -> np.ndarray:
-    """OpenCV's decode (orientation applied) as RGB or grey; grey + alpha read as grey."""
-    # OpenCV would also log its complaint on stderr; ImageReadError already says it in one line
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    """OpenCV's decode (orientation applied) as RGB or grey; grey + alpha read as grey. (OpenCV may also log
+    its complaint about a bad file on stderr, at the log level the process chose; `python -m phos_dask` and
+    its workers silence it, since the ImageReadError says it in one line.)"""
     flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_GRAYSCALE if grey_alpha else _DECODE_FLAGS
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error as e:  # e.g. an image over OpenCV's pixel limit
         msg = str(e).strip().splitlines()[-1] if str(e).strip() else "decoder error"
+        if "CV_IO_MAX_IMAGE_PIXELS" in msg:
+            msg = ("over OpenCV's own pixel limit (2**30 px unless OPENCV_IO_MAX_IMAGE_PIXELS was set in the "
+                   "environment before cv2 was loaded)")
         raise ImageReadError(f"cannot decode image {name!r}: {msg}") from None
     if image is None:
         why = (f"corrupt, truncated or unsupported {kind} data{detail}" if kind else
@@ -957,53 +995,28 @@ def check_writable(path: str | os.PathLike[str], dtype: str) -> None:
         )
 
 
-def write_image(path: str | os.PathLike[str], array: np.ndarray) -> Path:
+def write_image(path: str | os.PathLike[str], array: np.ndarray, quality: int = JPEG_QUALITY) -> Path:
     """Write `array` to `path`, choosing the format from the extension; returns the path written.
 
     array: (h, w) grey or (h, w, 3) RGB. Allowed dtypes per format are in `WRITE_FORMATS`: .jpg/.jpeg
-    uint8 (quality `JPEG_QUALITY`), .png uint8 or uint16, .tif/.tiff uint8, uint16 or float32 (zlib
-    compressed). Values are written as they are (sRGB codes for integer data). Parent folders are created;
-    the file appears complete or not at all (written beside it, then renamed). Raises ValueError for an
-    unsupported extension, dtype or shape.
+    uint8 (4:4:4 at `quality`, default `JPEG_QUALITY`), .png uint8 or uint16, .tif/.tiff uint8, uint16 or
+    float32 (deflate). Values are written as they are (sRGB codes for integer data, linear light for float),
+    with the matching ICC profile; the bytes are those `phos_dask.encode.encode` gives (and `export` writes)
+    for the same pixels. Parent folders are created; the file appears complete or not at all (written
+    beside it, then renamed). Raises ValueError for an unsupported extension, dtype or shape.
     """
     p = Path(path)
-    ext = p.suffix.lower()
     array = np.asarray(array)
     check_writable(p, array.dtype.name)
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[:, :, 0]
-    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)) or 0 in array.shape[:2]:
-        raise ValueError(
-            f"cannot write {str(p)!r}: expected an (h, w) grey or (h, w, 3) RGB image, "
-            f"got shape {array.shape}"
-        )
-    if ext in (".tif", ".tiff"):
-        data = _encode_tiff(array)
-    else:
-        bgr = array if array.ndim == 2 else array[:, :, ::-1]
-        params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if ext in (".jpg", ".jpeg") else []
-        ok, buf = cv2.imencode(ext, np.ascontiguousarray(bgr), params)
-        if not ok:
-            raise ValueError(f"cannot write {str(p)!r}: OpenCV could not encode the image as {ext}")
-        data = buf.tobytes()
+    fmt = encode.format_of(p)
+    assert fmt is not None  # check_writable knows the extension
+    try:
+        data = encode.encode(array, fmt, quality=quality)
+    except ValueError as e:
+        raise ValueError(f"cannot write {str(p)!r}: {e}") from None
     write_atomic(str(p), data)
     return p
 
 
-#: TIFF writing: deflate at level 1 (most of level 6's ratio on grainy renders, 3× faster) in strips of 64
-#: rows, compressed on every core. Readable by libtiff, Pillow, OpenCV and tifffile (all tested).
-TIFF_WRITE = {"compression": "zlib", "compressionargs": {"level": 1}, "rowsperstrip": 64}
-
-
-def _encode_tiff(array: np.ndarray) -> bytes:
-    """TIFF bytes of a grey or RGB array, deflate-compressed (with the horizontal predictor for integers)."""
-    buf = io.BytesIO()
-    tifffile.imwrite(
-        buf,
-        np.ascontiguousarray(array),
-        photometric="rgb" if array.ndim == 3 else "minisblack",
-        predictor=array.dtype.kind == "u",
-        maxworkers=os.cpu_count() or 1,
-        **TIFF_WRITE,
-    )
-    return buf.getvalue()
+#: TIFF writing settings (see `phos_dask.encode`).
+TIFF_WRITE = encode.TIFF_WRITE
