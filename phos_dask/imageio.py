@@ -62,11 +62,11 @@ before cv2 is loaded (`python -m phos_dask` and the worker processes of its loca
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import io
 import logging
-import math
 import os
 import threading
 import warnings
@@ -839,6 +839,12 @@ class RegionReader:
     serialises the seeks and reads; decoding runs in parallel). The reader pickles as its URL and storage
     options and reopens the file on its first read (so it can travel to a Dask worker). Close it, or use it
     as a context manager.
+
+    Tiles are read through tifffile's public Zarr interface: the page's `aszarr()` store, opened as a Zarr
+    array and sliced. The slicing runs on zarr's asynchronous API in an event loop of the calling thread,
+    so each thread reads and decodes its own window's tiles (zarr's synchronous API would run every
+    reader's reads and decodes on zarr's one I/O thread); in a thread that already runs an event loop it
+    uses the synchronous API.
     """
 
     def __init__(self, url: str, storage_options: dict | None = None) -> None:
@@ -846,7 +852,7 @@ class RegionReader:
         self.url = url
         self.storage_options = dict(storage_options or {})
         self._lock = threading.Lock()
-        self._handles: tuple[tifffile.TiffFile, Any] | None = None
+        self._handles: tuple[tifffile.TiffFile, Any, Any] | None = None
         tf = self._tiff()
         try:
             page = tf.pages.first
@@ -859,6 +865,9 @@ class RegionReader:
             self._layout = _TiffLayout.of(page)
             self._icc = _tiff_icc(page)
             self.shape: tuple[int, int] = (int(page.imagelength), int(page.imagewidth))
+            self._axes: str = page.axes  # of the page's Zarr array: "YX", "YXS" (contiguous) or "SYX" (planar)
+            if set(self._axes) - set("YXS"):
+                raise ValueError(f"unexpected axes {self._axes!r}")
         except Exception:
             self.close()
             raise
@@ -871,8 +880,8 @@ class RegionReader:
             "format": "TIFF", "bits": self.dtype.itemsize * 8, "linear": self.dtype.kind == "f", "icc": icc,
         }
 
-    def _tiff(self) -> tifffile.TiffFile:
-        """The open TiffFile (opened on first use after unpickling)."""
+    def _open(self) -> tuple[tifffile.TiffFile, Any]:
+        """The open TiffFile and its first page's Zarr store (opened on first use after unpickling)."""
         with self._lock:
             if self._handles is None:
                 import fsspec
@@ -882,55 +891,37 @@ class RegionReader:
                 f = None if "file" in protocols or "local" in protocols else fs.open(path, "rb")
                 try:
                     tf = tifffile.TiffFile(path if f is None else f)
-                    tf.filehandle.set_lock(True)  # reads from several threads share the seek position
-                    if tf.pages.first.is_tiled:
-                        tf.pages.first.init_decode()  # tifffile's decoder setup is not thread-safe
+                    # the store serialises seeks and reads with the file's lock and sets its decoder up now;
+                    # maxworkers=1: tiles are decoded in the reading thread (several readers, several threads)
+                    store = tf.pages.first.aszarr(maxworkers=1) if tf.pages.first.is_tiled else None
                 except Exception:
                     if f is not None:
                         f.close()
                     raise
-                self._handles = (tf, f)
-            return self._handles[0]
+                self._handles = (tf, f, store)
+            return self._handles[0], self._handles[2]
+
+    def _tiff(self) -> tifffile.TiffFile:
+        """The open TiffFile (opened on first use after unpickling)."""
+        return self._open()[0]
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """Rows y0:y1 and columns x0:x1 of the picture, as `decode_image` would give them."""
         h, w = self.shape
         if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
             raise ValueError(f"window [{y0}:{y1}, {x0}:{x1}] is not inside the {h}×{w} image {self.url!r}")
-        tf = self._tiff()
-        page = tf.pages.first
-        th, tw = int(page.tilelength), int(page.tilewidth)
-        planes, contig = page.shaped[0], page.shaped[4]
-        down, across = math.ceil(h / th), math.ceil(w / tw)
-        indices = [
-            plane * down * across + ty * across + tx
-            for plane in range(planes)
-            for ty in range(y0 // th, (y1 - 1) // th + 1)
-            for tx in range(x0 // tw, (x1 - 1) // tw + 1)
-        ]
-        kwargs: dict[str, Any] = {"_fullsize": True}
-        if page.compression in _JPEG_COMPRESSIONS:
-            kwargs.update(jpegtables=page.jpegtables, jpegheader=page.jpegheader)
-        raw = np.empty((planes, y1 - y0, x1 - x0, contig), self._layout.dtype)
-        fh = tf.filehandle
-        segments = fh.read_segments(
-            [page.dataoffsets[i] for i in indices], [page.databytecounts[i] for i in indices], indices,
-            sort=True, lock=fh.lock, flat=True,
-        )
-        for data, index in segments:
-            try:
-                tile, (plane, _, ty0, tx0, _), _ = page.decode(data, index, **kwargs)
-            except Exception as e:
-                raise ImageReadError(f"cannot decode image {self.url!r}: damaged TIFF data ({_one_line(e)})"
-                                     ) from None
-            ya, yb, xa, xb = max(y0, ty0), min(y1, ty0 + th), max(x0, tx0), min(x1, tx0 + tw)
-            target = raw[plane, ya - y0 : yb - y0, xa - x0 : xb - x0]
-            if tile is None:
-                target[...] = page.nodata
-            else:
-                target[...] = tile[0, ya - ty0 : yb - ty0, xa - tx0 : xb - tx0]
-        pixels, cmyk = self._layout.finish(raw[0] if planes == 1 else np.moveaxis(raw[..., 0], 0, -1))
-        del raw
+        _, store = self._open()
+        axes = self._axes
+        selection = tuple(slice(y0, y1) if a == "Y" else slice(x0, x1) if a == "X" else slice(None) for a in axes)
+        try:
+            raw = _read_window(store, selection)
+        except Exception as e:
+            raise ImageReadError(f"cannot decode image {self.url!r}: damaged TIFF data ({_one_line(e)})") from None
+        samples = np.moveaxis(raw, (axes.index("Y"), axes.index("X")), (0, 1))  # (h, w[, s])
+        if "S" not in axes:
+            samples = samples[..., None]
+        pixels, cmyk = self._layout.finish(samples)
+        del raw, samples
         return _colour_manage(pixels, self._icc, cmyk)[0]
 
     def close(self) -> None:
@@ -938,6 +929,8 @@ class RegionReader:
         with self._lock:
             handles, self._handles = self._handles, None
         if handles is not None:
+            if handles[2] is not None:
+                handles[2].close()
             handles[0].close()
             if handles[1] is not None:
                 handles[1].close()
@@ -961,6 +954,24 @@ class RegionReader:
     def __repr__(self) -> str:
         h, w = self.shape
         return f"RegionReader({self.url!r}, {h}×{w}×{self.channels} {self.dtype})"
+
+
+async def _read_async(store: Any, selection: tuple[slice, ...]) -> np.ndarray:
+    import zarr.api.asynchronous
+
+    array = await zarr.api.asynchronous.open_array(store=store, mode="r")
+    return np.asarray(await array.getitem(selection))
+
+
+def _read_window(store: Any, selection: tuple[slice, ...]) -> np.ndarray:
+    """`selection` of the Zarr array in `store`, read in an event loop of this thread (see RegionReader)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # no loop running here: the usual case
+        return asyncio.run(_read_async(store, selection))
+    import zarr
+
+    return np.asarray(zarr.open_array(store=store, mode="r")[selection])
 
 
 def open_region_reader(path_or_url: str, storage_options: dict | None = None) -> RegionReader | None:
