@@ -444,6 +444,7 @@ _PILLOW_CLASSES = {
     "BMP": ("BmpImagePlugin", "BmpImageFile"),
     "WebP": ("WebPImagePlugin", "WebPImageFile"),
     "PNM": ("PpmImagePlugin", "PpmImageFile"),
+    "PFM": ("PpmImagePlugin", "PpmImageFile"),
     "JPEG 2000": ("Jpeg2KImagePlugin", "Jpeg2KImageFile"),
 }
 
