@@ -1,10 +1,9 @@
-"""phos_dask: the Phos film model at archive scale."""
+"""phos_dask: the Phos film model at archive scale.
 
-import os
-
-# OpenCV reads its own decode limit (2**30 px) once, when cv2 is loaded; the limit that applies is ours
-# (`--max-pixels`, checked from each file's header before anything is decoded).
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 40))
+Importing the package, or calling it, changes no process-wide state: no environment variable, no
+`PIL.Image.MAX_IMAGE_PIXELS`, no OpenCV log level. Only the processes the package itself starts (the
+command line, the worker processes of its local clusters) set what they need (`phos_dask.cluster`).
+"""
 
 from phos_dask.film.pipeline import make_plan, scale_for, source_box, total_halo
 from phos_dask.render import output_shape, render, render_window

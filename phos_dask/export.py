@@ -15,15 +15,16 @@ Sample conversions (all exact integer arithmetic or a lookup table, so an export
   sRGB encode (IEC 61966-2-1) → ``floor(e·N + 0.5)`` with N = 255 or 65535.
 
 Formats: ``jpeg`` (8-bit, quality 1–100, default 92, no chroma subsampling: 4:2:0 smears colour grain and
-doubles the error, 8.8 vs 4.2 codes mean on a grainy Portra 400 render), ``png``
-(8-bit, zlib level 6) and ``tiff16`` (16-bit, zlib with the horizontal predictor, via tifffile). Colour
-images are RGB; B&W stocks give grey files. Every file carries an ICC profile: sRGB for colour, and for
-grey files a grey profile with the sRGB tone curve (an RGB profile is not valid on a one-channel image:
-libpng, for one, rejects it). JPEG and PNG files keep the input's EXIF data (read from the input file
-itself, which must still have the SHA-256 the store recorded) with Orientation set to 1, because the stored
-pixels are already upright, PixelXDimension/PixelYDimension set to the exported size, and the TIFF layout
-tags of a TIFF input (strip offsets, bit depth, its own ICC profile, …) left out. An input that cannot be
-read, or that changed since the render, gives a file without EXIF rather than a failure.
+doubles the error, 8.8 vs 4.2 codes mean on a grainy Portra 400 render), ``png`` (8-bit) and ``tiff16``
+(16-bit, deflate with the horizontal predictor), all written by `phos_dask.encode`, the encoder `preview` uses
+too (the same pixels give the same bytes). Colour images are RGB; B&W stocks give grey files. Every file
+carries an ICC profile: sRGB for colour, and for grey files a grey profile with the sRGB tone curve (an RGB
+profile is not valid on a one-channel image: libpng, for one, rejects it). JPEG and PNG files keep the input's
+EXIF data (read from the input file itself, which must still have the SHA-256 the store recorded) with
+Orientation set to 1, because the stored pixels are already upright, PixelXDimension/PixelYDimension set to
+the exported size, and the TIFF layout tags of a TIFF input (strip offsets, bit depth, its own ICC profile, …)
+left out. An input that cannot be read, or that changed since the render, gives a file without EXIF rather
+than a failure.
 
 `write_contact_sheet` writes `OUT/contact.jpg`: for each complete image (up to 200, in key order) the input
 on the left and the rendered result on the right, each fitted into a thumb×thumb px square and meeting in the
@@ -38,7 +39,6 @@ import hashlib
 import io
 import math
 import os
-import struct
 import warnings
 from collections.abc import Iterable
 from functools import cache
@@ -48,13 +48,16 @@ from typing import TYPE_CHECKING, Any
 import fsspec
 import numpy as np
 
+from phos_dask import encode as _encoder
+from phos_dask.encode import grey_icc, srgb_icc
+
 if TYPE_CHECKING:  # zarr (and the store module's numba kernels) load only when a store is opened
     import zarr
 
 #: Export format → file extension.
 FORMATS: dict[str, str] = {"jpeg": ".jpg", "png": ".png", "tiff16": ".tif"}
-#: Default JPEG quality (1–100).
-JPEG_QUALITY = 92
+#: Default JPEG quality (1–100): the package's one default (`phos_dask.encode`).
+JPEG_QUALITY = _encoder.JPEG_QUALITY
 #: The contact sheet's file name inside the store, and its JPEG quality.
 CONTACT_SHEET = "contact.jpg"
 CONTACT_QUALITY = 90
@@ -74,7 +77,7 @@ _TIFF_LAYOUT_TAGS = frozenset({
     338, 339, 340, 341, 347, 513, 514, 530, 531, 532, 34675,
 })
 #: The largest EXIF block a JPEG APP1 segment can hold (65535 minus the length field).
-_MAX_EXIF = 65533
+_MAX_EXIF = _encoder.MAX_EXIF
 
 _BACKGROUND = 40  # contact sheet: dark grey
 _PLACEHOLDER = 128  # an input that cannot be read: mid grey
@@ -139,54 +142,10 @@ def _image_codes(array: zarr.Array, bits: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- ICC
 
 
-@cache
-def srgb_icc() -> bytes:
-    """The sRGB ICC profile (littleCMS's built-in one, through Pillow) embedded in colour exports."""
-    from PIL import ImageCms
-
-    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
-
-
-def _s15f16(v: float) -> bytes:
-    return struct.pack(">i", round(v * 65536))
-
-
-@cache
-def grey_icc() -> bytes:
-    """An ICC v2.1 monochrome display profile whose grey tone curve is the sRGB one (1024-point table of
-    IEC 61966-2-1's decoding) and whose white is D50: the grey counterpart of `srgb_icc`, embedded in grey
-    exports. Deterministic bytes (fixed creation date)."""
-    desc = b"Grey, sRGB tone curve (IEC 61966-2-1)\x00"
-    t = np.arange(1024, dtype=np.float64) / 1023
-    curve = np.where(t <= 0.04045, t / 12.92, ((t + 0.055) / 1.055) ** 2.4)
-    d50 = _s15f16(0.9642) + _s15f16(1.0) + _s15f16(0.8249)
-    tags = [
-        (b"desc", b"desc" + bytes(4) + struct.pack(">I", len(desc)) + desc
-         + bytes(4) + bytes(4) + bytes(2) + bytes(1) + bytes(67)),
-        (b"cprt", b"text" + bytes(4) + b"No copyright, use freely\x00"),
-        (b"wtpt", b"XYZ " + bytes(4) + d50),
-        (b"kTRC", b"curv" + bytes(4) + struct.pack(">I", curve.size)
-         + np.round(curve * 65535).astype(">u2").tobytes()),
-    ]
-    offset = 128 + 4 + 12 * len(tags)
-    table, body = [], b""
-    for sig, data in tags:
-        offset_here = offset + len(body)
-        table.append(sig + struct.pack(">II", offset_here, len(data)))
-        body += data + bytes(-len(data) % 4)
-    size = offset + len(body)
-    header = (
-        struct.pack(">I", size) + bytes(4) + struct.pack(">I", 0x02100000) + b"mntrGRAYXYZ "
-        + struct.pack(">6H", 2026, 1, 1, 0, 0, 0) + b"acsp" + bytes(4) + bytes(4) + bytes(4) + bytes(4)
-        + bytes(8) + struct.pack(">I", 0) + d50 + bytes(4) + bytes(16) + bytes(28)
-    )
-    assert len(header) == 128
-    return header + struct.pack(">I", len(tags)) + b"".join(table) + body
-
-
 def icc_for(channels: int) -> bytes:
-    """The profile for an image of `channels` channels (3: sRGB, 1: grey with the sRGB curve)."""
-    return srgb_icc() if channels == 3 else grey_icc()
+    """The profile for an image of `channels` channels (3: sRGB, 1: grey with the sRGB curve); `srgb_icc`
+    and `grey_icc` are `phos_dask.encode`'s."""
+    return _encoder.icc_profile(channels)
 
 
 # ---------------------------------------------------------------------------------------------- EXIF
@@ -198,7 +157,7 @@ def source_exif(phos: dict[str, Any], size_wh: tuple[int, int], storage_options:
     or has changed since the render (its SHA-256 differs from the recorded one). Orientation is set to 1,
     PixelX/YDimension to `size_wh` (px), TIFF layout tags dropped; a block too long for a JPEG loses its
     MakerNote, and is dropped if it is still too long."""
-    from PIL import Image
+    from phos_dask.imageio import pillow_open
 
     source = phos.get("source") or {}
     url = source.get("url")
@@ -216,8 +175,7 @@ def source_exif(phos: dict[str, Any], size_wh: tuple[int, int], storage_options:
         recorded = source.get("sha256")
         if recorded and hashlib.sha256(data).hexdigest() != recorded:
             return None
-        Image.MAX_IMAGE_PIXELS = None
-        with Image.open(io.BytesIO(data)) as im:
+        with pillow_open(data) as im:  # the input's own size was checked when it was rendered
             exif = im.getexif()
             if not len(exif):
                 return None
@@ -263,31 +221,12 @@ def _write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
 
 def encode(image: np.ndarray, fmt: str, quality: int = JPEG_QUALITY, exif: bytes | None = None) -> bytes:
     """File bytes of an (h, w, 3) RGB or (h, w) grey image: ``jpeg``/``png`` take uint8, ``tiff16`` uint16.
-    The ICC profile is `icc_for` the image; `exif` (JPEG and PNG only) is embedded when given."""
-    channels = 3 if image.ndim == 3 else 1
-    icc = icc_for(channels)
-    buf = io.BytesIO()
-    if fmt == "tiff16":
-        import tifffile
-
-        from phos_dask.imageio import TIFF_WRITE
-
-        tifffile.imwrite(buf, np.ascontiguousarray(image), photometric="rgb" if channels == 3 else "minisblack",
-                         predictor=True, iccprofile=icc, maxworkers=os.cpu_count() or 1, **TIFF_WRITE)
-        return buf.getvalue()
-    from PIL import Image
-
-    pil = Image.fromarray(np.ascontiguousarray(image), "RGB" if channels == 3 else "L")
-    extra: dict[str, Any] = {"icc_profile": icc}
-    if exif:
-        extra["exif"] = exif
-    if fmt == "jpeg":
-        pil.save(buf, "JPEG", quality=quality, subsampling=0, **extra)
-    elif fmt == "png":
-        pil.save(buf, "PNG", compress_level=6, **extra)
-    else:
+    The ICC profile is `icc_for` the image; `exif` (JPEG and PNG only) is embedded when given. Written by
+    `phos_dask.encode`, so `preview` gives the same bytes for the same pixels."""
+    if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
-    return buf.getvalue()
+    return _encoder.encode(image, "tiff" if fmt == "tiff16" else fmt, quality=quality,
+                           exif=None if fmt == "tiff16" else exif)
 
 
 # ---------------------------------------------------------------------------------------------- store

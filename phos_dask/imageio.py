@@ -49,17 +49,24 @@ file stays 16-bit through the conversion. The rules:
   taken as sRGB: PNG gAMA/cHRM chunks without iCCP, and EXIF's "Adobe RGB" InteropIndex (R03) without a
   profile, are not read. Untagged CMYK uses Pillow's naive formula (R = (1 − C)(1 − K), …).
 
-`write_image` writes .jpg/.jpeg (quality 95), .png and .tif/.tiff (through tifffile, so 16-bit RGB is
-stored as RGB with the right photometric tag).
+`write_image` writes .jpg/.jpeg, .png and .tif/.tiff through `phos_dask.encode`, the encoder `export` uses
+too: JPEG 4:4:4 at quality 92, every file with its ICC profile (sRGB, or grey with the sRGB tone curve).
+
+Nothing here changes process-wide state: Pillow's `MAX_IMAGE_PIXELS`, OpenCV's environment and log level
+are left as the caller set them. The pixel limit that applies is this module's own (`max_pixels`, checked
+from the header before anything is decoded); Pillow reads headers through its format plugins directly, so
+its global limit neither refuses nor warns about an image this module has accepted. OpenCV, which decodes
+PNG, BMP, GIF, … here, keeps its own limit of 2**30 px unless the process sets OPENCV_IO_MAX_IMAGE_PIXELS
+before cv2 is loaded (`python -m phos_dask` and the worker processes of its local clusters do).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import io
 import logging
-import math
 import os
 import threading
 import warnings
@@ -74,6 +81,7 @@ import numpy as np
 import tifffile
 from PIL import Image, ImageCms
 
+from phos_dask import encode
 from phos_dask.headers import HeaderError, from_bytes, read_header
 from phos_dask.storage import NotARegularFile, read_local, write_atomic
 
@@ -90,8 +98,8 @@ __all__ = [
     "write_image",
 ]
 
-#: JPEG quality used by `write_image` (0–100).
-JPEG_QUALITY = 95
+#: JPEG quality used by `write_image` (1–100): the package's one default (`phos_dask.encode`).
+JPEG_QUALITY = encode.JPEG_QUALITY
 
 #: Output extension → the dtypes that format can hold (RGB or grey).
 WRITE_FORMATS: dict[str, tuple[str, ...]] = {
@@ -426,6 +434,35 @@ class _Decoded:
     cmyk: bool = False
 
 
+#: Our format names → Pillow's plugin module and image class, for `pillow_open`.
+_PILLOW_CLASSES = {
+    "JPEG": ("JpegImagePlugin", "JpegImageFile"),
+    "PNG": ("PngImagePlugin", "PngImageFile"),
+    "TIFF": ("TiffImagePlugin", "TiffImageFile"),
+    "BigTIFF": ("TiffImagePlugin", "TiffImageFile"),
+    "GIF": ("GifImagePlugin", "GifImageFile"),
+    "BMP": ("BmpImagePlugin", "BmpImageFile"),
+    "WebP": ("WebPImagePlugin", "WebPImageFile"),
+    "PNM": ("PpmImagePlugin", "PpmImageFile"),
+    "PFM": ("PpmImagePlugin", "PpmImageFile"),
+    "JPEG 2000": ("Jpeg2KImagePlugin", "Jpeg2KImageFile"),
+}
+
+
+def pillow_open(data: bytes) -> Image.Image:
+    """Pillow's (lazy) image of a file's bytes, opened by the plugin of the format the bytes start like,
+    without `PIL.Image.open`'s check against the process-wide `Image.MAX_IMAGE_PIXELS`: callers have checked
+    the size from the header against their own limit. Other formats go through `Image.open` (and its
+    limit). Raises what Pillow raises for data it cannot read."""
+    import importlib
+
+    where = _PILLOW_CLASSES.get(_sniff(data) or "")
+    if where is None:
+        return Image.open(io.BytesIO(data))
+    plugin = importlib.import_module(f"PIL.{where[0]}")
+    return getattr(plugin, where[1])(io.BytesIO(data))
+
+
 def _pil_header(data: bytes, exif: bool) -> _Header | None:
     """Pillow's reading of the header (format, mode, size, orientation if `exif`, ICC profile), or None.
 
@@ -433,10 +470,9 @@ def _pil_header(data: bytes, exif: bool) -> _Header | None:
     applies the orientation of the other formats itself).
     """
     try:
-        Image.MAX_IMAGE_PIXELS = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": the decoder's error, if any, says more
-            im = Image.open(io.BytesIO(data))
+            im = pillow_open(data)
             with im:
                 orientation = im.getexif().get(0x0112, 1) if exif else 1
                 return _Header(im.format, im.mode, im.size, orientation, im.info.get("icc_profile") or None)
@@ -469,7 +505,7 @@ def _decode_jpeg(data: bytes, header: _Header) -> _Decoded | None:
             imagecodecs.jpeg8_decode(data, out=out)
             return _Decoded(out, "JPEG", header.icc, header.orientation)
         if header.mode == "CMYK":
-            with Image.open(io.BytesIO(data)) as im:
+            with pillow_open(data) as im:
                 ink = np.array(im)
             return _Decoded(ink, "JPEG", header.icc, header.orientation, cmyk=True)
     except Exception:  # any doubt: let OpenCV decode it (and report its errors)
@@ -478,14 +514,17 @@ def _decode_jpeg(data: bytes, header: _Header) -> _Decoded | None:
 
 
 def _decode_opencv(data: bytes, name: str, kind: str | None, grey_alpha: bool, detail: str = "") -> np.ndarray:
-    """OpenCV's decode (orientation applied) as RGB or grey; grey + alpha read as grey."""
-    # OpenCV would also log its complaint on stderr; ImageReadError already says it in one line
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    """OpenCV's decode (orientation applied) as RGB or grey; grey + alpha read as grey. (OpenCV may also log
+    its complaint about a bad file on stderr, at the log level the process chose; `python -m phos_dask` and
+    its workers silence it, since the ImageReadError says it in one line.)"""
     flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_GRAYSCALE if grey_alpha else _DECODE_FLAGS
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error as e:  # e.g. an image over OpenCV's pixel limit
         msg = str(e).strip().splitlines()[-1] if str(e).strip() else "decoder error"
+        if "CV_IO_MAX_IMAGE_PIXELS" in msg:
+            msg = ("over OpenCV's own pixel limit (2**30 px unless OPENCV_IO_MAX_IMAGE_PIXELS was set in the "
+                   "environment before cv2 was loaded)")
         raise ImageReadError(f"cannot decode image {name!r}: {msg}") from None
     if image is None:
         why = (f"corrupt, truncated or unsupported {kind} data{detail}" if kind else
@@ -801,6 +840,12 @@ class RegionReader:
     serialises the seeks and reads; decoding runs in parallel). The reader pickles as its URL and storage
     options and reopens the file on its first read (so it can travel to a Dask worker). Close it, or use it
     as a context manager.
+
+    Tiles are read through tifffile's public Zarr interface: the page's `aszarr()` store, opened as a Zarr
+    array and sliced. The slicing runs on zarr's asynchronous API in an event loop of the calling thread,
+    so each thread reads and decodes its own window's tiles (zarr's synchronous API would run every
+    reader's reads and decodes on zarr's one I/O thread); in a thread that already runs an event loop it
+    uses the synchronous API.
     """
 
     def __init__(self, url: str, storage_options: dict | None = None) -> None:
@@ -808,7 +853,7 @@ class RegionReader:
         self.url = url
         self.storage_options = dict(storage_options or {})
         self._lock = threading.Lock()
-        self._handles: tuple[tifffile.TiffFile, Any] | None = None
+        self._handles: tuple[tifffile.TiffFile, Any, Any] | None = None
         tf = self._tiff()
         try:
             page = tf.pages.first
@@ -821,6 +866,9 @@ class RegionReader:
             self._layout = _TiffLayout.of(page)
             self._icc = _tiff_icc(page)
             self.shape: tuple[int, int] = (int(page.imagelength), int(page.imagewidth))
+            self._axes: str = page.axes  # of the page's Zarr array: "YX", "YXS" (contiguous) or "SYX" (planar)
+            if set(self._axes) - set("YXS"):
+                raise ValueError(f"unexpected axes {self._axes!r}")
         except Exception:
             self.close()
             raise
@@ -833,8 +881,8 @@ class RegionReader:
             "format": "TIFF", "bits": self.dtype.itemsize * 8, "linear": self.dtype.kind == "f", "icc": icc,
         }
 
-    def _tiff(self) -> tifffile.TiffFile:
-        """The open TiffFile (opened on first use after unpickling)."""
+    def _open(self) -> tuple[tifffile.TiffFile, Any]:
+        """The open TiffFile and its first page's Zarr store (opened on first use after unpickling)."""
         with self._lock:
             if self._handles is None:
                 import fsspec
@@ -844,55 +892,37 @@ class RegionReader:
                 f = None if "file" in protocols or "local" in protocols else fs.open(path, "rb")
                 try:
                     tf = tifffile.TiffFile(path if f is None else f)
-                    tf.filehandle.set_lock(True)  # reads from several threads share the seek position
-                    if tf.pages.first.is_tiled:
-                        tf.pages.first.init_decode()  # tifffile's decoder setup is not thread-safe
+                    # the store serialises seeks and reads with the file's lock and sets its decoder up now;
+                    # maxworkers=1: tiles are decoded in the reading thread (several readers, several threads)
+                    store = tf.pages.first.aszarr(maxworkers=1) if tf.pages.first.is_tiled else None
                 except Exception:
                     if f is not None:
                         f.close()
                     raise
-                self._handles = (tf, f)
-            return self._handles[0]
+                self._handles = (tf, f, store)
+            return self._handles[0], self._handles[2]
+
+    def _tiff(self) -> tifffile.TiffFile:
+        """The open TiffFile (opened on first use after unpickling)."""
+        return self._open()[0]
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """Rows y0:y1 and columns x0:x1 of the picture, as `decode_image` would give them."""
         h, w = self.shape
         if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
             raise ValueError(f"window [{y0}:{y1}, {x0}:{x1}] is not inside the {h}×{w} image {self.url!r}")
-        tf = self._tiff()
-        page = tf.pages.first
-        th, tw = int(page.tilelength), int(page.tilewidth)
-        planes, contig = page.shaped[0], page.shaped[4]
-        down, across = math.ceil(h / th), math.ceil(w / tw)
-        indices = [
-            plane * down * across + ty * across + tx
-            for plane in range(planes)
-            for ty in range(y0 // th, (y1 - 1) // th + 1)
-            for tx in range(x0 // tw, (x1 - 1) // tw + 1)
-        ]
-        kwargs: dict[str, Any] = {"_fullsize": True}
-        if page.compression in _JPEG_COMPRESSIONS:
-            kwargs.update(jpegtables=page.jpegtables, jpegheader=page.jpegheader)
-        raw = np.empty((planes, y1 - y0, x1 - x0, contig), self._layout.dtype)
-        fh = tf.filehandle
-        segments = fh.read_segments(
-            [page.dataoffsets[i] for i in indices], [page.databytecounts[i] for i in indices], indices,
-            sort=True, lock=fh.lock, flat=True,
-        )
-        for data, index in segments:
-            try:
-                tile, (plane, _, ty0, tx0, _), _ = page.decode(data, index, **kwargs)
-            except Exception as e:
-                raise ImageReadError(f"cannot decode image {self.url!r}: damaged TIFF data ({_one_line(e)})"
-                                     ) from None
-            ya, yb, xa, xb = max(y0, ty0), min(y1, ty0 + th), max(x0, tx0), min(x1, tx0 + tw)
-            target = raw[plane, ya - y0 : yb - y0, xa - x0 : xb - x0]
-            if tile is None:
-                target[...] = page.nodata
-            else:
-                target[...] = tile[0, ya - ty0 : yb - ty0, xa - tx0 : xb - tx0]
-        pixels, cmyk = self._layout.finish(raw[0] if planes == 1 else np.moveaxis(raw[..., 0], 0, -1))
-        del raw
+        _, store = self._open()
+        axes = self._axes
+        selection = tuple(slice(y0, y1) if a == "Y" else slice(x0, x1) if a == "X" else slice(None) for a in axes)
+        try:
+            raw = _read_window(store, selection)
+        except Exception as e:
+            raise ImageReadError(f"cannot decode image {self.url!r}: damaged TIFF data ({_one_line(e)})") from None
+        samples = np.moveaxis(raw, (axes.index("Y"), axes.index("X")), (0, 1))  # (h, w[, s])
+        if "S" not in axes:
+            samples = samples[..., None]
+        pixels, cmyk = self._layout.finish(samples)
+        del raw, samples
         return _colour_manage(pixels, self._icc, cmyk)[0]
 
     def close(self) -> None:
@@ -900,6 +930,8 @@ class RegionReader:
         with self._lock:
             handles, self._handles = self._handles, None
         if handles is not None:
+            if handles[2] is not None:
+                handles[2].close()
             handles[0].close()
             if handles[1] is not None:
                 handles[1].close()
@@ -923,6 +955,24 @@ class RegionReader:
     def __repr__(self) -> str:
         h, w = self.shape
         return f"RegionReader({self.url!r}, {h}×{w}×{self.channels} {self.dtype})"
+
+
+async def _read_async(store: Any, selection: tuple[slice, ...]) -> np.ndarray:
+    import zarr.api.asynchronous
+
+    array = await zarr.api.asynchronous.open_array(store=store, mode="r")
+    return np.asarray(await array.getitem(selection))
+
+
+def _read_window(store: Any, selection: tuple[slice, ...]) -> np.ndarray:
+    """`selection` of the Zarr array in `store`, read in an event loop of this thread (see RegionReader)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # no loop running here: the usual case
+        return asyncio.run(_read_async(store, selection))
+    import zarr
+
+    return np.asarray(zarr.open_array(store=store, mode="r")[selection])
 
 
 def open_region_reader(path_or_url: str, storage_options: dict | None = None) -> RegionReader | None:
@@ -957,53 +1007,28 @@ def check_writable(path: str | os.PathLike[str], dtype: str) -> None:
         )
 
 
-def write_image(path: str | os.PathLike[str], array: np.ndarray) -> Path:
+def write_image(path: str | os.PathLike[str], array: np.ndarray, quality: int = JPEG_QUALITY) -> Path:
     """Write `array` to `path`, choosing the format from the extension; returns the path written.
 
     array: (h, w) grey or (h, w, 3) RGB. Allowed dtypes per format are in `WRITE_FORMATS`: .jpg/.jpeg
-    uint8 (quality `JPEG_QUALITY`), .png uint8 or uint16, .tif/.tiff uint8, uint16 or float32 (zlib
-    compressed). Values are written as they are (sRGB codes for integer data). Parent folders are created;
-    the file appears complete or not at all (written beside it, then renamed). Raises ValueError for an
-    unsupported extension, dtype or shape.
+    uint8 (4:4:4 at `quality`, default `JPEG_QUALITY`), .png uint8 or uint16, .tif/.tiff uint8, uint16 or
+    float32 (deflate). Values are written as they are (sRGB codes for integer data, linear light for float),
+    with the matching ICC profile; the bytes are those `phos_dask.encode.encode` gives (and `export` writes)
+    for the same pixels. Parent folders are created; the file appears complete or not at all (written
+    beside it, then renamed). Raises ValueError for an unsupported extension, dtype or shape.
     """
     p = Path(path)
-    ext = p.suffix.lower()
     array = np.asarray(array)
     check_writable(p, array.dtype.name)
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[:, :, 0]
-    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)) or 0 in array.shape[:2]:
-        raise ValueError(
-            f"cannot write {str(p)!r}: expected an (h, w) grey or (h, w, 3) RGB image, "
-            f"got shape {array.shape}"
-        )
-    if ext in (".tif", ".tiff"):
-        data = _encode_tiff(array)
-    else:
-        bgr = array if array.ndim == 2 else array[:, :, ::-1]
-        params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if ext in (".jpg", ".jpeg") else []
-        ok, buf = cv2.imencode(ext, np.ascontiguousarray(bgr), params)
-        if not ok:
-            raise ValueError(f"cannot write {str(p)!r}: OpenCV could not encode the image as {ext}")
-        data = buf.tobytes()
+    fmt = encode.format_of(p)
+    assert fmt is not None  # check_writable knows the extension
+    try:
+        data = encode.encode(array, fmt, quality=quality)
+    except ValueError as e:
+        raise ValueError(f"cannot write {str(p)!r}: {e}") from None
     write_atomic(str(p), data)
     return p
 
 
-#: TIFF writing: deflate at level 1 (most of level 6's ratio on grainy renders, 3× faster) in strips of 64
-#: rows, compressed on every core. Readable by libtiff, Pillow, OpenCV and tifffile (all tested).
-TIFF_WRITE = {"compression": "zlib", "compressionargs": {"level": 1}, "rowsperstrip": 64}
-
-
-def _encode_tiff(array: np.ndarray) -> bytes:
-    """TIFF bytes of a grey or RGB array, deflate-compressed (with the horizontal predictor for integers)."""
-    buf = io.BytesIO()
-    tifffile.imwrite(
-        buf,
-        np.ascontiguousarray(array),
-        photometric="rgb" if array.ndim == 3 else "minisblack",
-        predictor=array.dtype.kind == "u",
-        maxworkers=os.cpu_count() or 1,
-        **TIFF_WRITE,
-    )
-    return buf.getvalue()
+#: TIFF writing settings (see `phos_dask.encode`).
+TIFF_WRITE = encode.TIFF_WRITE

@@ -6,15 +6,25 @@ machine), or at once when its holder ran on this machine and its process is gone
 Tasks carry the holder's token and check it before they write (`still_held`), so tasks left running by a
 run whose lease was taken over stop instead of writing into the new run's images.
 
-Taking a lease: create the file exclusively (local stores: O_EXCL), or replace a dead holder's file; then
-read it back after a moment and hold the lease only if the token read is ours. On object stores, which
-have no exclusive create, two runs started within that moment of each other could both believe they hold
-it; the heartbeat then finds the loser out and it stops (its tasks fail with "lease lost").
+Taking a lease: create the file exclusively, or replace a dead holder's file; then read it back after a
+moment and hold the lease only if the token read is ours.
+
+* Exclusive create: on local disks a hard link of the written file to the lease's name (it appears whole
+  or not at all); on object stores fsspec's mode "xb", which s3fs sends as a
+  conditional PUT (If-None-Match: *): of two runs started together exactly one creates the lease, the
+  other is told the output is in use. A file system that cannot create exclusively gets a plain write.
+* Takeover of a dead (or unreadable) lease: on S3 a conditional replace, the PUT made on the ETag of the
+  lease that was judged dead (If-Match), so of two runs taking it over at once only one replaces it; on
+  local disks and other stores a plain replace.
+* The read-back after SETTLE remains for stores that ignore the conditions: two runs within that moment of
+  each other can then both believe they hold it; the heartbeat finds the loser out and it stops (its tasks
+  fail with "lease lost").
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -29,7 +39,7 @@ from typing import Any
 
 import psutil
 
-from phos_dask.storage import Location
+from phos_dask.storage import Location, retry
 
 LEASE = "_lease.json"
 #: Seconds after its last heartbeat that a lease held from another machine is considered dead.
@@ -126,6 +136,103 @@ class Lease:
             Location.of(self.url, self.storage_options).delete(LEASE)
 
 
+class _Changed(Exception):
+    """The lease object is not the one that was judged: another run got there first."""
+
+
+def _conditional(where: Location) -> bool:
+    """Whether `where`'s store takes conditional writes (S3: If-None-Match and If-Match on PUT)."""
+    protocols = where.fs.protocol if isinstance(where.fs.protocol, tuple) else (where.fs.protocol,)
+    return not where.local and any(p in ("s3", "s3a") for p in protocols)
+
+
+def _create_local(path: str, data: bytes) -> bool:
+    """Create a local file exclusively and whole: written beside it, then hard-linked to its name (which
+    fails if the name exists), so no reader ever sees it empty. Where hard links are not supported, O_EXCL
+    and a write."""
+    tmp = f"{path}.{secrets.token_hex(4)}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links on this file system
+            pass
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return True
+
+
+def _create(where: Location, data: bytes) -> bool:
+    """Create the lease object exclusively: True when created, False when it already exists. A file
+    system that cannot create exclusively gets a plain write (the read-back then decides)."""
+    path = where.path(LEASE)
+    if where.local:
+        return _create_local(path, data)
+
+    def create() -> None:
+        with where.fs.open(path, "xb") as f:
+            f.write(data)
+
+    try:
+        retry(create)  # FileExistsError is permanent: never retried
+    except FileExistsError:
+        return False
+    except (NotImplementedError, ValueError):  # a file system without an exclusive mode
+        where.put(LEASE, data)
+    except OSError as e:
+        if e.errno != errno.ENOSYS:  # a store that does not implement conditional writes
+            raise
+        where.put(LEASE, data)
+    return True
+
+
+def _replace(where: Location, data: bytes, judged: dict[str, Any] | None) -> None:
+    """Replace the lease that was judged dead (`judged`: its record, None when unreadable). On S3 the PUT
+    is conditional on the ETag of that very object, read again with it; raises _Changed when another run
+    replaced or removed it meanwhile. Elsewhere a plain write."""
+    if not _conditional(where):
+        where.put(LEASE, data)
+        return
+    path = where.path(LEASE)
+
+    def tagged() -> tuple[bytes, str | None]:
+        where.fs.invalidate_cache(path)  # the ETag from a HEAD now, not from an earlier listing
+        with where.fs.open(path, "rb") as f:  # the GET is made on the ETag the open's HEAD saw
+            return f.read(), f.details.get("ETag")
+
+    try:
+        current, etag = retry(tagged)
+    except FileNotFoundError:
+        raise _Changed from None  # released or removed meanwhile: create it instead
+    try:
+        record = json.loads(current)
+    except ValueError:
+        record = None
+    if (record or {}).get("token") != (judged or {}).get("token") or etag is None:
+        raise _Changed
+
+    def put() -> None:
+        try:
+            where.fs.pipe_file(path, data, IfMatch=etag)
+        except OSError as e:  # 412 Precondition Failed (EINVAL) or gone: replaced or removed meanwhile
+            if isinstance(e, FileNotFoundError) or e.errno == errno.EINVAL:
+                raise _Changed from None
+            raise
+
+    retry(put)  # transient errors only: _Changed is not an OSError
+
+
 def acquire(url: str, storage_options: dict | None = None) -> Lease:
     """Take the lease of the store at `url` (created if missing) or raise LeaseError naming its holder."""
     where = Location.of(url, storage_options)
@@ -137,9 +244,13 @@ def acquire(url: str, storage_options: dict | None = None) -> Lease:
     record = {"token": token, "host": socket.gethostname(), "pid": os.getpid(), "pid_started": me.create_time(),
               "started": datetime.now(UTC).isoformat(timespec="seconds"), "heartbeat": now}
     lease = Lease(url, storage_options, token, record)
+    data = json.dumps(record, indent=2).encode()
     took_over = False
-    for _ in range(3):
+    unreadable = False  # the lease object exists (an exclusive create failed) but may not read as a lease
+    for _ in range(4):
         holder = read_holder(url, storage_options)
+        if holder is not None and holder.get("token") == token:
+            break  # ours: a retried create or replace whose first attempt had gone through
         if holder is not None:
             dead, why = is_dead(holder, now)
             if not dead:
@@ -148,16 +259,17 @@ def acquire(url: str, storage_options: dict | None = None) -> Lease:
                     f"started {holder.get('started')}, {why}); wait for it to finish or choose another --out "
                     f"(the lease of a run that died expires {TTL:.0f} s after its last heartbeat)"
                 )
-        if holder is not None or not where.local or os.path.exists(path):  # dead, remote, or torn: replace it
-            took_over = holder is not None
-            lease._write()
-            break
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:  # another run was quicker: judge its lease
+        if holder is None and not unreadable and not (where.local and os.path.exists(path)):
+            if _create(where, data):
+                break
+            unreadable = True  # another run was quicker: judge its lease (or replace it if it is torn)
             continue
-        with os.fdopen(fd, "wb") as f:
-            f.write(json.dumps(record, indent=2).encode())
+        try:
+            _replace(where, data, holder)  # dead, or torn
+        except _Changed:
+            unreadable = False  # replaced or removed meanwhile: judge again
+            continue
+        took_over = holder is not None
         break
     time.sleep(SETTLE)
     holder = read_holder(url, storage_options)

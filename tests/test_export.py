@@ -130,8 +130,10 @@ def _icc(path: Path) -> ImageCms.ImageCmsProfile:
 
 
 def _assert_srgb(path: Path, channels: int) -> None:
+    """sRGB, or for grey LittleCMS's grey profile with sRGB's curve (its description is LittleCMS's
+    "gray built-in"; what it does is checked in test_grey_store_exports_grey_files_with_a_grey_profile)."""
     profile = _icc(path)
-    assert "sRGB" in ImageCms.getProfileDescription(profile), path
+    assert ("sRGB" if channels == 3 else "gray") in ImageCms.getProfileDescription(profile), path
     assert profile.profile.xcolor_space == ("RGB " if channels == 3 else "GRAY"), path
 
 
