@@ -167,8 +167,6 @@ def run_job(spec: JobSpec, client=None, progress: Progress | None = None, plan: 
     without a lease the job takes one itself. Raises JobError when another run holds the output.
     `sheet_thumbs` receives {key: thumbnail pair JPEG} of the images rendered now among the first
     SHEET_IMAGES keys (for `export.write_contact_sheet`)."""
-    if client is None:
-        client = _current_client()
     if lease is None:
         checked = check_spec(spec)  # before the lease: it writes into the output
         try:
@@ -176,6 +174,8 @@ def run_job(spec: JobSpec, client=None, progress: Progress | None = None, plan: 
                 return run_job(spec, client, progress, plan or plan_job(spec, checked), held, sheet_thumbs)
         except LeaseError as e:
             raise JobError(str(e)) from None
+    if client is None:  # after the lease: a held output is refused before anything else is asked
+        client = _current_client()
     from distributed import span
 
     from phos_dask.dashboard import Publisher, job_name
