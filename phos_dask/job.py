@@ -171,10 +171,11 @@ def run_job(spec: JobSpec, client=None, progress: Progress | None = None, plan: 
         checked = check_spec(spec)  # before the lease: it writes into the output
         try:
             with hold(spec.out, spec.storage_options) as held:
+                client = client if client is not None else _current_client()  # before planning, after the lease
                 return run_job(spec, client, progress, plan or plan_job(spec, checked), held, sheet_thumbs)
         except LeaseError as e:
             raise JobError(str(e)) from None
-    if client is None:  # after the lease: a held output is refused before anything else is asked
+    if client is None:
         client = _current_client()
     from distributed import span
 
