@@ -323,8 +323,8 @@ PROBES = 32
 def dry_run(spec: JobSpec) -> dict[str, Any]:
     """The plan without computing: per image its size, scale, halo, tiles, peak task memory, bytes out.
     Headers are read concurrently (one ranged read each)."""
+    from phos_dask.engine import output_shape
     from phos_dask.imageio import open_region_reader
-    from phos_dask.render import output_shape
     from phos_dask.sources import probe_shape
     from phos_dask.storage import options_for
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from phos_dask import __version__, thumbs
 from phos_dask.device import render_on
+from phos_dask.engine import output_shape, prepare
 from phos_dask.errors import EnvironmentProblem, PhosError, one_line
 from phos_dask.film.pipeline import (
     Plan,
@@ -46,7 +47,6 @@ from phos_dask.imageio import (
 )
 from phos_dask.lease import still_held
 from phos_dask.pyramid import downsample2
-from phos_dask.render import output_shape, prepare
 from phos_dask.settings import Settings
 from phos_dask.sources import SourceItem, header_shape
 from phos_dask.storage import Location, options_for
