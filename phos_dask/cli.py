@@ -65,11 +65,12 @@ from typing import Any, NoReturn
 import cv2
 
 from phos_dask import __version__
+from phos_dask.errors import PhosError
 from phos_dask.export import FORMATS, JPEG_QUALITY
-from phos_dask.imageio import ImageReadError, check_writable, read_image, write_image
+from phos_dask.imageio import check_writable, read_image, write_image
 from phos_dask.render import render
-from phos_dask.settings import DTYPES, FILM_FORMATS, GRAIN_STYLES, Settings, SettingsError
-from phos_dask.stocks import StockError, all_stocks
+from phos_dask.settings import DTYPES, FILM_FORMATS, GRAIN_STYLES, Settings
+from phos_dask.stocks import all_stocks
 
 PROG = "phos_dask"
 
@@ -81,12 +82,16 @@ EXIT_OUTPUT = 1
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Settings)}
 
 
-class CLIError(Exception):
+class CLIError(PhosError):
     """An error the user can fix; the message is printed as one line and the command exits with `code`."""
 
     def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
         super().__init__(message)
-        self.code = code
+        self.exit_code = code
+
+    @property
+    def code(self) -> int:
+        return self.exit_code
 
 
 class _Parser(argparse.ArgumentParser):
@@ -248,9 +253,9 @@ def _lease_ttl(seconds: float | None) -> Iterator[None]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from phos_dask.cluster import ClusterError, connect, threads_for, tls_security
-    from phos_dask.job import JobError, JobSpec, check_spec, dry_run, plan_job, run_job
-    from phos_dask.lease import LeaseError, hold
+    from phos_dask.cluster import connect, threads_for, tls_security
+    from phos_dask.job import JobSpec, check_spec, dry_run, plan_job, run_job
+    from phos_dask.lease import hold
     from phos_dask.progress import Progress
 
     if not args.source:
@@ -314,8 +319,6 @@ def _run(args: argparse.Namespace) -> int:
                 progress = Progress(0, stream=sys.stderr if bar else sys.stdout, tty=bar)
                 with _performance_report(args.performance_report):
                     report = run_job(spec, client, progress, plan, lease, sheet_thumbs)
-    except (JobError, ClusterError, LeaseError) as e:
-        raise CLIError(str(e)) from None
     except OSError as e:  # the output cannot be created or written (permissions, read-only, full disk)
         where = f" {e.filename!r}" if e.filename else ""
         raise CLIError(f"cannot write the output{where}: {e.strerror or e}", EXIT_OUTPUT) from None
@@ -692,10 +695,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # OpenCV logs decoder complaints on stderr; our own one-line error says what went wrong instead
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
         return args.func(args)
-    except CLIError as e:
-        return _fail(str(e), e.code)
-    except (ImageReadError, SettingsError, StockError) as e:
-        return _fail(str(e), EXIT_USAGE)
+    except PhosError as e:  # ours: the message is for the user as it stands
+        return _fail(str(e), e.exit_code)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
     except BrokenPipeError:  # e.g. `phos_dask films | head`: stop quietly, as other tools do

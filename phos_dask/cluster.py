@@ -11,6 +11,8 @@ import dask
 from distributed import Client, LocalCluster
 from distributed.security import Security
 
+from phos_dask.errors import EnvironmentProblem
+
 #: Environment of each local worker process, set before it is spawned (glibc reads MALLOC_* at start).
 #: * Single-threaded kernels: the cluster, not numba, provides the parallelism (tasks read
 #:   PHOS_DASK_KERNEL_THREADS; NUMBA_NUM_THREADS itself must not differ between processes that share
@@ -33,7 +35,7 @@ WORKER_ENV = {
 }
 
 
-class ClusterError(RuntimeError):
+class ClusterError(EnvironmentProblem, RuntimeError):
     """The scheduler cannot be reached or the cluster cannot start."""
 
 

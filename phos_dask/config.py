@@ -26,11 +26,13 @@ from typing import Any
 
 import dask.config
 
+from phos_dask.errors import PhosError
+
 SECTION = "phos_dask"
 KEYS = ("tile", "whole-limit", "max-pixels", "lease-ttl", "kernel-threads")
 
 
-class ConfigError(ValueError):
+class ConfigError(PhosError, ValueError):
     """A value in the `phos_dask` section of Dask's configuration that cannot be used."""
 
 

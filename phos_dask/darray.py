@@ -38,9 +38,9 @@ import numpy as np
 from dask.array.utils import meta_from_array
 from dask.delayed import Delayed
 
+from phos_dask.engine import render_image as render_array
+from phos_dask.engine import render_window
 from phos_dask.film.pipeline import Plan, grain_k_from_sums, grain_sums, make_plan
-from phos_dask.render import render as render_array
-from phos_dask.render import render_window
 from phos_dask.settings import Settings
 
 #: Name of the channel dimension a DataArray gains when a grey (y, x) input renders through a colour stock.

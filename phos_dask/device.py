@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from phos_dask.errors import EnvironmentProblem
+
 DEVICES = ("auto", "cpu", "gpu")
 #: Share of a GPU's free memory one task may plan to use (tiles are sized to stay under it).
 GPU_MEMORY_SHARE = 0.30
@@ -23,7 +25,7 @@ GPU_MEMORY_SHARE = 0.30
 GPU_BYTES_PER_PX = {"color": 96, "bw": 48}
 
 
-class DeviceError(RuntimeError):
+class DeviceError(EnvironmentProblem, RuntimeError):
     """A GPU was asked for but cannot be used; the message says why in one line."""
 
 

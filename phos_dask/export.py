@@ -50,6 +50,7 @@ import numpy as np
 
 from phos_dask import encode as _encoder
 from phos_dask.encode import grey_icc, srgb_icc
+from phos_dask.errors import PhosError
 
 if TYPE_CHECKING:  # zarr (and the store module's numba kernels) load only when a store is opened
     import zarr
@@ -84,7 +85,7 @@ _PLACEHOLDER = 128  # an input that cannot be read: mid grey
 _TEXT = (225, 225, 225)
 
 
-class ExportError(ValueError):
+class ExportError(PhosError, ValueError):
     """An export that cannot start: no store, unknown format, bad quality. One line, names the problem."""
 
 

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 from distributed import Client, Future, as_completed
 
 from phos_dask import tasks
+from phos_dask.errors import PhosError, one_line
 from phos_dask.sources import SourceItem
 
 ResultCallback = Callable[[SourceItem, dict[str, Any]], None]
@@ -106,11 +107,10 @@ def submit_job(client: Client, cfg: tasks.JobConfig, todos: Iterable[Todo | Sour
 
 
 def _one_line(fut: Future) -> str:
+    """A failed task's error as one line: ours and ValueErrors as they stand, others with their type."""
     try:
         exc = fut.exception()
     except Exception as e:
-        return f"{type(e).__name__}: {e}"
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    from phos_dask.imageio import ImageReadError
-
-    return text if isinstance(exc, ImageReadError | ValueError) else f"{type(exc).__name__}: {text}"
+        return one_line(f"{type(e).__name__}: {e}")
+    text = one_line(exc)
+    return text if isinstance(exc, PhosError | ValueError) else f"{type(exc).__name__}: {text}"

@@ -18,6 +18,8 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from phos_dask.errors import PhosError
+
 Read = Callable[[int, int], bytes]
 
 #: More JPEG segments than this before the frame header, or more bytes: not a photograph.
@@ -27,7 +29,7 @@ MAX_JPEG_HEADER_BYTES = 256 << 20
 MAX_PNG_CHUNKS = 10_000
 
 
-class HeaderError(ValueError):
+class HeaderError(PhosError, ValueError):
     """A header that does not say the image's size; the message is "cannot read the size of NAME: REASON"."""
 
     @property

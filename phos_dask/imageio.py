@@ -82,6 +82,7 @@ import tifffile
 from PIL import Image, ImageCms
 
 from phos_dask import encode
+from phos_dask.errors import PhosError, one_line
 from phos_dask.headers import HeaderError, from_bytes, read_header
 from phos_dask.storage import NotARegularFile, read_local, write_atomic
 
@@ -158,7 +159,7 @@ _JPEG_COMPRESSIONS = (6, 7, 33007, 34892)
 _CHUNK_SAMPLES = 1 << 22
 
 
-class ImageReadError(ValueError):
+class ImageReadError(PhosError, ValueError):
     """A file that cannot be decoded as an image; the message is one line naming the file and the problem."""
 
 
@@ -285,14 +286,6 @@ def _sniff(data: bytes) -> str | None:
     return None
 
 
-def _one_line(error: BaseException, limit: int = 200) -> str:
-    """The first line of an exception's message, shortened for a one-line error."""
-    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    if isinstance(error, LookupError):  # e.g. KeyError(0): a page or tag that is not there
-        text = f"{type(error).__name__}: {text}"
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Decode the image file at `path`.
 
@@ -344,7 +337,7 @@ def _develop_raw(data: bytes, name: str, max_pixels: int | None) -> np.ndarray:
     except ImageReadError:
         raise
     except Exception as e:
-        raise ImageReadError(f"cannot decode RAW file {name!r}: {_one_line(e)}") from None
+        raise ImageReadError(f"cannot decode RAW file {name!r}: {one_line(e, 200)}") from None
 
 
 def decode_image_info(data: bytes, name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS
@@ -384,7 +377,7 @@ def decode_image_info(data: bytes, name: str, max_pixels: int | None = DEFAULT_M
         except ImageReadError:
             raise
         except Exception as e:  # let OpenCV (libtiff) try; say what tifffile said if it fails too
-            tiff_problem = f" ({_one_line(e)})"
+            tiff_problem = f" ({one_line(e, 200)})"
     elif kind == "WebP":  # Pillow's WebP reader sets up a whole decoder (and canvas) just to open a file
         size = _webp_size(data)
         if size is not None:
@@ -673,7 +666,7 @@ def _decode_tiff(data: bytes, name: str, max_pixels: int | None) -> _Decoded:
         try:
             raw = page.asarray(squeeze=False)
         except Exception as e:  # damaged data: no other decoder may fill it in
-            raise ImageReadError(f"cannot decode image {name!r}: damaged TIFF data ({_one_line(e)})") from None
+            raise ImageReadError(f"cannot decode image {name!r}: damaged TIFF data ({one_line(e, 200)})") from None
     pixels, cmyk = layout.finish(_samples_last(raw))
     del raw
     return _Decoded(pixels, "TIFF", icc, orientation if orientation in _ORIENT else 1, cmyk)
@@ -917,7 +910,7 @@ class RegionReader:
         try:
             raw = _read_window(store, selection)
         except Exception as e:
-            raise ImageReadError(f"cannot decode image {self.url!r}: damaged TIFF data ({_one_line(e)})") from None
+            raise ImageReadError(f"cannot decode image {self.url!r}: damaged TIFF data ({one_line(e, 200)})") from None
         samples = np.moveaxis(raw, (axes.index("Y"), axes.index("X")), (0, 1))  # (h, w[, s])
         if "S" not in axes:
             samples = samples[..., None]

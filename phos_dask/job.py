@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from phos_dask import __version__, index
+from phos_dask.errors import PhosError
 from phos_dask.film.pipeline import make_plan
 from phos_dask.imageio import DEFAULT_MAX_PIXELS
 from phos_dask.lease import Lease, LeaseError, hold
@@ -27,7 +28,7 @@ from phos_dask.tiles import DEFAULT_TILE, TilePlan, pyramid_shapes
 BYTES_PER_PX = {"color": 46, "bw": 22}
 
 
-class JobError(ValueError):
+class JobError(PhosError, ValueError):
     """A job that cannot start as asked (bad source, output in use with other settings, …)."""
 
 
@@ -323,8 +324,8 @@ PROBES = 32
 def dry_run(spec: JobSpec) -> dict[str, Any]:
     """The plan without computing: per image its size, scale, halo, tiles, peak task memory, bytes out.
     Headers are read concurrently (one ranged read each)."""
+    from phos_dask.engine import output_shape
     from phos_dask.imageio import open_region_reader
-    from phos_dask.render import output_shape
     from phos_dask.sources import probe_shape
     from phos_dask.storage import options_for
 

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 import dask
 
 from phos_dask.cluster import WORKER_ENV
+from phos_dask.errors import PhosError
 
 if TYPE_CHECKING:
     from dask_jobqueue import SLURMCluster
@@ -68,7 +69,7 @@ CLUSTER_FLAGS = ("--scheduler", "--scheduler-file", "--workers", "--dashboard-ad
 PRE_SPAWN_ENV = "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON"
 
 
-class JobqueueError(ValueError):
+class JobqueueError(PhosError, ValueError):
     """The configuration cannot be used, or SLURM refused the jobs; the message says why in one line."""
 
 

@@ -39,6 +39,7 @@ from typing import Any
 
 import psutil
 
+from phos_dask.errors import EnvironmentProblem
 from phos_dask.storage import Location, retry
 
 LEASE = "_lease.json"
@@ -54,7 +55,7 @@ SETTLE = 0.2
 CHECK_CACHE = float(os.environ.get("PHOS_DASK_LEASE_CACHE", "3"))
 
 
-class LeaseError(RuntimeError):
+class LeaseError(EnvironmentProblem, RuntimeError):
     """The output is in use by another live run (or the lease could not be taken)."""
 
 

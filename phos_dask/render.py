@@ -1,25 +1,14 @@
-"""Public API of the film engine: whole images and regions, from settings."""
+"""Public API of the film engine: `render` on whole images (NumPy, CuPy, dask arrays, xarray DataArrays),
+`render_window` on regions, `output_shape`; from settings."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
 
-import numpy as np
-
-from phos_dask.film import ops
-from phos_dask.film.pipeline import Box, as_rgb, make_plan, render_region
-from phos_dask.resample import resample_to, working_shape
+from phos_dask.engine import output_shape, prepare, render_image, render_window
 from phos_dask.settings import Settings
 
-
-def prepare(image, settings: Settings):
-    """Decoded image → the (h, w, 3) array the model runs on: grey expanded, alpha dropped, working size."""
-    image = as_rgb(image)
-    if settings.working_size is not None:
-        if ops.namespace(image) is not np:
-            raise NotImplementedError("working-size resampling runs on the CPU; resample before the GPU")
-        image = resample_to(image, settings.working_size)
-    return image
+__all__ = ["output_shape", "prepare", "render", "render_window"]
 
 
 def render(image, settings: Settings | None = None):
@@ -37,35 +26,14 @@ def render(image, settings: Settings | None = None):
         from phos_dask import darray
 
         return darray.render(image, settings)
-    image = prepare(image, settings)
-    shape = image.shape[:2]
-    plan = make_plan(settings, shape)
-    return render_region(image, (0, 0), shape, (0, shape[0], 0, shape[1]), plan)
+    return render_image(image, settings)
 
 
 def _is_lazy_or_labelled(image) -> bool:
     """Whether `image` is a dask array or an xarray DataArray, checked without importing dask or xarray
     (whoever made one has imported them)."""
-    import sys
-
     dask_array = sys.modules.get("dask.array")
     xarray = sys.modules.get("xarray")
     return (dask_array is not None and isinstance(image, dask_array.Array)) or (
         xarray is not None and isinstance(image, xarray.DataArray)
     )
-
-
-def render_window(window, window_origin: tuple[int, int], image_shape: tuple[int, int], out_box: Box,
-                  settings: Settings, grain_k: Sequence[float] | None = None):
-    """The model's output on `out_box` (y0, y1, x0, x1) of an image of `image_shape`, computed from a
-    padded window of it whose top-left pixel sits at global `window_origin`. Bit-identical to the same
-    region of `render` on the whole image. Coordinates are those of the working-size image.
-
-    grain_k: the whole image's grain constants (`grain_constants(prepared_image, settings)`, or the summed
-    `grain_sums` of its blocks); required with grain on unless the window is the whole image."""
-    plan = make_plan(settings, image_shape, grain_k=grain_k)
-    return render_region(as_rgb(window), window_origin, image_shape, out_box, plan)
-
-
-def output_shape(shape: tuple[int, int], settings: Settings) -> tuple[int, int]:
-    return shape if settings.working_size is None else working_shape(shape, settings.working_size)

@@ -7,6 +7,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+from phos_dask.errors import PhosError
 from phos_dask.stocks import Stock, get_stock
 
 GRAIN_STYLES: dict[str, float] = {"none": 0.0, "soft": 0.5, "default": 1.0, "coarse": 1.5}
@@ -22,7 +23,7 @@ DTYPES = ("uint8", "uint16", "float16", "float32")
 MODEL_VERSION = "0.2.0+r-after-tone"
 
 
-class SettingsError(ValueError):
+class SettingsError(PhosError, ValueError):
     """A setting outside its allowed range; the message names the field."""
 
 

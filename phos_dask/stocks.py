@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
+from phos_dask.errors import PhosError
+
 CHARACTER: dict[str, str] = {
     "NC200": "Fuji natural colour, soft contrast, gentle greens",
     "Gold200": "Kodak consumer colour, warm and saturated",
@@ -27,7 +29,7 @@ CHARACTER: dict[str, str] = {
 }
 
 
-class StockError(ValueError):
+class StockError(PhosError, ValueError):
     """A stock name or profile that cannot be used."""
 
 

@@ -30,11 +30,15 @@ from typing import Any, TypeVar
 import fsspec
 import fsspec.utils
 
+from phos_dask.errors import PhosError
+
 T = TypeVar("T")
 
 #: Waits (s) between attempts after a transient storage error (the S3 client also retries each request).
 BACKOFF = (0.5, 1.0, 2.0, 4.0)
-class NotARegularFile(OSError):
+
+
+class NotARegularFile(PhosError, OSError):
     """A path that is a FIFO, a device or a socket: never read (a read could block or never end)."""
 
 

@@ -28,6 +28,7 @@ import zarr
 from zarr.codecs import BloscCodec
 from zarr.storage import MemoryStore
 
+from phos_dask.errors import PhosError
 from phos_dask.pyramid import downsample2
 from phos_dask.storage import Location
 from phos_dask.tiles import TILE_LEVELS, Tile, TilePlan, assert_one_writer_per_chunk, pyramid_shapes
@@ -202,7 +203,7 @@ def root_document(out: Location) -> dict[str, Any] | None:
     return (document.get("attributes") or {}).get("phos") or {}
 
 
-class OutputError(ValueError):
+class OutputError(PhosError, ValueError):
     """An output that a job must not write into: one line saying why."""
 
 

@@ -25,6 +25,8 @@ import numpy as np
 
 from phos_dask import __version__, thumbs
 from phos_dask.device import render_on
+from phos_dask.engine import output_shape, prepare
+from phos_dask.errors import EnvironmentProblem, PhosError, one_line
 from phos_dask.film.pipeline import (
     Plan,
     add_grain_sums,
@@ -45,7 +47,6 @@ from phos_dask.imageio import (
 )
 from phos_dask.lease import still_held
 from phos_dask.pyramid import downsample2
-from phos_dask.render import output_shape, prepare
 from phos_dask.settings import Settings
 from phos_dask.sources import SourceItem, header_shape
 from phos_dask.storage import Location, options_for
@@ -99,11 +100,11 @@ class JobConfig:
         return plan.count == 1 or shape[0] * shape[1] <= self.whole_limit_mp * 1e6
 
 
-class InputError(ValueError):
+class InputError(PhosError, ValueError):
     """An input that cannot be used (unreadable, not an image): the image fails alone, without a traceback."""
 
 
-class LeaseLost(RuntimeError):
+class LeaseLost(EnvironmentProblem, RuntimeError):
     """The job's lease on the output was taken over by another run: this task must not write."""
 
 
@@ -256,22 +257,17 @@ def _previous(cfg: JobConfig, out: Location, item: SourceItem) -> dict[str, Any]
     return None
 
 
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 300 else text[:297] + "…"
-
-
 def _as_failure(item: SourceItem, error: BaseException) -> dict[str, Any]:
     """An error of a task as the image's failed result: one line for the user (the job reports it, so Dask
     has no task failure to log); an unexpected error keeps its traceback in the result's "detail"."""
-    if isinstance(error, InputError | LeaseLost | ImageReadError):
-        return _failed(item, _one_line(error))
+    if isinstance(error, PhosError) and not isinstance(error, OSError):  # ours: the message says it all
+        return _failed(item, one_line(error))
     if isinstance(error, OSError):
         where = f" {error.filename!r}" if getattr(error, "filename", None) else ""
-        return _failed(item, f"storage error{where}: {error.strerror or _one_line(error)}")
+        return _failed(item, f"storage error{where}: {error.strerror or one_line(error)}")
     import traceback
 
-    return {**_failed(item, f"internal error: {type(error).__name__}: {_one_line(error)}"),
+    return {**_failed(item, f"internal error: {type(error).__name__}: {one_line(error)}"),
             "detail": traceback.format_exc(limit=20)}
 
 

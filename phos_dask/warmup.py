@@ -29,9 +29,10 @@ def warm(settings) -> None:
     the pyramid of the output dtype; on one kernel thread, as a worker runs them."""
     import numba
 
+    from phos_dask.engine import render_image as render
+    from phos_dask.engine import render_window
     from phos_dask.film.pipeline import make_plan, source_box
     from phos_dask.pyramid import downsample2
-    from phos_dask.render import render, render_window
 
     numba.set_num_threads(1)
     rng = np.random.default_rng(0)
