@@ -44,7 +44,7 @@ def corpus_run(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("bad-out") / "out.zarr"
     proc = run_cli(str(root), "--out", str(out), "--film", "Portra400", "--workers", "2",
                    "--dashboard-address", "127.0.0.1:0")
-    return proc, out, json.loads((out / "_report.json").read_text())
+    return proc, out, json.loads((out / "_phos" / "report.json").read_text())
 
 
 def test_each_bad_file_is_one_line_naming_it_and_the_job_exits_1(corpus, corpus_run):

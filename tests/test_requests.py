@@ -138,9 +138,9 @@ def test_a_job_on_a_bucket_costs_at_most_8_requests_per_image_and_a_rerun_reads_
     assert proxy.count / 12 <= 8, proxy.summary()
     assert summarize(proxy.snapshot())["kinds"]["list"] <= 3
     # the 12 images' thumbnails: one pack, one PUT
-    assert [p for m, p, _ in proxy.snapshot() if m == "PUT" and "/_thumbs/" in p] == [
+    assert [p for m, p, _ in proxy.snapshot() if m == "PUT" and "/_phos/thumbs/" in p] == [
         p for m, p, _ in proxy.snapshot() if m == "PUT" and p.endswith(".zip")]
-    assert len([p for m, p, _ in proxy.snapshot() if "/_thumbs/" in p and m == "PUT"]) == 1
+    assert len([p for m, p, _ in proxy.snapshot() if "/_phos/thumbs/" in p and m == "PUT"]) == 1
     proxy.reset()
     again = run_job(spec, client)
     assert again["counts"] == {"done": 0, "skipped": 12, "failed": 0}
