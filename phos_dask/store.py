@@ -6,7 +6,7 @@ Layout: OUT/zarr.json (the job's settings and fingerprint: constant size), OUT/<
 `status == "complete"` is the completion marker), OUT/_index/ (which images are finished: see
 phos_dask.index) and OUT/_phos/ (the job's own files: report.json, contact.jpg, thumbs/ contact-sheet
 thumbnails, staging/ decoded large inputs while they are rendered in tiles). `_index` and `_phos` are Zarr
-groups (an empty zarr.json each), so listing the root through Zarr finds only Zarr nodes and warns of
+groups (a zarr.json each, without images), so listing the root through Zarr finds only Zarr nodes and warns of
 nothing; while a job runs the root also holds its lease, `_lease.json`.
 
 Tasks never open the store through Zarr to write: they encode shards and metadata with Zarr in memory
@@ -304,12 +304,17 @@ def check_output(out: Location) -> list[str]:
 
 
 def write_root(out: Location, manifest: dict[str, Any]) -> None:
-    """The store's root group with the job's manifest (settings, fingerprint: constant size), and the
-    (attribute-less) groups of the job's own folders, _phos and _index, all at once. Only these zarr.json
+    """The store's root group with the job's manifest (settings, fingerprint: constant size), and the groups
+    of the job's own folders, _phos and _index (saying what they hold), all at once. Only these zarr.json
     objects are (re)written: the images, and the files in those folders, are never touched."""
     out.makedirs()
-    out.put_many({METADATA: group_document({"phos": manifest}), f"{JOB_FILES}/{METADATA}": group_document({}),
-                  f"{INDEX}/{METADATA}": group_document({})})
+    out.put_many({
+        METADATA: group_document({"phos": manifest}),
+        f"{JOB_FILES}/{METADATA}": group_document({"phos": {"contents": "the job's own files: report.json, "
+                                                                       "contact.jpg, thumbs/, staging/"}}),
+        f"{INDEX}/{METADATA}": group_document({"phos": {"contents": "which images are finished: see "
+                                                                    "phos_dask.index"}}),
+    })
 
 
 def staging_path(key: str) -> str:
