@@ -35,8 +35,8 @@ configuration errors, including an output held by another live run (see phos_das
   complete images (rendered now or skipped as already finished) as files under DIR (see `export`). Each
   image that cannot be exported is a line `phos_dask: failed: KEY: export: …` and makes the exit status 1.
 
-After the job `run` writes a contact sheet, `OUT/contact.jpg` (inputs beside results, up to 200 images),
-and prints `contact sheet: PATH` on stderr; if that fails it prints `phos_dask: warning: …` and the exit
+After the job `run` writes a contact sheet, `OUT/_phos/contact.jpg` (inputs beside results, up to 200
+images), and prints `contact sheet: PATH` on stderr; if that fails it prints `phos_dask: warning: …` and the exit
 status is unchanged.
 
 `export OUT.zarr --to DIR --format jpeg|png|tiff16 [--quality Q] [--storage-option KEY=VALUE]` writes every
@@ -257,6 +257,7 @@ def _run(args: argparse.Namespace) -> int:
     from phos_dask.job import JobSpec, check_spec, dry_run, plan_job, run_job
     from phos_dask.lease import hold
     from phos_dask.progress import Progress
+    from phos_dask.store import REPORT
 
     if not args.source:
         raise CLIError("run needs a SOURCE (a folder, an image or a URL), on the command line or as `source` "
@@ -324,7 +325,7 @@ def _run(args: argparse.Namespace) -> int:
         raise CLIError(f"cannot write the output{where}: {e.strerror or e}", EXIT_OUTPUT) from None
     counts = report["counts"]
     print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
-          f"{report['megapixels']:.1f} MP in {report['seconds']:.1f} s; report: {args.out}/_report.json",
+          f"{report['megapixels']:.1f} MP in {report['seconds']:.1f} s; report: {args.out}/{REPORT}",
           file=sys.stderr)
     for r in report["images"]:
         if r["status"] == "failed":
@@ -459,8 +460,8 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _contact_sheet(out: str, storage_options: dict, report: dict, pairs: dict[str, bytes]) -> None:
-    """Write OUT/contact.jpg from the job's thumbnails and say where; a failure is a warning, never the
-    command's failure."""
+    """Write OUT/_phos/contact.jpg from the job's thumbnails and say where; a failure is a warning, never
+    the command's failure."""
     from phos_dask.export import write_contact_sheet
     from phos_dask.job import SHEET_IMAGES
 

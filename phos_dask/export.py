@@ -26,8 +26,8 @@ the exported size, and the TIFF layout tags of a TIFF input (strip offsets, bit 
 left out. An input that cannot be read, or that changed since the render, gives a file without EXIF rather
 than a failure.
 
-`write_contact_sheet` writes `OUT/contact.jpg`: for each complete image (up to 200, in key order) the input
-on the left and the rendered result on the right, each fitted into a thumb×thumb px square and meeting in the
+`write_contact_sheet` writes `OUT/_phos/contact.jpg`: for each complete image (up to 200, in key order) the
+input on the left and the rendered result on the right, each fitted into a thumb×thumb px square and meeting in the
 pair's middle, with the input's relative path under the pair; four pairs per row. Its size in px is
 `contact_sheet_size(n, thumb)`.
 """
@@ -59,8 +59,9 @@ if TYPE_CHECKING:  # zarr (and the store module's numba kernels) load only when 
 FORMATS: dict[str, str] = {"jpeg": ".jpg", "png": ".png", "tiff16": ".tif"}
 #: Default JPEG quality (1–100): the package's one default (`phos_dask.encode`).
 JPEG_QUALITY = _encoder.JPEG_QUALITY
-#: The contact sheet's file name inside the store, and its JPEG quality.
-CONTACT_SHEET = "contact.jpg"
+#: The contact sheet's path inside the store (with the job's other files, see phos_dask.store), and its JPEG
+#: quality.
+CONTACT_SHEET = "_phos/contact.jpg"
 CONTACT_QUALITY = 90
 #: Before/after pairs per row of the contact sheet.
 CONTACT_COLUMNS = 4
@@ -245,11 +246,9 @@ def _open_store(out: str, storage_options: dict | None) -> zarr.Group:
 
 
 def _image_keys(root: zarr.Group) -> list[str]:
-    from phos_dask.store import STAGING
-
-    with warnings.catch_warnings():  # the store's own files (_report.json, contact.jpg) are not Zarr nodes
+    with warnings.catch_warnings():  # stores of earlier versions keep the job's files beside the images
         warnings.filterwarnings("ignore", message=r"Object at .* is not recognized")
-        return sorted(k for k in root.group_keys() if not k.startswith("_") and k != STAGING)
+        return sorted(k for k in root.group_keys() if not k.startswith("_"))
 
 
 def _complete(root: zarr.Group, key: str) -> tuple[zarr.Group, dict[str, Any]] | None:
@@ -430,7 +429,7 @@ def write_contact_sheet(out: str, storage_options: dict | None = None, path: str
     `keys` (with `labels`: key → relative path): the complete images to show, in order, as the job that
     just ran knows them, so nothing is listed or opened per image.
 
-    Written to `path` (default ``OUT/contact.jpg``; `out` and `path` may be fsspec URLs, opened with
+    Written to `path` (default ``OUT/_phos/contact.jpg``; `out` and `path` may be fsspec URLs, opened with
     `storage_options`), replacing any earlier sheet. Returns the path written, or None when the store has no
     complete image. Raises `ExportError` when the store does not exist.
     """

@@ -162,7 +162,7 @@ def _manifest(spec: JobSpec) -> dict[str, Any]:
 def run_job(spec: JobSpec, client=None, progress: Progress | None = None, plan: JobPlan | None = None,
             lease: Lease | None = None, sheet_thumbs: dict[str, bytes] | None = None) -> dict[str, Any]:
     """Run the job on a distributed Client (default: the current one, `distributed.get_client()`) and
-    return its report (also written to OUT/_report.json). The job's page is on the dashboard at /phos
+    return its report (also written to OUT/_phos/report.json). The job's page is on the dashboard at /phos
     (phos_dask.dashboard); its tasks run in a `distributed.span` named `phos-<job name>`.
     `plan` is plan_job(spec) when the caller has made it already, under `lease` (phos_dask.lease.hold);
     without a lease the job takes one itself. Raises JobError when another run holds the output.

@@ -2,14 +2,17 @@
 a rerun never loses finished work, in as few requests as an object store allows.
 
 Layout: OUT/zarr.json (the job's settings and fingerprint: constant size), OUT/<key>/ one image per input
-(levels 0, 1, … and the image's zarr.json, whose `attributes.phos.status == "complete"` is the completion
-marker), OUT/_index/ (which images are finished: see phos_dask.index), OUT/_thumbs/ (contact-sheet
-thumbnails), OUT/_staging/ (decoded large inputs while they are rendered in tiles), OUT/_report.json.
+(levels 0, 1, … as sharded arrays, and the image's zarr.json: OME metadata, and `attributes.phos`, whose
+`status == "complete"` is the completion marker), OUT/_index/ (which images are finished: see
+phos_dask.index) and OUT/_phos/ (the job's own files: report.json, contact.jpg, thumbs/ contact-sheet
+thumbnails, staging/ decoded large inputs while they are rendered in tiles). `_index` and `_phos` are Zarr
+groups (a zarr.json each, without images), so listing the root through Zarr finds only Zarr nodes and warns of
+nothing; while a job runs the root also holds its lease, `_lease.json`.
 
-Tasks never open the store through Zarr to write: they encode chunks and metadata with Zarr in memory
+Tasks never open the store through Zarr to write: they encode shards and metadata with Zarr in memory
 (`ImageLayout`: the same codecs, so the bytes are what Zarr itself would write) and put the objects
 straight into the store through `phos_dask.storage`, all of a task's objects at once, then the image's
-zarr.json last. Rules kept: one writer per chunk (tiles own whole chunks of every level they write); the
+zarr.json last. Rules kept: one writer per shard (tiles own whole shards of every level they write); the
 image's metadata and completion marker after all its pixels; nothing is read back after it is written.
 """
 
@@ -17,6 +20,8 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import json
+import math
 import os
 import re
 import unicodedata
@@ -29,17 +34,22 @@ from zarr.codecs import BloscCodec
 from zarr.storage import MemoryStore
 
 from phos_dask.errors import PhosError
-from phos_dask.pyramid import downsample2
+from phos_dask.index import INDEX
+from phos_dask.lease import LEASE
+from phos_dask.pyramid import DOWNSAMPLING, DOWNSAMPLING_METADATA, downsample2
 from phos_dask.storage import Location
-from phos_dask.tiles import TILE_LEVELS, Tile, TilePlan, assert_one_writer_per_chunk, pyramid_shapes
+from phos_dask.tiles import Tile, TilePlan, assert_one_writer_per_chunk, pyramid_shapes
 
 OME_VERSION = "0.5"
-STAGING = "_staging"
-THUMBS = "_thumbs"
-REPORT = "_report.json"
+#: The job's own files, in one Zarr group beside the images.
+JOB_FILES = "_phos"
+STAGING = f"{JOB_FILES}/staging"
+THUMBS = f"{JOB_FILES}/thumbs"
+REPORT = f"{JOB_FILES}/report.json"
 COMPLETE = "complete"
 METADATA = "zarr.json"
-#: Names in the root that are the job's own, not images: image keys never are one, nor start with '_' or '.'.
+#: Names an image key never is (nor does it start with '_' or '.'): the root's zarr.json, and the contact
+#: sheet's name in stores of earlier versions, which kept it there (so that keys never change).
 RESERVED_NAMES = frozenset({METADATA, "contact.jpg"})
 #: Files an operating system leaves in folders: an output folder holding only these counts as empty.
 OS_LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", ".directory"})
@@ -97,65 +107,121 @@ def group_document(attributes: dict[str, Any]) -> bytes:
     return _document(lambda store: zarr.create_group(store, attributes=attributes))
 
 
+#: Inner chunk side, px: what a viewer fetches at a time. 256 px: a colour uint16 chunk is 384 KiB before
+#: compression (512 px would be 1.5 MiB, slow to a first picture over a network), and it is the smallest a
+#: level's chunks may be (MIN_SHARD), so tiles of power-of-two sides and whole levels share one chunk grid.
+CHUNK = 256
+
+
+def inner_side(shard: int) -> int:
+    """The inner chunk side (px) of shards `shard` px long: halved while it is 512 px or more (and even), so
+    256 px for a power-of-two tile and 256–511 px for any other tile up to 16384 px (tiles are multiples of
+    64 px). A shard under 512 px is one chunk."""
+    side = shard
+    while side >= 2 * CHUNK and side % 2 == 0:
+        side //= 2
+    return side
+
+
+def _axis(side: int, footprint: int | None) -> tuple[int, int]:
+    """(shard, inner chunk) in px along one axis of a level `side` px long. `footprint`: a tile's footprint
+    at that level (each tile writes one shard), or None when one task writes the whole level (one shard).
+    A level under 512 px that one shard spans is one chunk along the axis."""
+    if footprint is None:
+        chunk = side if side < 2 * CHUNK else CHUNK
+        return math.ceil(side / chunk) * chunk, chunk
+    if side <= footprint and side < 2 * CHUNK:
+        return side, side
+    return footprint, inner_side(footprint)
+
+
 @dataclass(frozen=True)
 class ImageLayout:
-    """The pyramid arrays of one output image: level shapes, chunks (tile-aligned up to TILE_LEVELS), dtype
-    and codecs; and the store objects (name → bytes, names relative to the store's root) that hold them."""
+    """The pyramid arrays of one output image, Zarr v3 sharded arrays (c, y, x): level shapes, shards (one
+    per writing task), inner chunks (what viewers fetch), dtype and codecs; and the store objects (name →
+    bytes, names relative to the store's root) that hold them.
+
+    Shards: a tiled image's first `tile_levels` levels have one shard per tile (its footprint there, at
+    least MIN_SHARD px); every other level, and every level of an image rendered whole, is one shard
+    written by one task. Inner chunks are CHUNK px (256–511 px for tiles whose footprint is not a multiple
+    of 256), or the level's whole side where that is under 512 px."""
 
     key: str
     channels: int
     shape: tuple[int, int]
     dtype: str
-    plan: TilePlan
+    #: the tile plan when tiles write the leading levels (a staged image); None when one task writes them all
+    tiles: TilePlan | None
 
     @property
     def levels(self) -> list[tuple[int, int]]:
         return pyramid_shapes(self.shape)
 
+    @property
+    def tile_levels(self) -> int:
+        """How many leading levels tiles write (0 for an image rendered whole)."""
+        return 0 if self.tiles is None else self.tiles.tile_levels
+
+    def shards(self, level: int) -> tuple[int, int, int]:
+        """Shard shape (c, y, x) of a level's array, px."""
+        return self._grid(level)[0]
+
     def chunks(self, level: int) -> tuple[int, int, int]:
+        """Inner chunk shape (c, y, x) of a level's array, px."""
+        return self._grid(level)[1]
+
+    def _grid(self, level: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
         h, w = self.levels[level]
-        ch, cw = self.plan.chunk_shape(level) if level <= TILE_LEVELS else (1024, 1024)
-        return self.channels, max(1, min(ch, h)), max(1, min(cw, w))
+        fy, fx = self.tiles.shard_shape(level) if self.tiles is not None and level < self.tile_levels else (None, None)
+        (sy, cy), (sx, cx) = _axis(h, fy), _axis(w, fx)
+        return (self.channels, sy, sx), (self.channels, cy, cx)
 
     def check(self) -> None:
-        assert_one_writer_per_chunk(self.plan, [c[1:] for c in map(self.chunks, range(len(self.levels)))])
+        """One writer per shard of every tile-written level; no inner chunk under CHUNK px unless it spans
+        its level's whole side."""
+        if self.tiles is not None:
+            assert_one_writer_per_chunk(self.tiles, [self.shards(k)[1:] for k in range(self.tile_levels)])
+        for level, side in enumerate(self.levels):
+            for chunk, length in zip(self.chunks(level)[1:], side, strict=True):
+                assert chunk >= CHUNK or chunk == length, f"level {level}: chunks of {chunk} px"
 
     def _array(self, level: int, objects: dict[str, Any]) -> zarr.Array:
         return zarr.create_array(MemoryStore(objects), shape=(self.channels, *self.levels[level]), dtype=self.dtype,
-                                 chunks=self.chunks(level), compressors=fast_compressor(),
-                                 dimension_names=("c", "y", "x"), fill_value=0,
+                                 chunks=self.chunks(level), shards=self.shards(level),
+                                 compressors=fast_compressor(), dimension_names=("c", "y", "x"), fill_value=0,
                                  config={"write_empty_chunks": True})
 
     def _named(self, level: int, objects: dict[str, Any], metadata: bool) -> dict[str, bytes]:
         return {f"{self.key}/{level}/{name}": value.to_bytes() for name, value in objects.items()
                 if metadata or name != METADATA}
 
+    def array_document(self, level: int) -> bytes:
+        """A level's array zarr.json."""
+        objects: dict[str, Any] = {}
+        self._array(level, objects)
+        return objects[METADATA].to_bytes()
+
     def metadata_objects(self) -> dict[str, bytes]:
         """Every level's array zarr.json (written before any tile of a tiled image)."""
-        out: dict[str, bytes] = {}
-        for level in range(len(self.levels)):
-            objects: dict[str, Any] = {}
-            self._array(level, objects)
-            out.update(self._named(level, objects, True))
-        return out
+        return {f"{self.key}/{level}/{METADATA}": self.array_document(level) for level in range(len(self.levels))}
 
     def tile_objects(self, tile: Tile, block: np.ndarray) -> dict[str, bytes]:
-        """The chunks a tile owns: its (C, h, w) output at level 0 and its block of each level up to
-        TILE_LEVELS (each the 2×2 mean of the one before)."""
+        """The shards a tile owns: its (C, h, w) output at level 0 and its block of each next tile-written
+        level (each the 2×2 mean of the one before): one object per level."""
         out: dict[str, bytes] = {}
-        for level in range(min(len(self.levels), TILE_LEVELS + 1)):
+        for level in range(self.tile_levels):
             if level:
                 block = downsample2(block)
-            y0, y1, x0, x1 = self.plan.level_box(tile, level)
+            y0, y1, x0, x1 = self.tiles.level_box(tile, level)  # type: ignore[union-attr]
             objects: dict[str, Any] = {}
             self._array(level, objects)[:, y0:y1, x0:x1] = block
             out.update(self._named(level, objects, False))
         return out
 
     def levels_objects(self, image: np.ndarray, first: int = 0) -> tuple[dict[str, bytes], np.ndarray]:
-        """Levels `first`, first + 1, … of a pyramid whose level `first` is `image` (C, h, w): every
-        chunk and every level's metadata, and the smallest level. Level k + 1 is the 2×2 mean of level k;
-        for tile-aligned levels this is exactly what the tiles of a tiled render write."""
+        """Levels `first`, first + 1, … of a pyramid whose level `first` is `image` (C, h, w), each one
+        shard: its object and its metadata; and the smallest level. Level k + 1 is the 2×2 mean of level k,
+        exactly what the tiles of a tiled render write for the levels they own."""
         out: dict[str, bytes] = {}
         for level in range(first, len(self.levels)):
             if level > first:
@@ -169,8 +235,10 @@ class ImageLayout:
         return group_document({"phos": {"status": "in-progress"}})
 
     def complete_document(self, provenance: dict[str, Any]) -> bytes:
-        """The image's zarr.json: OME metadata and the completion marker (written after every pixel)."""
-        return group_document({"ome": ome_attributes(self.key, self.channels, self.shape, self.dtype),
+        """The image's zarr.json: OME metadata (built and validated with ome-zarr-models) and the completion
+        marker (written after every pixel)."""
+        arrays = [json.loads(self.array_document(level)) for level in range(len(self.levels))]
+        return group_document({"ome": ome_attributes(self.key, self.channels, self.shape, self.dtype, arrays),
                                "phos": {**provenance, "status": COMPLETE}})
 
 
@@ -207,10 +275,6 @@ class OutputError(PhosError, ValueError):
     """An output that a job must not write into: one line saying why."""
 
 
-#: What a phos_dask store may hold at its top level besides image groups.
-_OWN = {METADATA, "_lease.json", "_index", "_thumbs", STAGING, REPORT, "contact.jpg"}
-
-
 def check_output(out: Location) -> list[str]:
     """Refuse (OutputError) an output that is neither absent, nor empty, nor a phos_dask store, before
     anything is written: a job only ever creates, replaces or deletes inside a store that is its own.
@@ -224,7 +288,7 @@ def check_output(out: Location) -> list[str]:
     if not set(names) - OS_LITTER:
         return names
     if METADATA not in names:
-        if set(names) <= {"_lease.json", "_index"}:  # a run that stopped before writing its root
+        if set(names) <= {LEASE, INDEX, JOB_FILES}:  # a run that stopped before writing its root
             return names
         v2 = " (a Zarr v2 store)" if ".zgroup" in names or ".zarray" in names else ""
         raise OutputError(f"the output {out.url!r} is not empty and is not a phos_dask store{v2}; refusing to "
@@ -241,10 +305,17 @@ def check_output(out: Location) -> list[str]:
 
 
 def write_root(out: Location, manifest: dict[str, Any]) -> None:
-    """The store's root group with the job's manifest (settings, fingerprint: constant size). Only the root's
-    own zarr.json is (re)written: the images under it are never touched."""
+    """The store's root group with the job's manifest (settings, fingerprint: constant size), and the groups
+    of the job's own folders, _phos and _index (saying what they hold), all at once. Only these zarr.json
+    objects are (re)written: the images, and the files in those folders, are never touched."""
     out.makedirs()
-    out.put(METADATA, group_document({"phos": manifest}))
+    out.put_many({
+        METADATA: group_document({"phos": manifest}),
+        f"{JOB_FILES}/{METADATA}": group_document({"phos": {"contents": "the job's own files: report.json, "
+                                                                       "contact.jpg, thumbs/, staging/"}}),
+        f"{INDEX}/{METADATA}": group_document({"phos": {"contents": "which images are finished: see "
+                                                                    "phos_dask.index"}}),
+    })
 
 
 def staging_path(key: str) -> str:
@@ -252,38 +323,39 @@ def staging_path(key: str) -> str:
 
 
 def write_json(url: str, name: str, payload: Any, storage_options: dict | None = None) -> None:
-    """A JSON document beside the images (e.g. _report.json), replaced atomically where the filesystem
-    allows."""
+    """A JSON document in the store (e.g. REPORT), replaced atomically where the filesystem allows."""
     Location.of(url, storage_options).put_json(name, payload)
 
-def ome_attributes(key: str, channels: int, shape: tuple[int, int], dtype: str) -> dict[str, Any]:
-    datasets = []
-    for level, _ in enumerate(pyramid_shapes(shape)):
-        f = float(2**level)
-        datasets.append({"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": [1.0, f, f]}]})
+def ome_attributes(key: str, channels: int, shape: tuple[int, int], dtype: str,
+                   arrays: list[dict[str, Any]]) -> dict[str, Any]:
+    """The image's `ome` attributes (OME-Zarr 0.5), built and validated by ome-zarr-models against the
+    levels' array metadata `arrays` (their zarr.json documents): axes (c, y, x); per level k a scale of
+    2^k px and a translation of (2^k − 1)/2 px on y and x (a level-k pixel is the mean of a 2^k-px block,
+    centred on that block's middle); the pyramid's downsampling method; and omero channel hints."""
+    from ome_zarr_models.v05.axes import Axis
+    from ome_zarr_models.v05.image import Image
+    from pydantic_zarr.v3 import ArraySpec
+
+    factors = [float(2**level) for level in range(len(pyramid_shapes(shape)))]
+    image = Image.new(
+        array_specs=[ArraySpec(**a) for a in arrays],
+        paths=[str(level) for level in range(len(factors))],
+        axes=[Axis(name="c", type="channel"), Axis(name="y", type="space"), Axis(name="x", type="space")],
+        scales=[[1.0, f, f] for f in factors],
+        translations=[[0.0, (f - 1) / 2, (f - 1) / 2] for f in factors],
+        name=key, multiscale_type=DOWNSAMPLING, metadata=DOWNSAMPLING_METADATA,
+    )
+    ome = image.attributes.ome.model_dump(mode="json", by_alias=True, exclude_none=True)
     names = ["red", "green", "blue"] if channels == 3 else ["grey"]
     colors = ["FF0000", "00FF00", "0000FF"] if channels == 3 else ["FFFFFF"]
     vmax = {"uint8": 255, "uint16": 65535}.get(dtype, 1)
-    return {
-        "version": OME_VERSION,
-        "multiscales": [
-            {
-                "name": key,
-                "axes": [
-                    {"name": "c", "type": "channel"},
-                    {"name": "y", "type": "space"},
-                    {"name": "x", "type": "space"},
-                ],
-                "datasets": datasets,
-            }
+    ome["omero"] = {
+        "channels": [
+            {"label": n, "color": c, "active": True, "window": {"min": 0, "max": vmax, "start": 0, "end": vmax}}
+            for n, c in zip(names, colors, strict=True)
         ],
-        "omero": {
-            "channels": [
-                {"label": n, "color": c, "active": True, "window": {"min": 0, "max": vmax, "start": 0, "end": vmax}}
-                for n, c in zip(names, colors, strict=True)
-            ],
-            "rdefs": {"model": "color" if channels == 3 else "greyscale"},
-        },
+        "rdefs": {"model": "color" if channels == 3 else "greyscale"},
     }
-
-
+    Image(members=image.members, attributes={"ome": ome})  # the whole document, as written, validated again
+    assert ome["version"] == OME_VERSION
+    return ome

@@ -58,7 +58,7 @@ from phos_dask.store import (
     image_state,
     staging_path,
 )
-from phos_dask.tiles import DEFAULT_TILE, TILE_LEVELS, TilePlan
+from phos_dask.tiles import DEFAULT_TILE, TilePlan
 
 #: Images up to this many megapixels (after working size) run as one task: no halo is recomputed and
 #: nothing is staged. A 32 MP render peaks near 1.6 GB.
@@ -325,7 +325,7 @@ def _process_image(cfg: JobConfig, item: SourceItem, fresh: bool = True, thumb: 
     rendered, used, fell_back = render_on(cfg.accelerator(), image, (0, 0), shape, (0, shape[0], 0, shape[1]), plan)
     del image
     t_write = time.perf_counter()
-    layout = ImageLayout(item.key, 1 if rendered.ndim == 2 else rendered.shape[2], shape, st.dtype, tp)
+    layout = ImageLayout(item.key, 1 if rendered.ndim == 2 else rendered.shape[2], shape, st.dtype, None)
     layout.check()
     objects, smallest = layout.levels_objects(_chw(rendered))
     del rendered
@@ -502,7 +502,7 @@ def _process_tile(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], inde
 
 
 def finalize(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], *tiles: dict[str, Any]) -> dict[str, Any]:
-    """After every tile: the pyramid levels past TILE_LEVELS (gigapixel images), the thumbnails, the
+    """After every tile: the pyramid levels past the tiles' own (one shard each), the thumbnails, the
     metadata and completion marker; the staged input removed. An image with a failed tile fails (first
     error) and is not marked complete."""
     try:
@@ -533,7 +533,7 @@ def _finalize(cfg: JobConfig, item: SourceItem, staged: dict[str, Any], *tiles: 
         return done
     layout = ImageLayout(item.key, plan.channels, shape, st.dtype, tp)
     so = options_for(cfg.out_url, cfg.storage_options) or None
-    last = min(len(layout.levels) - 1, TILE_LEVELS)
+    last = layout.tile_levels - 1  # the last level the tiles wrote: the next ones are built from it
     objects: dict[str, bytes] = {}
     if staged.get("thumb") or last + 1 < len(layout.levels):
         smallest = zarr.open_array(store=out.url_of(f"{item.key}/{last}"), mode="r", storage_options=so)[...]

@@ -1,7 +1,7 @@
 """Contact-sheet thumbnails: an input and its rendered result, each fitted into a square of THUMB px,
 kept together as one small JPEG (input left, result right, same size). Made by the task that holds both
 images, so the client never decodes an input to show it; returned with the task's result, and stored by
-the job's client in packs: OUT/_thumbs/<time ns>-<run token>-<n>.zip, uncompressed ZIP archives of
+the job's client in packs: OUT/_phos/thumbs/<time ns>-<run token>-<n>.zip, uncompressed ZIP archives of
 `<key>.jpg` members (any unzip tool lists them) plus, in a pack written before images are replaced, a
 `removed.json` member listing their keys. Packs are read in name order and later ones win, as the index's
 parts are (phos_dask.index); a job writes a pack with each index part and compacts them into one at its
@@ -112,7 +112,7 @@ def unpack(data: bytes) -> tuple[dict[str, bytes], list[str]]:
 def read_packs(out: Location) -> tuple[dict[str, bytes], list[str]]:
     """({key: pair JPEG} of every image with stored thumbnails, the names of the packs): one listing and
     one concurrent GET per pack. Thumbnails stored one object per image by earlier versions
-    (`_thumbs/<key>.jpg`) are read too; packs win over them."""
+    (`<thumbs folder>/<key>.jpg`) are read too; packs win over them."""
     names = out.names(THUMBS)
     packs = sorted(n for n in names if n.endswith(".zip"))
     singles = [n for n in names if n.endswith(".jpg")]

@@ -11,7 +11,11 @@ DEFAULT_TILE = 2048
 MIN_TILE = 256
 #: Tiles are multiples of this, so pyramid levels 1..6 split along tile edges (2**6 = 64).
 TILE_ALIGN = 64
+#: Tiles write at most this many levels past level 0 themselves (a tile's footprint stays whole px).
 TILE_LEVELS = 6
+#: No tile-written level has shards (a tile's footprint) under this side, px: past that, levels are built
+#: whole by the image's finalize task (viewers then never fetch tiny chunks).
+MIN_SHARD = 256
 PYRAMID_MAX_SIDE = 1024
 
 Box = tuple[int, int, int, int]
@@ -80,21 +84,33 @@ class TilePlan:
                 window = (max(0, y0 - h), min(H, y1 + h), max(0, x0 - h), min(W, x1 + h))
                 yield Tile((i, j), (y0, y1, x0, x1), window)
 
-    def chunk_shape(self, level: int) -> tuple[int, int]:
-        """Chunk (rows, cols) of pyramid level `level` for levels a tile writes itself (≤ TILE_LEVELS)."""
-        assert level <= TILE_LEVELS
+    @property
+    def tile_levels(self) -> int:
+        """How many leading pyramid levels the tiles write themselves: level 0 and each next one while a
+        tile's footprint there is at least MIN_SHARD px (and at most TILE_LEVELS past level 0), never more
+        than the pyramid has. The levels past these are built whole from the last of them."""
+        count = 1
+        while count <= TILE_LEVELS and self.tile >> count >= MIN_SHARD:
+            count += 1
+        return min(count, len(pyramid_shapes(self.shape)))
+
+    def shard_shape(self, level: int) -> tuple[int, int]:
+        """A tile's footprint (rows, cols) at pyramid level `level` < tile_levels: the shard each tile
+        writes there (the level's array may clip it: see phos_dask.store)."""
+        assert level < self.tile_levels
         return self.tile >> level, self.tile >> level
 
     def level_box(self, tile: Tile, level: int) -> Box:
-        """The block of pyramid level `level` that `tile` owns (exactly one chunk of that level)."""
+        """The block of pyramid level `level` that `tile` owns (exactly one shard of that level)."""
         y0, y1, x0, x1 = tile.box
         f = 1 << level
         return y0 // f, math.ceil(y1 / f), x0 // f, math.ceil(x1 / f)
 
 
 def assert_one_writer_per_chunk(plan: TilePlan, chunks: list[tuple[int, int]]) -> None:
-    """Every chunk of every tile-written level belongs to exactly one tile: `chunks[level]` is the
-    (rows, cols) chunk shape of that level's array. Raises AssertionError naming the first conflict."""
+    """Every chunk (with sharding: every shard, the object a task writes) of every tile-written level
+    belongs to exactly one tile: `chunks[level]` is the (rows, cols) shape of that level's chunks (shards).
+    Raises AssertionError naming the first conflict."""
     shapes = pyramid_shapes(plan.shape)
     for level in range(min(len(chunks), len(shapes), TILE_LEVELS + 1)):
         ch, cw = chunks[level]

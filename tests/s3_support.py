@@ -175,7 +175,7 @@ class FlakyProxy(_ForwardingProxy):
 
 
 #: Object names whose requests CountingProxy.summary() counts by name (the last path component).
-METADATA_NAMES = ("zarr.json", ".zgroup", ".zattrs", ".zarray", ".zmetadata", "_lease.json", "_report.json")
+METADATA_NAMES = ("zarr.json", ".zgroup", ".zattrs", ".zarray", ".zmetadata", "_lease.json", "report.json")
 #: Query keys that make a GET on a bucket a listing (ListObjectsV2, or V1 with a prefix / delimiter).
 _LIST_KEYS = ("list-type", "prefix", "delimiter")
 #: Query keys of an object request that still reads or writes the object's data (versions, multipart parts).

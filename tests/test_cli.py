@@ -223,13 +223,13 @@ def test_run_with_globs_export_and_contact_sheet_then_export(tmp_path: Path, sma
                 "--exclude", "skip_*", "--include", "*.png", "--include", "sub dir/*")
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
-    report = json.loads((out / "_report.json").read_text())
+    report = json.loads((out / "_phos" / "report.json").read_text())
     assert sorted(r["source"] for r in report["images"]) == ["a.png", "sub dir/b.jpg"]
     files = sorted(p.relative_to(exported).as_posix() for p in exported.rglob("*") if p.is_file())
     assert files == ["a.jpg", "sub dir/b.jpg"]
     assert read_image(exported / "a.jpg").shape == (64, 96, 3)
-    assert f"contact sheet: {out / 'contact.jpg'}" in proc.stderr.splitlines()
-    assert read_image(out / "contact.jpg").ndim == 3
+    assert f"contact sheet: {out / '_phos' / 'contact.jpg'}" in proc.stderr.splitlines()
+    assert read_image(out / "_phos" / "contact.jpg").ndim == 3
     assert "exported 2 image(s) as jpeg" in proc.stderr
 
     tiffs = tmp_path / "tiff"
@@ -261,7 +261,7 @@ def test_run_as_typed_with_only_a_source_uses_nc200_and_writes_beside_the_source
 
     group = zarr.open_group(str(tmp_path / "photos.zarr" / "a.png"), mode="r")
     assert group.attrs["phos"]["status"] == "complete" and group.attrs["phos"]["stock"] == "NC200"
-    assert (tmp_path / "photos.zarr" / "contact.jpg").exists()
+    assert (tmp_path / "photos.zarr" / "_phos" / "contact.jpg").exists()
 
 
 @pytest.mark.parametrize(("source", "out"), [

@@ -170,7 +170,7 @@ def test_status_json_and_metrics_match_the_report_on_an_external_scheduler(dash_
                   "--performance-report", str(perf))
     assert result.returncode == 1, result.stderr  # bad.jpg failed, the others finished
     assert f"job page: {base}/phos" in result.stderr
-    report = json.loads((out / "_report.json").read_text())
+    report = json.loads((out / "_phos" / "report.json").read_text())
     assert report["counts"] == {"done": 3, "skipped": 0, "failed": 1}
     assert all(set(r["stages"]) == {"decode", "model", "write"} for r in report["images"] if r["status"] == "done")
 
@@ -339,7 +339,7 @@ def test_the_job_page_moves_in_a_real_browser(dash_cluster, tmp_path, photo):
         browser.close()
         if job.poll() is None:
             job.kill()
-    report = json.loads((out / "_report.json").read_text())
+    report = json.loads((out / "_phos" / "report.json").read_text())
     assert report["counts"] == {"done": 8, "skipped": 0, "failed": 0}
     finished = [int(p["finished"]) for p in seen]
     assert finished == sorted(finished), finished  # never backwards

@@ -128,13 +128,13 @@ def test_run_follows_dask_scheduler_address_and_the_configured_tile(dash_cluster
     assert result.returncode == 0, result.stderr
     assert f"scheduler: {address}" in result.stderr
     assert _status(base)["out"] == str(out)  # the job ran on that scheduler: its dashboard shows it
-    report = json.loads((out / "_report.json").read_text())
+    report = json.loads((out / "_phos" / "report.json").read_text())
     assert report["tile"] == 1024 and report["counts"]["done"] == 1
 
     flagged = tmp_path / "flagged.zarr"
     result = _run("run", str(src), "--out", str(flagged), "--json", "--tile", "512", env=env)
     assert result.returncode == 0, result.stderr
-    assert json.loads((flagged / "_report.json").read_text())["tile"] == 512
+    assert json.loads((flagged / "_phos" / "report.json").read_text())["tile"] == 512
 
 
 def test_run_job_uses_the_current_client(dash_cluster, tmp_path, small_photo):  # noqa: F811

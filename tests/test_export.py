@@ -255,7 +255,7 @@ def test_to_codes_conversions() -> None:
 
 def test_contact_sheet(colour16: Path, source: Path) -> None:
     path = write_contact_sheet(str(colour16))
-    assert path == str(colour16 / "contact.jpg")
+    assert path == str(colour16 / "_phos" / "contact.jpg")
     with Image.open(path) as im:
         assert im.format == "JPEG"
         sheet = np.asarray(im.convert("RGB"))
@@ -335,8 +335,8 @@ def _drop_thumbnails(store: Path, key: str) -> None:
     pairs, packs = thumbs.read_packs(out)
     assert key in pairs
     for name in packs:
-        (store / "_thumbs" / name).unlink()
-    out.put("_thumbs/0-rewritten-0.zip", thumbs.pack({k: v for k, v in pairs.items() if k != key}))
+        (store / "_phos" / "thumbs" / name).unlink()
+    out.put("_phos/thumbs/0-rewritten-0.zip", thumbs.pack({k: v for k, v in pairs.items() if k != key}))
 
 
 def test_output_names_stay_unique() -> None:

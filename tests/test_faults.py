@@ -135,7 +135,7 @@ def test_the_run_killed_mid_job_is_finished_by_running_it_again(source, referenc
     assert_same(at_kill, reference, keys=list(at_kill))  # nothing half-written is marked complete
     again = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
     assert again.returncode == 0, again.stderr
-    report = json.loads((out / "_report.json").read_text())
+    report = json.loads((out / "_phos" / "report.json").read_text())
     skipped = {r["key"] for r in report["images"] if r["status"] == "skipped"}
     done = {r["key"] for r in report["images"] if r["status"] == "done"}
     assert skipped == set(at_kill) and len(done) == 10 - len(at_kill)  # no complete image rendered again

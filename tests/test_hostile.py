@@ -115,7 +115,7 @@ def test_a_fifo_at_discovery_is_one_line_and_the_other_images_finish(tmp_path, p
     assert proc.returncode == 1
     (line,) = failed_lines(proc)
     assert "pipe.jpg" in line and "FIFO" in line
-    report = json.loads((tmp_path / "o.zarr" / "_report.json").read_text())
+    report = json.loads((tmp_path / "o.zarr" / "_phos" / "report.json").read_text())
     assert report["counts"] == {"done": 1, "skipped": 0, "failed": 1}
 
 
@@ -168,7 +168,7 @@ def test_an_output_inside_the_source_is_left_out_of_the_inputs(tmp_path, pixels)
     for proc in runs:
         assert proc.returncode == 0, proc.stderr
         assert "note: the output is inside the source: its files (out.zarr/) are not inputs" in proc.stderr
-    report = json.loads((src / "out.zarr" / "_report.json").read_text())
+    report = json.loads((src / "out.zarr" / "_phos" / "report.json").read_text())
     assert [(r["source"], r["status"]) for r in report["images"]] == [("a.png", "skipped")]
 
 
@@ -268,7 +268,7 @@ def test_a_source_rewritten_with_the_same_size_is_rendered_again(tmp_path, pixel
     os.utime(src / "a.bmp", ns=(time.time_ns(), time.time_ns() + 10**9))
     proc = phos("run", src, "--out", out, *FLAGS)
     assert proc.returncode == 0, proc.stderr
-    report = json.loads((out / "_report.json").read_text())
+    report = json.loads((out / "_phos" / "report.json").read_text())
     assert [r["status"] for r in report["images"]] == ["done"]
 
 
@@ -334,7 +334,7 @@ def test_a_name_with_a_newline_stays_on_one_line(tmp_path, pixels):
     assert proc.returncode == 1
     (line,) = failed_lines(proc)
     assert "broken\\nname.png" in line
-    assert (tmp_path / "o.zarr" / "contact.jpg").exists()
+    assert (tmp_path / "o.zarr" / "_phos" / "contact.jpg").exists()
 
 
 def test_export_of_an_image_whose_source_became_a_fifo_does_not_hang(tmp_path, pixels):
@@ -429,7 +429,7 @@ def test_an_input_named_like_the_contact_sheet_does_not_collide_with_it(tmp_path
     out = tmp_path / "o.zarr"
     proc = phos("run", src, "--out", out, *FLAGS)
     assert proc.returncode == 0, proc.stderr
-    assert (out / "icontact.jpg" / "zarr.json").exists() and (out / "contact.jpg").is_file()
+    assert (out / "icontact.jpg" / "zarr.json").exists() and (out / "_phos" / "contact.jpg").is_file()
 
 
 def test_an_empty_output_folder_with_os_litter_is_accepted(tmp_path, pixels):

@@ -84,10 +84,10 @@ def test_output_is_valid_ome_zarr_and_opens_with_plain_zarr_and_dask(client, buc
     assert {k: e["relpath"] for k, e in finished.items()} == {
         "odd.jpg": "odd.jpg", "wide.png": "wide.png", "sub_dir__grey.png": "sub dir/grey.png"}
     assert len(parts) == 1
-    report = json.loads((out / "_report.json").read_text())
+    report = json.loads((out / "_phos" / "report.json").read_text())
     assert {r["status"] for r in report["images"]} == {"done"}
     assert all(r["megapixels"] > 0 and r["seconds"] > 0 for r in report["images"])
-    assert "_staging" not in root or not list(root["_staging"].keys())
+    assert not (out / "_phos" / "staging").exists()
 
 
 def test_rerun_skips_finished_images_and_redoes_a_deleted_one(client, bucket, tmp_path):
@@ -119,7 +119,7 @@ def test_thumbnails_are_stored_by_the_client_in_one_pack_and_a_replaced_image_lo
     out = tmp_path / "thumbs.zarr"
     spec = JobSpec(str(source), str(out), Settings(), tile=512, whole_limit_mp=0.5)
     assert run_job(spec, client)["counts"]["done"] == 3
-    assert [p.suffix for p in (out / "_thumbs").iterdir()] == [".zip"]  # one pack, no object per image
+    assert [p.suffix for p in (out / "_phos" / "thumbs").iterdir()] == [".zip"]  # one pack, no object per image
     pairs, _ = thumbs.read_packs(Location.of(str(out)))
     assert sorted(pairs) == ["odd.jpg", "sub_dir__grey.png", "wide.png"]
     _, result = thumbs.decode_pair(pairs["wide.png"])
@@ -130,7 +130,7 @@ def test_thumbnails_are_stored_by_the_client_in_one_pack_and_a_replaced_image_lo
     (source / "odd.jpg").write_bytes(b"not a JPEG any more")  # changed: replaced, and now it fails
     rerun = run_job(spec, client)
     assert {r["key"]: r["status"] for r in rerun["images"]}["odd.jpg"] == "failed"
-    assert [p.suffix for p in (out / "_thumbs").iterdir()] == [".zip"]  # compacted into one again
+    assert [p.suffix for p in (out / "_phos" / "thumbs").iterdir()] == [".zip"]  # compacted into one again
     pairs, _ = thumbs.read_packs(Location.of(str(out)))
     assert sorted(pairs) == ["sub_dir__grey.png", "wide.png"]  # no stale thumbnail of the replaced image
 

@@ -95,7 +95,7 @@ def test_relative_paths_reach_an_external_cluster_as_absolute_ones(bucket, exter
                            "Portra400", "--scheduler", address, "--include", "*.jpg"],
                           capture_output=True, text=True, timeout=300, env=ENV, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    report = json.loads((tmp_path / "rel.zarr" / "_report.json").read_text())
+    report = json.loads((tmp_path / "rel.zarr" / "_phos" / "report.json").read_text())
     assert report["out"] == str(tmp_path / "rel.zarr") and report["source"] == str(bucket)
     assert report["counts"]["done"] == 1
 
@@ -110,13 +110,13 @@ def test_exit_code_1_when_one_file_is_unreadable_and_the_others_finish(bucket, t
     assert result.returncode == 1, result.stderr
     failed = [line for line in result.stderr.splitlines() if line.startswith("phos_dask: failed:")]
     assert len(failed) == 1 and "truncated.png" in failed[0]
-    report = json.loads((out / "_report.json").read_text())
+    report = json.loads((out / "_phos" / "report.json").read_text())
     assert report["counts"] == {"done": 3, "skipped": 0, "failed": 1}
     assert "Traceback" not in result.stderr
     rerun = _run("run", str(src), "--out", str(out), "--film", "Portra400", "--workers", "1",
                  "--dashboard-address", "127.0.0.1:0")
     assert rerun.returncode == 1  # still failing, but nothing redone
-    assert json.loads((out / "_report.json").read_text())["counts"] == {"done": 0, "skipped": 3, "failed": 1}
+    assert json.loads((out / "_phos" / "report.json").read_text())["counts"] == {"done": 0, "skipped": 3, "failed": 1}
 
 
 @pytest.mark.parametrize(

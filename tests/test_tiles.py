@@ -9,6 +9,7 @@ import pytest
 
 from phos_dask.tiles import (
     MAX_WINDOW_PX,
+    MIN_SHARD,
     MIN_TILE,
     TILE_ALIGN,
     TilePlan,
@@ -73,10 +74,13 @@ def test_pyramid_goes_down_to_1024_px_on_the_long_side():
 
 
 @pytest.mark.parametrize(("shape", "tile"), list(itertools.product(SHAPES, [300, 1024, 2048])))
-def test_every_chunk_of_every_level_has_exactly_one_writer(shape, tile):
+def test_every_shard_of_every_tile_level_has_exactly_one_writer(shape, tile):
     plan = TilePlan.build(shape, tile, 0)
+    assert_one_writer_per_chunk(plan, [plan.shard_shape(k) for k in range(plan.tile_levels)])
+    # tiles write a level while their footprint there is at least MIN_SHARD px, never past the pyramid
     levels = len(pyramid_shapes(shape))
-    assert_one_writer_per_chunk(plan, [plan.chunk_shape(k) for k in range(min(levels, 7))])
+    assert plan.tile_levels == min(levels, 1 + sum(1 for k in range(1, 7) if plan.tile >> k >= MIN_SHARD))
+    assert all(min(plan.shard_shape(k)) >= MIN_SHARD for k in range(plan.tile_levels))
 
 
 def test_chunks_that_straddle_tiles_are_caught():

@@ -1,0 +1,211 @@
+"""The store viewers open: sharded levels (one shard per writing task, 256-px inner chunks, no tiny chunk
+grids), OME-Zarr 0.5 metadata built with ome-zarr-models (downsampling method, half-pixel translations),
+and a root whose listing through Zarr holds only Zarr nodes."""
+
+from __future__ import annotations
+
+import math
+import struct
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import zarr
+
+from phos_dask import Settings
+from phos_dask.cluster import connect
+from phos_dask.job import JobSpec, run_job
+from phos_dask.pyramid import downsample2
+from phos_dask.store import CHUNK, ImageLayout, inner_side
+from phos_dask.tiles import MIN_SHARD, TilePlan
+
+MAX_U64 = 2**64 - 1
+
+
+def _grid(layout: ImageLayout) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    return [(layout.shards(k), layout.chunks(k)) for k in range(len(layout.levels))]
+
+
+def test_shards_are_what_one_task_writes_and_chunks_are_256_px():
+    whole = ImageLayout("a", 3, (4000, 6000), "uint16", None)
+    assert _grid(whole) == [((3, 4096, 6144), (3, 256, 256)), ((3, 2048, 3072), (3, 256, 256)),
+                            ((3, 1024, 1536), (3, 256, 256)), ((3, 500, 768), (3, 500, 256))]
+    tiled = ImageLayout("a", 3, (4000, 6000), "uint16", TilePlan.build((4000, 6000), 2048, 0))
+    assert tiled.tile_levels == 4
+    assert _grid(tiled) == [((3, 2048, 2048), (3, 256, 256)), ((3, 1024, 1024), (3, 256, 256)),
+                            ((3, 512, 512), (3, 256, 256)), ((3, 256, 256), (3, 256, 256))]
+    small = ImageLayout("a", 3, (240, 320), "uint16", None)
+    assert _grid(small) == [((3, 240, 320), (3, 240, 320))]  # one chunk: the whole (small) level
+    # a tile of 2112 px (a multiple of 64, not of 256): chunks of 264 px, levels down to a 264-px footprint
+    odd = ImageLayout("a", 1, (9000, 9000), "uint8", TilePlan.build((9000, 9000), 2112, 0))
+    assert [odd.chunks(k)[1] for k in range(odd.tile_levels)] == [264] * 4
+    for layout in (whole, tiled, small, odd):
+        layout.check()
+
+
+@pytest.mark.parametrize("tile", [256, 320, 1024, 2048, 2112, 4096])
+@pytest.mark.parametrize("shape", [(300, 5000), (1013, 777), (2000, 3001), (15000, 20000)])
+def test_no_level_has_chunks_under_256_px_unless_the_level_is_smaller(tile, shape):
+    for tiles in (None, TilePlan.build(shape, tile, 0)):
+        layout = ImageLayout("a", 3, shape, "uint16", tiles)
+        layout.check()
+        for k, (h, w) in enumerate(layout.levels):
+            _, cy, cx = layout.chunks(k)
+            _, sy, sx = layout.shards(k)
+            assert (cy >= CHUNK or cy == h) and (cx >= CHUNK or cx == w)
+            assert (cy < 2 * CHUNK or cy == h) and (cx < 2 * CHUNK or cx == w)  # 256–511 px
+            assert sy % cy == 0 and sx % cx == 0
+            if k < layout.tile_levels:
+                assert min(tiles.shard_shape(k)) >= MIN_SHARD
+            else:
+                assert sy >= h and sx >= w  # one shard: the whole level
+
+
+def test_inner_chunk_sides():
+    assert [inner_side(s) for s in (256, 300, 511, 512, 1024, 2048, 2112, 4096)] == [
+        256, 300, 511, 256, 256, 256, 264, 256]
+
+
+def _inner_chunks(objects: dict[str, bytes], key: str, level: int, layout: ImageLayout) -> dict[tuple, bytes]:
+    """{global inner chunk index (c, y, x): its encoded bytes} of a level's shard objects, from each
+    shard's index (at its end: per inner chunk an offset and a length, uint64 little-endian; then CRC32C)."""
+    shards, chunks = layout.shards(level), layout.chunks(level)
+    per = tuple(s // c for s, c in zip(shards, chunks, strict=True))
+    found: dict[tuple, bytes] = {}
+    prefix = f"{key}/{level}/c/"
+    for name, data in objects.items():
+        if not name.startswith(prefix):
+            continue
+        shard = tuple(int(i) for i in name[len(prefix):].split("/"))
+        n = math.prod(per)
+        index = struct.unpack(f"<{2 * n}Q", data[-(16 * n + 4):-4])
+        for flat, local in enumerate(np.ndindex(*per)):
+            offset, length = index[2 * flat], index[2 * flat + 1]
+            if offset == MAX_U64:
+                continue
+            found[tuple(s * p + i for s, p, i in zip(shard, per, local, strict=True))] = data[offset:offset + length]
+    return found
+
+
+@pytest.mark.parametrize(("shape", "tile"), [((1100, 2600), 512), ((700, 1300), 256), ((2100, 1500), 1024)])
+def test_a_tiled_image_has_the_same_inner_chunks_as_the_same_image_whole(shape, tile, tmp_path):
+    """Byte for byte, at every level where both use the same inner chunks; decoded equal at every level."""
+    rng = np.random.default_rng(7)
+    image = rng.integers(0, 65535, (3, *shape), dtype=np.uint16, endpoint=True)
+    plan = TilePlan.build(shape, tile, 0)
+    tiled = ImageLayout("k", 3, shape, "uint16", plan)
+    whole = ImageLayout("k", 3, shape, "uint16", None)
+    objects = tiled.metadata_objects()
+    for t in plan:
+        y0, y1, x0, x1 = t.box
+        parts = tiled.tile_objects(t, image[:, y0:y1, x0:x1])
+        assert len(parts) == tiled.tile_levels  # one shard per tile-written level
+        assert not set(parts) & set(objects)  # one writer per shard
+        objects.update(parts)
+    for name, data in objects.items():  # as finalize finds them: the last tile-written level from the store
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    last = tiled.tile_levels - 1
+    stored = zarr.open_array(str(tmp_path / "k" / str(last)), mode="r")[...]
+    rest, _ = tiled.levels_objects(downsample2(stored), first=last + 1)
+    objects.update(rest)
+    reference, _ = whole.levels_objects(image)
+    assert sum(1 for n in reference if "/c/" in n) == len(whole.levels)  # whole: one shard per level
+    same = 0
+    for level in range(len(whole.levels)):
+        a = _inner_chunks(objects, "k", level, tiled)
+        b = _inner_chunks(reference, "k", level, whole)
+        assert a and b
+        if tiled.chunks(level) == whole.chunks(level):
+            assert a == b, f"level {level}"
+            same += 1
+    assert same >= 1
+
+
+# ------------------------------------------------------------------------------------------------ a job
+
+
+@pytest.fixture(scope="module")
+def client():
+    with connect(workers=2, dashboard_address="127.0.0.1:0") as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory, photo) -> Path:
+    """A 2600×1100 PNG (3 pyramid levels) and a 320×240 JPEG."""
+    src = tmp_path_factory.mktemp("layout") / "src"
+    src.mkdir()
+    bgr = cv2.cvtColor(photo, cv2.COLOR_RGB2BGR)
+    cv2.imwrite(str(src / "pano.png"), cv2.resize(bgr, (2600, 1100), interpolation=cv2.INTER_AREA))
+    cv2.imwrite(str(src / "small.jpg"), cv2.resize(bgr, (320, 240), interpolation=cv2.INTER_AREA))
+    return src
+
+
+@pytest.fixture(scope="module")
+def stores(client, source, tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("stores")
+    out = {}
+    for name, whole_limit in (("tiled", 0.0), ("whole", 1e9)):
+        out[name] = base / f"{name}.zarr"
+        spec = JobSpec(str(source), str(out[name]), Settings(dtype="uint16", seed=3), tile=512,
+                       whole_limit_mp=whole_limit)
+        assert run_job(spec, client)["counts"]["done"] == 2
+    return out
+
+
+def test_levels_are_sharded_and_tiled_equals_whole(stores):
+    tiled = zarr.open_group(str(stores["tiled"]), mode="r")["pano.png"]
+    whole = zarr.open_group(str(stores["whole"]), mode="r")["pano.png"]
+    assert tiled.attrs["phos"]["tile_plan"]["mode"] == "tiled" and whole.attrs["phos"]["tile_plan"]["mode"] == "whole"
+    assert [(tiled[str(k)].shards, tiled[str(k)].chunks) for k in range(3)] == [
+        ((3, 512, 512), (3, 256, 256)), ((3, 256, 256), (3, 256, 256)), ((3, 275, 768), (3, 275, 256))]
+    assert [(whole[str(k)].shards, whole[str(k)].chunks) for k in range(3)] == [
+        ((3, 1280, 2816), (3, 256, 256)), ((3, 768, 1536), (3, 256, 256)), ((3, 275, 768), (3, 275, 256))]
+    for k in range(3):
+        np.testing.assert_array_equal(tiled[str(k)][...], whole[str(k)][...], err_msg=f"level {k}")
+    # whole: one shard object per level; tiled: one per tile at the tile-written levels
+    assert [sum(1 for p in (stores["whole"] / "pano.png" / str(k) / "c").rglob("*") if p.is_file())
+            for k in range(3)] == [1, 1, 1]
+    assert [sum(1 for p in (stores["tiled"] / "pano.png" / str(k) / "c").rglob("*") if p.is_file())
+            for k in range(3)] == [3 * 6, 3 * 6, 1]
+    small = zarr.open_group(str(stores["whole"]), mode="r")["small.jpg"]["0"]
+    assert small.shape == (3, 240, 320) and small.shards == small.chunks == (3, 240, 320)
+
+
+def test_ome_metadata_records_the_downsampling_and_half_pixel_translations(stores):
+    from ome_zarr_models.v05.image import Image
+
+    group = zarr.open_group(str(stores["tiled"]), mode="r")["pano.png"]
+    Image.from_zarr(group)
+    multiscale = group.attrs["ome"]["multiscales"][0]
+    assert multiscale["type"] == "mean" and multiscale["metadata"]["method"] == "phos_dask.pyramid.downsample2"
+    assert [d["coordinateTransformations"] for d in multiscale["datasets"]] == [
+        [{"type": "scale", "scale": [1.0, f, f]}, {"type": "translation", "translation": [0.0, t, t]}]
+        for f, t in ((1.0, 0.0), (2.0, 0.5), (4.0, 1.5))]
+    assert group.attrs["ome"]["omero"]["rdefs"]["model"] == "color"
+
+
+def test_the_roots_listing_holds_only_zarr_nodes(stores):
+    out = stores["tiled"]
+    assert (out / "_phos" / "report.json").is_file()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        members = dict(zarr.open_group(str(out), mode="r").members())
+    assert set(members) == {"pano.png", "small.jpg", "_phos", "_index"}
+    assert not (out / "_phos" / "staging").exists() and not (out / "_lease.json").exists()
+
+
+def test_one_image_opens_in_ome_zarr_pys_reader(stores):
+    pytest.importorskip("ome_zarr")
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Multiscales, Reader
+
+    nodes = list(Reader(parse_url(str(stores["tiled"] / "pano.png")))())
+    assert nodes and nodes[0].load(Multiscales) is not None
+    pyramid = nodes[0].data
+    assert [a.shape for a in pyramid] == [(3, 1100, 2600), (3, 550, 1300), (3, 275, 650)]
+    np.testing.assert_array_equal(np.asarray(pyramid[2]),
+                                  zarr.open_array(str(stores["tiled"] / "pano.png" / "2"), mode="r")[...])
