@@ -260,11 +260,13 @@ def acquire(url: str, storage_options: dict | None = None) -> Lease:
                     f"started {holder.get('started')}, {why}); wait for it to finish or choose another --out "
                     f"(the lease of a run that died expires {TTL:.0f} s after its last heartbeat)"
                 )
-        if holder is None and not unreadable and not (where.local and os.path.exists(path)):
-            if _create(where, data):
-                break
-            unreadable = True  # another run was quicker: judge its lease (or replace it if it is torn)
-            continue
+        if holder is None and not unreadable:
+            # a local lease that appeared since the read (another run was quicker) is read again before it is
+            # judged torn; otherwise create ours exclusively
+            if (where.local and os.path.exists(path)) or not _create(where, data):
+                unreadable = True  # another run was quicker: judge its lease (or replace it if it is torn)
+                continue
+            break
         try:
             _replace(where, data, holder)  # dead, or torn
         except _Changed:
