@@ -2,7 +2,7 @@
 
 Usage (from the repository root):
 
-    .venv/bin/python bench/linearity.py [--sizes 1,24,300] [--no-big] [--workers 2] [--repeats 1]
+    .venv/bin/python bench/linearity.py [--sizes 1,24,300] [--no-big] [--workers 2] [--repeats 2]
                                         [--workdir DIR] [--image PHOTO] [--out-dir bench/results] [--verbose]
 
 As a user sees it: for each size a folder of JPEGs of that size (distinct crops and flips of the photograph,
@@ -18,8 +18,10 @@ worker, so kernel compile or cache load is not timed. The sizes and folders:
   process, before the cluster starts); ``--no-big`` leaves it out.
 
 Each job is timed end to end (discovery, lease, header probes, tasks, report): seconds per MP = wall
-seconds / megapixels rendered. The spread is max/min of the sizes' seconds per MP; the target (issue 14)
-is every size within ±20 % of every other, read here as max/min ≤ 1.2. To say where a size's time goes,
+seconds / megapixels rendered. ``--repeats`` rounds (default 2) run one job of every size each, so the sizes
+share the machine's busy and quiet minutes; each size's fastest job counts. The spread is max/min of the
+sizes' seconds per MP; the target (issue 14) is every size within ±20 % of every other, read here as
+max/min ≤ 1.2. To say where a size's time goes,
 each job also records (a) the sum over its images of the per-image ``stages`` of its report (decode —
 for a tiled image also staging and tile windows —, model, write; task seconds, summed over workers),
 (b) Dask's task stream: per kind of task (``film-image``, ``film-tile``, ``finalize``) how many, their
@@ -98,40 +100,34 @@ def task_stream_summary(records: list[dict[str, Any]], wall: float, workers: int
             "idle_share": round(1.0 - busy / (wall * workers), 4) if wall > 0 else None}
 
 
-def run_size(client: Client, label: str, bucket: Path, store: Path, workers: int, repeats: int, verbose: bool
-             ) -> dict[str, Any]:
-    """`repeats` jobs over `bucket` (fresh store each); the fastest counts. Returns its timings and
-    breakdowns."""
+def run_size(client: Client, bucket: Path, store: Path, workers: int, verbose: bool) -> dict[str, Any]:
+    """One job over `bucket` into a fresh `store` (removed after): its timings and breakdowns."""
     from distributed import get_task_stream
 
     from phos_dask.job import JobSpec, run_job
     from phos_dask.settings import Settings
 
-    runs = []
-    for _ in range(repeats):
-        shutil.rmtree(store, ignore_errors=True)
-        spec = JobSpec(source=str(bucket), out=str(store), settings=Settings(film=FILM, dtype=DTYPE))
-        with get_task_stream(client) as ts:
-            t0 = time.perf_counter()
-            report = run_job(spec, client, _quiet_progress(verbose))
-            wall = time.perf_counter() - t0
-        mp = report["megapixels"]
-        stages = {s: round(sum(float((im.get("stages") or {}).get(s, 0.0)) for im in report["images"]), 3)
-                  for s in ("decode", "model", "write")}
-        runs.append({
-            "wall_s": round(wall, 3), "report_s": report["seconds"], "counts": report["counts"], "megapixels": mp,
-            "s_per_mp": round(wall / mp, 5) if mp else None,
-            "stages_s": stages,
-            "stages_s_per_mp": {s: round(v / mp, 5) for s, v in stages.items()} if mp else None,
-            "task_seconds_per_mp": round(sum(float(im.get("seconds", 0.0)) for im in report["images"]) / mp, 5)
-            if mp else None,
-            "tasks": task_stream_summary(ts.data, wall, workers),
-            "images": [{k: im.get(k) for k in ("source", "status", "seconds", "wall_seconds", "tiles", "stages",
-                                                 "error") if k in im} for im in report["images"]],
-        })
-        shutil.rmtree(store, ignore_errors=True)
-    best = min(runs, key=lambda r: r["wall_s"])
-    return {"label": label, "repeats": repeats, "all_walls_s": [r["wall_s"] for r in runs], **best}
+    shutil.rmtree(store, ignore_errors=True)
+    spec = JobSpec(source=str(bucket), out=str(store), settings=Settings(film=FILM, dtype=DTYPE))
+    with get_task_stream(client) as ts:
+        t0 = time.perf_counter()
+        report = run_job(spec, client, _quiet_progress(verbose))
+        wall = time.perf_counter() - t0
+    shutil.rmtree(store, ignore_errors=True)
+    mp = report["megapixels"]
+    stages = {s: round(sum(float((im.get("stages") or {}).get(s, 0.0)) for im in report["images"]), 3)
+              for s in ("decode", "model", "write")}
+    task_s = sum(float(im.get("seconds", 0.0)) for im in report["images"])
+    return {
+        "wall_s": round(wall, 3), "report_s": report["seconds"], "counts": report["counts"], "megapixels": mp,
+        "s_per_mp": round(wall / mp, 5) if mp else None,
+        "stages_s": stages,
+        "stages_s_per_mp": {s: round(v / mp, 5) for s, v in stages.items()} if mp else None,
+        "task_seconds_per_mp": round(task_s / mp, 5) if mp else None,
+        "tasks": task_stream_summary(ts.data, wall, workers),
+        "images": [{k: im.get(k) for k in ("source", "status", "seconds", "wall_seconds", "tiles", "stages", "error")
+                    if k in im} for im in report["images"]],
+    }
 
 
 def render_reference(path: Path, warm: Path, repeats: int = 3) -> dict[str, Any]:
@@ -167,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--big", action=argparse.BooleanOptionalAction, default=True,
                         help="include the 300 MP job (default: on; --no-big leaves it out)")
     parser.add_argument("--workers", type=int, default=2, metavar="N", help="local cluster worker processes (2)")
-    parser.add_argument("--repeats", type=int, default=1, metavar="R", help="jobs per size; the fastest counts (1)")
+    parser.add_argument("--repeats", type=int, default=2, metavar="R",
+                        help="rounds of one job per size; each size's fastest counts (2)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="make the folders here and leave them; default: a temporary folder, removed")
     parser.add_argument("--image", type=Path, default=None, help="source photograph (default: coffee)")
@@ -203,15 +200,21 @@ def main(argv: list[str] | None = None) -> int:
         with connect(workers=args.workers, dashboard_address="127.0.0.1:0") as client:
             startup = time.perf_counter() - t0
             warm = warm_cluster(client, workdir, source, args.workers, args.verbose)
-            for label in labels:
-                r = run_size(client, label, workdir / f"in-{label}mp", workdir / f"out-{label}mp.zarr",
-                             args.workers, args.repeats, args.verbose)
-                results[label] = r
-                st = r["stages_s_per_mp"] or {}
-                print(f"job {label:>3s} MP: {r['megapixels']:.1f} MP in {r['wall_s']:.2f} s = {r['s_per_mp']:.4f} s/MP "
-                      f"(stages s/MP: decode {st.get('decode', 0):.4f}, model {st.get('model', 0):.4f}, "
-                      f"write {st.get('write', 0):.4f}; workers idle {r['tasks']['idle_share']:.0%}; "
-                      f"counts {r['counts']})", flush=True)
+            runs: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
+            for _ in range(args.repeats):  # rounds over every size, so each size sees the same minutes
+                for label in labels:
+                    r = run_size(client, workdir / f"in-{label}mp", workdir / f"out-{label}mp.zarr", args.workers,
+                                 args.verbose)
+                    runs[label].append(r)
+                    st = r["stages_s_per_mp"] or {}
+                    print(f"job {label:>3s} MP: {r['megapixels']:.1f} MP in {r['wall_s']:.2f} s = "
+                          f"{r['s_per_mp']:.4f} s/MP (stages s/MP: decode {st.get('decode', 0):.4f}, model "
+                          f"{st.get('model', 0):.4f}, write {st.get('write', 0):.4f}; workers idle "
+                          f"{r['tasks']['idle_share']:.0%}; counts {r['counts']})", flush=True)
+            for label, rs in runs.items():
+                best = min(rs, key=lambda r: r["wall_s"])
+                results[label] = {"label": label, "repeats": len(rs), "all_s_per_mp": [r["s_per_mp"] for r in rs],
+                                  **best}
         warm_image = workdir / "warm" / sorted(os.listdir(workdir / "warm"))[0]
         for label in (s for s in RENDER_REFERENCE if s in buckets):
             references[label] = render_reference(buckets[label][0], warm_image)
@@ -239,9 +242,9 @@ def main(argv: list[str] | None = None) -> int:
                      "whole_limit_mp": "JobSpec default"},
         "method": (f"{args.workers}-worker local cluster from phos_dask.cluster.connect (1 thread each), started "
                    f"in {startup:.1f} s, warmed by a small job and a render on every worker; one run_job per size "
-                   f"(best of {args.repeats}), timed end to end; s/MP = wall / megapixels; stages from the "
-                   "report's per-image rows; task kinds and idle share from Dask's task stream; render() "
-                   "reference in-process after the cluster closed"),
+                   f"(best of {args.repeats} rounds over the sizes), timed end to end; s/MP = wall / megapixels; "
+                   "stages from the report's per-image rows; task kinds and idle share from Dask's task stream; "
+                   "render() reference in-process after the cluster closed"),
         "targets": {"spread_max_over_min": TARGET_SPREAD},
         "verdict": verdict,
         "warmup": warm,
