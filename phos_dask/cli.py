@@ -462,7 +462,7 @@ def _info(args: argparse.Namespace) -> int:
 def _contact_sheet(out: str, storage_options: dict, report: dict, pairs: dict[str, bytes]) -> None:
     """Write OUT/_phos/contact.jpg from the job's thumbnails and say where; a failure is a warning, never
     the command's failure."""
-    from phos_dask.export import write_contact_sheet
+    from phos_dask.contact import write_contact_sheet
     from phos_dask.job import SHEET_IMAGES
 
     finished = sorted((r["key"], r["source"]) for r in report["images"] if r["status"] in ("done", "skipped"))

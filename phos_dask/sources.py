@@ -13,14 +13,9 @@ from pathlib import Path
 import fsspec
 import fsspec.utils
 
-from phos_dask.imageio import RAW_EXTENSIONS
+from phos_dask.imageio.formats import IMAGE_EXTENSIONS
 from phos_dask.storage import Location, options_for, special_kind
 from phos_dask.store import unique_keys
-
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".apng", ".gif", ".tif", ".tiff", ".webp", ".bmp", ".jp2", ".pgm", ".ppm",
-     ".pnm"}
-) | RAW_EXTENSIONS
 
 
 @dataclass(frozen=True)

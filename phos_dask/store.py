@@ -251,16 +251,23 @@ def image_state(out: Location, key: str) -> dict[str, Any] | None:
     return phos if isinstance(phos, dict) else {}
 
 
-def image_status(root: zarr.Group, key: str) -> dict | None:
-    """The `phos` attributes of a finished image in an opened group, or None when the image is absent or
-    incomplete (for readers that hold the store open through Zarr)."""
+def complete_image(root: zarr.Group, key: str) -> tuple[zarr.Group, dict[str, Any]] | None:
+    """(the image's group, its `phos` attributes) of a finished image in an opened store, or None when the
+    image is absent or incomplete (for readers that hold the store open through Zarr)."""
     try:
-        phos = dict(root[key].attrs).get("phos")
+        group = root[key]
+        phos = dict(group.attrs).get("phos")
     except Exception:  # absent, or metadata that cannot be read: not complete
         return None
-    if not isinstance(phos, dict) or phos.get("status") != COMPLETE:
+    if not isinstance(group, zarr.Group) or not isinstance(phos, dict) or phos.get("status") != COMPLETE:
         return None
-    return phos
+    return group, phos
+
+
+def image_status(root: zarr.Group, key: str) -> dict | None:
+    """The `phos` attributes of a finished image in an opened group, or None (see `complete_image`)."""
+    found = complete_image(root, key)
+    return None if found is None else found[1]
 
 
 def root_document(out: Location) -> dict[str, Any] | None:

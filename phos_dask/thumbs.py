@@ -19,6 +19,7 @@ from collections.abc import Iterable
 import cv2
 import numpy as np
 
+from phos_dask.samples import to_codes
 from phos_dask.storage import Location
 from phos_dask.store import THUMBS
 
@@ -59,8 +60,6 @@ def source_thumb(image: np.ndarray, thumb: int = THUMB) -> np.ndarray:
 
 def result_thumb(level_chw: np.ndarray, thumb: int = THUMB) -> np.ndarray:
     """A stored pyramid level (C, h, w) in the store's dtype → its (h', w', 3) uint8 thumbnail."""
-    from phos_dask.export import to_codes
-
     codes = to_codes(np.asarray(level_chw), 8)
     image = codes[0] if codes.shape[0] == 1 else np.moveaxis(codes, 0, -1)
     return rgb8(fit(image, thumb))

@@ -16,14 +16,9 @@ import zarr
 from PIL import Image, ImageCms
 
 from phos_dask import Settings, thumbs
-from phos_dask.export import (
-    ExportError,
-    _names,
-    contact_sheet_size,
-    export_store,
-    to_codes,
-    write_contact_sheet,
-)
+from phos_dask.contact import contact_sheet_size, write_contact_sheet
+from phos_dask.export import ExportError, _names, export_store
+from phos_dask.samples import to_codes
 from phos_dask.storage import Location
 
 MAKE, MODEL = "PhosTestCam", "Model X1"
