@@ -2,7 +2,8 @@
 picks a device for a job (`--device auto|cpu|gpu`).
 
 `probe()` is the only function that touches the hardware; everything else is a pure function of what it
-found, so the rules are tested on machines without a GPU by handing them a `Devices` record.
+found, so the rules are tested on machines without a GPU by handing them a `Devices` record. GPU sizing of a
+job (`sized_for_gpus`) and the accelerator a task renders on (`accelerator`) are decided here too.
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from __future__ import annotations
 import importlib.metadata
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from phos_dask.errors import EnvironmentProblem
+
+if TYPE_CHECKING:
+    from phos_dask.taskflow import JobConfig
 
 DEVICES = ("auto", "cpu", "gpu")
 #: Share of a GPU's free memory one task may plan to use (tiles are sized to stay under it).
@@ -163,6 +167,28 @@ def gpu_whole_limit_px(free_bytes: int, is_color: bool = True) -> int:
     return int(GPU_MEMORY_SHARE * free_bytes / GPU_BYTES_PER_PX["color" if is_color else "bw"])
 
 
+def free_gpu_bytes() -> int | None:
+    """Free memory of this worker's GPU (run on each worker), or None without one."""
+    if cupy_accelerator() is None:
+        return None
+    import cupy
+
+    return int(cupy.cuda.runtime.memGetInfo()[0])
+
+
+def sized_for_gpus(cfg: JobConfig, client) -> JobConfig:
+    """Tiles and the whole-image limit sized from the GPU workers' free memory (the smallest of them):
+    an estimated window of at most GPU_MEMORY_SHARE of it (halo taken as 128 px)."""
+    import dataclasses
+
+    free = [b for b in client.run(free_gpu_bytes).values() if b]
+    if not free:
+        return cfg
+    least = min(free)
+    return dataclasses.replace(cfg, tile=min(cfg.tile, gpu_tile(least, 128, True)),
+                               whole_limit_mp=min(cfg.whole_limit_mp, gpu_whole_limit_px(least) / 1e6))
+
+
 @dataclass(frozen=True)
 class Accelerator:
     """An array namespace on a device and the moves to and from it: CuPy in production; the tests build one
@@ -199,6 +225,12 @@ def cupy_accelerator() -> Accelerator | None:
             acc = None
         _CUPY.append(acc)
     return _CUPY[0]
+
+
+def accelerator(kind: str) -> Accelerator | None:
+    """What a task of a job with `--device kind` ("cpu" | "gpu", see `choose`) renders on: the worker's GPU
+    through CuPy for "gpu" when it has one, else None (the CPU kernels)."""
+    return cupy_accelerator() if kind == "gpu" else None
 
 
 def render_on(accelerator: Accelerator | None, window: np.ndarray, origin: tuple[int, int],

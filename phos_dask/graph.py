@@ -1,26 +1,29 @@
 """A job as Dask tasks, submitted through a bounded window so the graph never holds the whole archive.
 
 Per image one `film-image-…` task (tasks.process_image) reads the header and either renders the image whole
-or stages it and returns its tile grid; the client then submits one `film-tile-…` per tile and a
-`finalize-…`. Task keys start with those prefixes, then an 8-hex-digit token of the image, so the dashboard
+(its `ImageResult`) or prepares it for tiles (its `Staged`, with the tile grid); the client then submits one
+`film-tile-…` per tile (tiled.process_tile) and a `finalize-…` (tiled.finalize). What tasks return:
+phos_dask.taskflow. Task keys start with those prefixes, then an 8-hex-digit token of the image, so the dashboard
 groups work by kind. The client does nothing per image but submit and collect: no header, no store read.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Literal, NamedTuple
 
 from distributed import Client, Future, as_completed
 
-from phos_dask import tasks
+from phos_dask import tasks, tiled
 from phos_dask.errors import PhosError, one_line
 from phos_dask.sources import SourceItem
+from phos_dask.taskflow import ImageResult, JobConfig, Staged
 
-ResultCallback = Callable[[SourceItem, dict[str, Any]], None]
+ResultCallback = Callable[[SourceItem, ImageResult], None]
 
 
 class Todo(NamedTuple):
@@ -32,25 +35,26 @@ class Todo(NamedTuple):
     thumb: bool = False
 
 
-def _token(cfg: tasks.JobConfig, item: SourceItem) -> str:
+def _token(cfg: JobConfig, item: SourceItem) -> str:
     return hashlib.blake2b(f"{cfg.out_url}|{item.key}|{cfg.fingerprint()}".encode(), digest_size=4).hexdigest()
 
 
 @dataclass
 class _Image:
     todo: Todo
-    stage: str  # "image" | "finalize"
+    #: the image's task in flight: its first one (process_image) or its finalize
+    task: Literal["image", "finalize"]
     token: str
     started: float = field(default_factory=time.perf_counter)
 
 
-def submit_job(client: Client, cfg: tasks.JobConfig, todos: Iterable[Todo | SourceItem], on_result: ResultCallback,
+def submit_job(client: Client, cfg: JobConfig, todos: Iterable[Todo | SourceItem], on_result: ResultCallback,
                window: int | None = None) -> None:
     """Run every image (a bare SourceItem is a fresh Todo); call on_result(item, result) as each image ends,
     in completion order.
 
-    result: {"status": "done", "seconds" (task time), "wall_seconds", "megapixels", …}, {"status":
-    "skipped"} (found complete by its task), or {"status": "failed", "error": one line, "wall_seconds"}.
+    result: an ImageResult, done, skipped (found complete by its task) or failed (error: one line), with its
+    wall_seconds.
     At most `window` images are in flight (default: 2 × the cluster's threads, at least 4).
     """
     if window is None:
@@ -74,29 +78,28 @@ def submit_job(client: Client, cfg: tasks.JobConfig, todos: Iterable[Todo | Sour
                 return
             start(todo)
 
-    def finish(image: _Image, result: dict[str, Any]) -> None:
-        result = {**result, "wall_seconds": round(time.perf_counter() - image.started, 3)}
-        on_result(image.todo.item, result)
+    def finish(image: _Image, result: ImageResult) -> None:
+        on_result(image.todo.item,
+                  dataclasses.replace(result, wall_seconds=round(time.perf_counter() - image.started, 3)))
 
     fill()
     for fut in ac:
         image = running.pop(fut.key)
         result = fut.result() if fut.status == "finished" else None
         if result is None:
-            finish(image, {"key": image.todo.item.key, "status": "failed", "error": _one_line(fut)})
-        elif image.stage == "image" and result.get("status") == "staged":
+            finish(image, ImageResult.failed(image.todo.item.key, _one_line(fut)))
+        elif image.task == "image" and isinstance(result, Staged):
             item = image.todo.item
-            # plain data, not the future: a lost worker never makes the staging task run again under
+            # plain data, not the future: a lost worker never makes the first task run again under
             # tiles that are already writing
-            staged = {k: v for k, v in result.items() if k not in ("tiles", "source_thumb")}
+            for_tiles = result.for_tiles()
             tiles = [
-                client.submit(tasks.process_tile, cfg, item, staged, tuple(idx),
+                client.submit(tiled.process_tile, cfg, item, for_tiles, idx,
                               key=f"film-tile-{image.token}-{idx[0]}-{idx[1]}-{item.key}", pure=False)
-                for idx in result["tiles"]
+                for idx in result.tiles
             ]
-            fin = client.submit(tasks.finalize, cfg, item,
-                                {**staged, "source_thumb": result.get("source_thumb"), "thumb": image.todo.thumb},
-                                *tiles, key=f"finalize-{image.token}-{item.key}", pure=False)
+            fin = client.submit(tiled.finalize, cfg, item, dataclasses.replace(result, tiles=()), *tiles,
+                                key=f"finalize-{image.token}-{item.key}", pure=False)
             running[fin.key] = _Image(image.todo, "finalize", image.token, image.started)
             ac.add(fin)
             del tiles

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import heapq
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -11,8 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from phos_dask import __version__, index
+from phos_dask.device import sized_for_gpus
 from phos_dask.errors import PhosError
-from phos_dask.film.pipeline import make_plan
 from phos_dask.imageio import DEFAULT_MAX_PIXELS
 from phos_dask.lease import Lease, LeaseError, hold
 from phos_dask.progress import Progress
@@ -20,9 +21,9 @@ from phos_dask.settings import Settings
 from phos_dask.sources import Problem, SourceItem, scan
 from phos_dask.storage import Location, relative_inside
 from phos_dask.store import METADATA, REPORT, STAGING, OutputError, check_output, root_document, write_root
-from phos_dask.tasks import WHOLE_LIMIT_MP, JobConfig
+from phos_dask.taskflow import WHOLE_LIMIT_MP, ImageContext, ImageResult, JobConfig
 from phos_dask.thumbs import PackWriter
-from phos_dask.tiles import DEFAULT_TILE, TilePlan, pyramid_shapes
+from phos_dask.tiles import DEFAULT_TILE, pyramid_shapes
 
 #: Peak bytes of working memory per pixel of a render window (measured: 24 MP colour ≈ 1.1 GB).
 BYTES_PER_PX = {"color": 46, "bw": 22}
@@ -204,17 +205,14 @@ def run_job(spec: JobSpec, client=None, progress: Progress | None = None, plan: 
     thumbs: dict[str, bytes] = {}
     fingerprint = manifest["fingerprint"]
 
-    def record(item: SourceItem, result: dict[str, Any]) -> None:
-        if lease.lost.is_set() and result.get("status") == "failed":
-            result = {**result, "error": f"another run took over the output's lease ({result.get('error')})"}
-        pair = None
-        if "thumb" in result:
-            result = dict(result)
-            pair = result.pop("thumb")
-            if item.key in sheet:
-                thumbs[item.key] = pair
-        results[item.key] = {"key": item.key, "source": item.relpath, **result}
-        if result.get("status") in ("done", "skipped") and not lease.lost.is_set():
+    def record(item: SourceItem, result: ImageResult) -> None:
+        if lease.lost.is_set() and result.status == "failed":
+            result = dataclasses.replace(result, error=f"another run took over the output's lease ({result.error})")
+        pair = result.thumb
+        if pair is not None and item.key in sheet:
+            thumbs[item.key] = pair
+        results[item.key] = {"key": item.key, "source": item.relpath, **result.to_row()}
+        if result.status in ("done", "skipped") and not lease.lost.is_set():
             finished.add(index.entry(item.key, item.relpath, fingerprint, item.size, item.stamp))
             if item.key in thumbs:
                 packs.add(item.key, thumbs[item.key])
@@ -223,7 +221,7 @@ def run_job(spec: JobSpec, client=None, progress: Progress | None = None, plan: 
 
     cfg = spec.config(lease.token)
     if spec.device == "gpu":
-        cfg = _sized_for_gpus(cfg, client)
+        cfg = sized_for_gpus(cfg, client)
     name = job_name(spec.out)
     board = Publisher(client, name, total, spec.source, spec.out)  # the job's page on the dashboard
     unusable = [{"key": None, "source": p.relpath, "status": "failed", "error": p.error} for p in plan.problems]
@@ -291,32 +289,6 @@ def _current_client():
                        ) from None
 
 
-def _free_gpu_bytes() -> int | None:
-    """Free memory of this worker's GPU (run on each worker), or None without one."""
-    from phos_dask.device import cupy_accelerator
-
-    if cupy_accelerator() is None:
-        return None
-    import cupy
-
-    return int(cupy.cuda.runtime.memGetInfo()[0])
-
-
-def _sized_for_gpus(cfg: JobConfig, client) -> JobConfig:
-    """Tiles and the whole-image limit sized from the GPU workers' free memory (the smallest of them):
-    an estimated window of at most GPU_MEMORY_SHARE of it (halo taken as 128 px)."""
-    import dataclasses
-
-    from phos_dask.device import gpu_tile, gpu_whole_limit_px
-
-    free = [b for b in client.run(_free_gpu_bytes).values() if b]
-    if not free:
-        return cfg
-    least = min(free)
-    return dataclasses.replace(cfg, tile=min(cfg.tile, gpu_tile(least, 128, True)),
-                               whole_limit_mp=min(cfg.whole_limit_mp, gpu_whole_limit_px(least) / 1e6))
-
-
 #: Header reads a dry run keeps in flight.
 PROBES = 32
 
@@ -347,8 +319,8 @@ def dry_run(spec: JobSpec) -> dict[str, Any]:
         shape = output_shape(shape, cfg.settings)
         mode = "whole" if cfg.runs_whole(shape) else "tiled"
         out: dict[str, Any] = {"key": item.key, "source": item.relpath, "mode": mode}
-        mp = make_plan(cfg.image_settings(item), shape)
-        tp = TilePlan.build(shape, cfg.tile, mp.halo)
+        ctx = ImageContext.build(cfg, item, shape)
+        mp, tp = ctx.model, ctx.tiling
         per_px = BYTES_PER_PX["color" if mp.stock.is_color else "bw"]
         if mode == "whole":
             peak = shape[0] * shape[1] * per_px

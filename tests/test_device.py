@@ -123,8 +123,8 @@ def test_a_job_counts_its_gpu_fallbacks_in_the_report(tmp_path, small_photo, mon
     item = discover(str(tmp_path / "a.png"))[0]
     cfg = JobConfig(str(tmp_path / "o.zarr"), Settings(film="Portra400", dtype="uint16"), device="gpu")
     result = process_image(cfg, item)
-    assert result["status"] == "done" and result["gpu_oom_fallbacks"] == 1
-    assert result["device"] == "cpu (GPU out of memory)"
+    assert result.status == "done" and result.gpu_oom_fallbacks == 1
+    assert result.device == "cpu (GPU out of memory)"
     group = zarr.open_group(str(tmp_path / "o.zarr" / "a.png"), mode="r")  # the job writes the root
     assert group.attrs["phos"]["device"].startswith("cpu (GPU out of memory) on ")
     expected = render(small_photo, Settings(film="Portra400", dtype="uint16", image_key="a.png"))

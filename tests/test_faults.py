@@ -206,7 +206,7 @@ def test_tasks_of_a_run_that_lost_its_lease_write_nothing(source, tmp_path):
     with lease.hold(str(out)):
         cfg = JobConfig(str(out), Settings(film="Portra400"), lease_token="0123456789abcdef")
         result = process_image(cfg, item)
-    assert result["status"] == "failed" and "lease" in result["error"] and "taken over" in result["error"]
+    assert result.status == "failed" and "lease" in result.error and "taken over" in result.error
     assert not out.exists() or not any(p.name != lease.LEASE for p in out.iterdir())  # nothing written
 
 

@@ -131,7 +131,7 @@ def test_a_file_swapped_for_a_fifo_after_discovery_fails_at_once(tmp_path, pixel
     t0 = time.monotonic()
     result = process_image(JobConfig(str(tmp_path / "o.zarr"), Settings(film="Portra400")), item)
     assert time.monotonic() - t0 < 10
-    assert result["status"] == "failed" and "FIFO" in result["error"]
+    assert result.status == "failed" and "FIFO" in result.error
 
 
 @pytest.mark.parametrize("special", ["fifo", "dev-zero"])

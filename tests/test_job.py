@@ -214,7 +214,7 @@ def test_work_is_submitted_through_a_bounded_window(client, tmp_path, small_phot
 
     def on_result(item, result):
         alive.append(len(client.futures))
-        done.append(result["status"])
+        done.append(result.status)
 
     submit_job(client, spec.config(), discover(str(src)), on_result, window=2)
     assert done == ["done"] * 8
