@@ -15,9 +15,9 @@ from test_dashboard import ENV, _status, dash_cluster  # noqa: F401  (the extern
 
 from phos_dask import Settings, config
 from phos_dask.flags import build_parser
-from phos_dask.runner import apply_config_defaults, lease_ttl
 from phos_dask.imageio import DEFAULT_MAX_PIXELS
 from phos_dask.job import JobError, JobSpec, run_job
+from phos_dask.runner import apply_config_defaults, lease_ttl
 from phos_dask.tasks import WHOLE_LIMIT_MP, limit_kernel_threads
 from phos_dask.tiles import DEFAULT_TILE
 
