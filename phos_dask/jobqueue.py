@@ -226,7 +226,7 @@ def client_tls(cluster: SLURMCluster) -> Iterator[None]:
 
 def _parse_set(items: Sequence[str]) -> dict[str, Any]:
     """`--set KEY=VALUE` as SLURMCluster keyword arguments; VALUE is JSON when it parses, else a string."""
-    from phos_dask.cli import json_or_text
+    from phos_dask.options import json_or_text
 
     out: dict[str, Any] = {}
     for item in items:
@@ -244,9 +244,9 @@ def _run_args(command: list[str], kind: str) -> list[str]:
     for flag in CLUSTER_FLAGS:
         if any(a == flag or a.startswith(flag + "=") for a in command):
             raise JobqueueError(f"{flag} does not apply here: this command provides the cluster (SLURM jobs)")
-    from phos_dask.cli import build_parser
+    from phos_dask.flags import build_parsers
 
-    args = build_parser().parse_args(command)  # a mistyped flag ends here, before any job is queued
+    args = build_parsers().parse(command)  # a mistyped flag (or job file) ends here, before any job is queued
     source = args.source or ""
     if source and "://" not in source and not Path(source).exists():
         raise JobqueueError(f"SOURCE {source!r} does not exist")
@@ -315,7 +315,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace, command: list[str], overrides: Mapping[str, Any]) -> int:
     from distributed import Client
 
-    from phos_dask import cli
+    from phos_dask import runner
+    from phos_dask.flags import build_parsers
+    from phos_dask.progress import Progress
 
     with slurm_cluster(args.config, args.kind, tls=not args.no_tls, **overrides) as cluster:
         submit(cluster, args.jobs)
@@ -328,8 +330,18 @@ def _run(args: argparse.Namespace, command: list[str], overrides: Mapping[str, A
             except TimeoutError:
                 raise JobqueueError(f"no worker started within {args.wait_timeout:g} s (jobs {ids}; see "
                                     "`squeue` and the jobs' logs)") from None
+        args = build_parsers().parse([*command, "--scheduler", cluster.scheduler_address])
         with client_tls(cluster):
-            return cli.main([*command, "--scheduler", cluster.scheduler_address])
+            try:
+                result = runner.run(runner.options_from(args), say=lambda line: print(line, file=sys.stderr,
+                                                                                      flush=True),
+                                    progress=lambda: Progress(0, stream=sys.stdout, tty=False))
+            except PhosError as e:
+                print(f"phos_dask: error: {e}", file=sys.stderr)
+                return e.exit_code
+            if result.plan is not None:
+                print(json.dumps(result.plan, indent=2))
+            return result.exit_code
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from phos_dask.errors import PhosError
@@ -27,9 +28,45 @@ class SettingsError(PhosError, ValueError):
     """A setting outside its allowed range; the message names the field."""
 
 
-def _check_range(name: str, value: float, lo: float, hi: float) -> None:
+def _validate(name: str, value: object, meta: Mapping) -> None:
+    """Check one field's value against its metadata (`option`); None passes for fields that allow it."""
+    if value is None or "help" not in meta:
+        return
+    if "choices" in meta and value not in meta["choices"]:
+        raise SettingsError(f"{name} must be one of {', '.join(meta['choices'])}, got {value!r}")
+    if "range" not in meta:
+        return
+    lo, hi = meta["range"]
+    shown = meta["shown_range"]
+    # a range shown as lo..hi (the seed's 0..2**64-1) is named that way in the message too
+    within = f" between {shown.replace('..', ' and ')}" if ".." in shown else ""
+    if meta["kind"] is int and (not isinstance(value, int) or isinstance(value, bool)):
+        raise SettingsError(f"{name} must be an integer{within}, got {value!r}")
     if not (lo <= value <= hi):
-        raise SettingsError(f"{name} must be between {lo:g} and {hi:g}, got {value!r}")
+        raise SettingsError(f"{name} must be an integer{within}, got {value!r}" if within
+                            else f"{name} must be between {lo:g} and {hi:g}, got {value!r}")
+
+
+def option(help: str, *, range: tuple[float, float] | None = None, choices: object = None, kind: type | None = None,
+           metavar: str | None = None, shown_range: str | None = None, default_text: str | None = None,
+           aliases: tuple[str, ...] = ()) -> dict:
+    """A field's metadata: what it means (`help`), the values it takes (`range` inclusive, or `choices`), its
+    Python type (`kind`), and how the command line shows it (`metavar`, `shown_range` instead of `range`,
+    `default_text` for a default of None, `aliases`). `Settings` validates with it; phos_dask.flags builds its
+    render flags (`--grain-size` for grain_size) from it."""
+    meta: dict = {"help": help, "kind": kind, "metavar": metavar, "aliases": aliases}
+    if range is not None:
+        meta["range"] = range
+        meta["shown_range"] = shown_range or f"{range[0]:g}-{range[1]:g}"
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    if default_text is not None:
+        meta["default_text"] = default_text
+    return meta
+
+
+def _field(default: object, **meta: object) -> object:
+    return dataclasses.field(default=default, metadata=option(**meta))
 
 
 @dataclass(frozen=True)
@@ -37,44 +74,40 @@ class Settings:
     """Everything that decides a render's pixels.
 
     Lengths are px at scale 1 (the spec's 3000 px short side); they are multiplied by the image's scale s.
+    Each user-facing field's metadata (`option`) states its meaning and allowed values: validation here and
+    the command line's flags both read it.
     """
 
-    film: str = "Portra400"
-    grain: str = "default"  # none | soft | default | coarse
-    grain_size: float = 1.5  # px at s = 1, Gaussian sigma of the grain correlation
-    grain_intensity: float = 0.8
-    seed: int = 0  # job seed, 0 .. 2**64-1
+    film: str = _field("Portra400", help="film stock, case-insensitive (list them with 'phos_dask films')",
+                       kind=str, metavar="NAME")
+    grain: str = _field("default", help="grain style", choices=GRAIN_STYLES, kind=str)
+    grain_size: float = _field(1.5, help="grain correlation sigma in px at scale 1", range=(0.25, 10.0),
+                               kind=float, metavar="PX")
+    grain_intensity: float = _field(0.8, help="grain amplitude", range=(0.0, 4.0), kind=float, metavar="X")
+    seed: int = _field(0, help="job seed for the grain", range=(0, 2**64 - 1), shown_range="0..2**64-1", kind=int,
+                       metavar="N")
     image_key: str = ""  # stable name of the image, mixed into its grain seed
-    scattering: float | None = None  # override of the stock's bloom scattering (upstream's app: 0.10)
-    exposure_time: float | None = None  # seconds; None or 1 = no reciprocity correction
-    film_format: str = "35mm"
-    working_size: int | None = None  # resample so the short side is this many px first
-    dtype: str = "uint8"
-    hd_curve: bool | None = None  # None = the stock's default (on for B&W, off for colour)
-    linear_input: bool = False  # input is linear light, not sRGB-encoded (integer codes are then v / vmax)
+    scattering: float | None = _field(None, help="bloom scattering", range=(0.0, 1.0), kind=float, metavar="X",
+                                      default_text="the stock's own; upstream's app uses 0.10")
+    exposure_time: float | None = _field(None, help="exposure time in seconds for reciprocity failure",
+                                         range=(1e-5, 3600.0), shown_range="1e-5 to 3600", kind=float,
+                                         metavar="SECONDS",
+                                         default_text="none, i.e. 1 s")
+    film_format: str = _field("35mm", help="frame size: larger formats make grain and glow smaller",
+                              choices=FILM_FORMATS, kind=str)
+    working_size: int | None = _field(None, help="resample so the short side is N px before rendering",
+                                      range=(16, 200_000), kind=int, metavar="N", default_text="keep the size")
+    dtype: str = _field("uint8", help="output sample type", choices=DTYPES, kind=str,
+                        default_text="depends on the output")
+    hd_curve: bool | None = _field(None, help="apply the stock's characteristic curve", kind=bool,
+                                   default_text="on for B&W, off for colour")
+    linear_input: bool = _field(False, help="input is linear light, not sRGB-encoded (float files such as float "
+                                "TIFFs always are)", kind=bool, aliases=("--input-linear",))
 
     def __post_init__(self) -> None:
         get_stock(self.film)  # raises StockError listing the valid names
-        if self.grain not in GRAIN_STYLES:
-            raise SettingsError(f"grain must be one of {', '.join(GRAIN_STYLES)}, got {self.grain!r}")
-        _check_range("grain_size", self.grain_size, 0.25, 10.0)
-        _check_range("grain_intensity", self.grain_intensity, 0.0, 4.0)
-        if not isinstance(self.seed, int) or not (0 <= self.seed < 2**64):
-            raise SettingsError(f"seed must be an integer between 0 and 2**64-1, got {self.seed!r}")
-        if self.scattering is not None:
-            _check_range("scattering", self.scattering, 0.0, 1.0)
-        if self.exposure_time is not None:
-            _check_range("exposure_time", self.exposure_time, 1e-5, 3600.0)
-        if self.film_format not in FILM_FORMATS:
-            raise SettingsError(
-                f"film_format must be one of {', '.join(FILM_FORMATS)}, got {self.film_format!r}"
-            )
-        if self.working_size is not None:
-            if not isinstance(self.working_size, int):
-                raise SettingsError(f"working_size must be an integer, got {self.working_size!r}")
-            _check_range("working_size", self.working_size, 16, 200_000)
-        if self.dtype not in DTYPES:
-            raise SettingsError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        for f in dataclasses.fields(self):
+            _validate(f.name, getattr(self, f.name), f.metadata)
 
     @property
     def stock(self) -> Stock:

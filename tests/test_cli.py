@@ -270,7 +270,7 @@ def test_run_as_typed_with_only_a_source_uses_nc200_and_writes_beside_the_source
     ("gs://b/scans/a.tif", "gs://b/scans/a.zarr"),
 ])
 def test_the_default_output_sits_beside_a_remote_source(source: str, out: str) -> None:
-    from phos_dask.cli import default_out
+    from phos_dask.runner import default_out
 
     assert default_out(source) == out
 

@@ -14,9 +14,10 @@ import pytest
 from test_dashboard import ENV, _status, dash_cluster  # noqa: F401  (the external cluster fixture)
 
 from phos_dask import Settings, config
-from phos_dask.cli import _job_defaults, _lease_ttl, build_parser
+from phos_dask.flags import build_parser
 from phos_dask.imageio import DEFAULT_MAX_PIXELS
 from phos_dask.job import JobError, JobSpec, run_job
+from phos_dask.runner import apply_config_defaults, lease_ttl
 from phos_dask.tasks import WHOLE_LIMIT_MP, limit_kernel_threads
 from phos_dask.tiles import DEFAULT_TILE
 
@@ -36,7 +37,7 @@ def test_the_package_defaults_are_the_code_defaults():
     assert config.max_pixels() == DEFAULT_MAX_PIXELS
     assert config.lease_ttl() is None and config.kernel_threads() is None
     args = _args()
-    _job_defaults(args)
+    apply_config_defaults(args)
     assert (args.tile, args.whole_limit, args.max_pixels, args.lease_ttl) == (DEFAULT_TILE, WHOLE_LIMIT_MP,
                                                                                DEFAULT_MAX_PIXELS, None)
 
@@ -46,11 +47,11 @@ def test_the_configuration_fills_what_flags_leave_unset():
            "phos_dask.lease-ttl": 30, "scheduler-address": "tcp://127.0.0.1:8786"}
     with dask.config.set(cfg):
         args = _args()
-        _job_defaults(args)
+        apply_config_defaults(args)
         assert (args.tile, args.whole_limit, args.max_pixels, args.lease_ttl) == (1024, 0.0, 5_000_000, 30.0)
         assert args.scheduler == "tcp://127.0.0.1:8786"
         flagged = _args("--tile", "512", "--whole-limit", "8", "--max-pixels", "0", "--scheduler-file", "s.json")
-        _job_defaults(flagged)
+        apply_config_defaults(flagged)
         assert (flagged.tile, flagged.whole_limit, flagged.max_pixels) == (512, 8.0, 0)
         assert flagged.scheduler is None  # a scheduler named by flag (here a file) wins too
 
@@ -62,7 +63,7 @@ def test_a_configured_lease_ttl_governs_the_lease_for_the_run():
 
     other = {"token": "x", "host": socket.gethostname() + "-elsewhere", "heartbeat": time.time() - 20}
     assert not lease.is_dead(other)[0]  # 20 s old: alive under the default 60 s
-    with _lease_ttl(10.0):
+    with lease_ttl(10.0):
         assert lease.is_dead(other)[0]
         assert abs(lease.HEARTBEAT - 10 / 6) < 1e-9
     assert not lease.is_dead(other)[0]

@@ -400,7 +400,7 @@ def test_an_image_deleted_by_hand_and_interrupted_while_redone_is_not_taken_for_
     ("s3://b/scans/a.tif", "s3://b/scans/a.zarr"),
 ])
 def test_default_outputs_keep_dotted_folder_names(source, out):
-    from phos_dask.cli import default_out
+    from phos_dask.runner import default_out
 
     assert default_out(source) == out
 

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from phos_dask.cli import CLIError, build_parser, job_file_arguments
+from phos_dask.flags import build_parsers, job_file_values
+from phos_dask.options import CLIError
 
 PACKAGE = Path(__file__).resolve().parents[1] / "phos_dask"
 
 
-def run_parser():
-    return build_parser()._subparsers._group_actions[0].choices["run"]
+def run_flags():
+    return build_parsers().run_flags
 
 
 def dry_run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
@@ -25,17 +26,20 @@ def dry_run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
                           cwd=tmp_path, timeout=120)
 
 
-def test_a_toml_job_file_becomes_flags(tmp_path):
+def test_a_toml_job_file_becomes_run_defaults_read_as_the_flags_read_them(tmp_path):
     job = tmp_path / "job.toml"
     job.write_text('source = "photos"\nout = "o.zarr"\nfilm = "HP5Plus400"\nworkers = 3\n'
                    'include = ["*.tif", "raw/**"]\nhd-curve = false\noverwrite = true\nmax_pixels = 2e9\n'
                    '[storage_option]\nanon = true\nclient_kwargs.endpoint_url = "http://127.0.0.1:9000"\n')
-    tokens, source = job_file_arguments(str(job), run_parser())
-    assert source == "photos"
-    assert tokens == ["--out=o.zarr", "--film=HP5Plus400", "--workers=3", "--include=*.tif", "--include=raw/**",
-                      "--no-hd-curve", "--overwrite", "--max-pixels=2000000000.0",
-                      "--storage-option=anon=true",
-                      '--storage-option=client_kwargs.endpoint_url="http://127.0.0.1:9000"']
+    values = job_file_values(str(job), run_flags())
+    assert values == {"source": "photos", "out": "o.zarr", "film": "HP5Plus400", "workers": 3,
+                      "include": ["*.tif", "raw/**"], "hd_curve": False, "overwrite": True,
+                      "max_pixels": 2_000_000_000,
+                      "storage_option": ["anon=true", 'client_kwargs.endpoint_url="http://127.0.0.1:9000"']}
+    parsers = build_parsers()
+    args = parsers.parse(["run", "--job", str(job), "--include", "x/*", "--workers", "5", "--hd-curve"])
+    assert (args.source, args.workers, args.hd_curve, args.max_pixels) == ("photos", 5, True, 2_000_000_000)
+    assert args.include == ["*.tif", "raw/**", "x/*"]  # a repeatable flag adds to the file's
 
 
 def test_the_command_line_wins_over_the_job_file(tmp_path, small_photo):
@@ -62,7 +66,7 @@ def test_the_command_line_wins_over_the_job_file(tmp_path, small_photo):
 def test_a_bad_job_file_is_one_line(tmp_path, content, name, words):
     (tmp_path / name).write_text(content)
     with pytest.raises(CLIError, match=words):
-        job_file_arguments(str(tmp_path / name), run_parser())
+        job_file_values(str(tmp_path / name), run_flags())
     proc = dry_run(tmp_path, "--job", name)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and words in proc.stderr
 
