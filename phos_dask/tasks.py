@@ -16,17 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import time
-from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
 
-from phos_dask import __version__, thumbs
+from phos_dask import thumbs
 from phos_dask.device import render_on
 from phos_dask.engine import output_shape, prepare
-from phos_dask.errors import EnvironmentProblem, PhosError, one_line
 from phos_dask.film.pipeline import grain_constants
 from phos_dask.headers import Header, HeaderError, read_header
 from phos_dask.imageio import (
@@ -36,55 +32,13 @@ from phos_dask.imageio import (
     decode_image_info,
     open_region_reader,
 )
-from phos_dask.lease import still_held
 from phos_dask.sources import SourceItem, header_shape
 from phos_dask.storage import Location, options_for
 from phos_dask.store import COMPLETE, METADATA, ImageLayout, image_state
 from phos_dask.taskflow import WHOLE_LIMIT_MP, ImageContext, ImageResult, JobConfig, Staged, Stages
+from phos_dask.taskkit import InputError, LeaseLost, as_failure, chw, guard, limit_kernel_threads, provenance
 
 __all__ = ["WHOLE_LIMIT_MP", "InputError", "JobConfig", "LeaseLost", "limit_kernel_threads", "process_image"]
-
-
-class InputError(PhosError, ValueError):
-    """An input that cannot be used (unreadable, not an image): the image fails alone, without a traceback."""
-
-
-class LeaseLost(EnvironmentProblem, RuntimeError):
-    """The job's lease on the output was taken over by another run: this task must not write."""
-
-
-def _guard(cfg: JobConfig) -> None:
-    """Raise LeaseLost unless the job still holds the output's lease (checked before every write)."""
-    if not still_held(cfg.out_url, cfg.storage_options, cfg.lease_token):
-        raise LeaseLost(f"the lease on {cfg.out_url!r} was taken over by another run; stopping")
-
-
-def _complete(out: Location, cfg: JobConfig, item: SourceItem) -> bool:
-    """Whether the image is already complete with this job's settings (a task run again after its result
-    was lost with a worker)."""
-    state = image_state(out, item.key)
-    return state is not None and state.get("status") == COMPLETE and state.get("fingerprint") == cfg.fingerprint()
-
-
-def limit_kernel_threads() -> None:
-    """Inside a Dask worker, run the CPU kernels on `phos_dask.kernel-threads` (Dask's configuration) or
-    else PHOS_DASK_KERNEL_THREADS threads (default 1: the cluster's workers are the parallelism); elsewhere,
-    unless one of those is set, leave numba's default (every core)."""
-    from phos_dask import config
-
-    configured = config.kernel_threads()
-    wanted = str(configured) if configured is not None else os.environ.get("PHOS_DASK_KERNEL_THREADS")
-    if wanted is None:
-        try:
-            from distributed import get_worker
-
-            get_worker()
-        except (ImportError, ValueError):
-            return
-        wanted = "1"
-    import numba
-
-    numba.set_num_threads(max(1, min(int(wanted), numba.config.NUMBA_NUM_THREADS)))
 
 
 #: Inputs up to this size (bytes) are fetched whole in one request by the task that reads their header;
@@ -132,32 +86,6 @@ def _check_file(item: SourceItem, header: Header, cfg: JobConfig) -> None:
                          f"declares {header.width}×{header.height} px (at most {limit / 1e6:.0f} MB); not read")
 
 
-def _chw(out: np.ndarray) -> np.ndarray:
-    return out[None] if out.ndim == 2 else np.moveaxis(out, -1, 0)
-
-
-def _provenance(cfg: JobConfig, item: SourceItem, ctx: ImageContext, digest: str, mode: str, seconds: float,
-                used: str = "cpu") -> dict[str, Any]:
-    st, plan, tp = ctx.settings, ctx.model, ctx.tiling
-    return {
-        "source": {"url": item.url, "relpath": item.relpath, "size": item.size, "stamp": item.stamp,
-                   "sha256": digest},
-        "stock": plan.stock.name,
-        "settings": st.to_dict(),
-        "fingerprint": cfg.fingerprint(),
-        "image_seed": str(st.image_seed()),
-        "scale": plan.s,
-        "halo": plan.halo,
-        "grain_k": list(plan.grain_k) if plan.has_grain and plan.grain_k is not None else None,
-        "shape": list(tp.shape),
-        "tile_plan": {"mode": mode, "tile": tp.tile, "grid": list(tp.grid), "tiles": tp.count},
-        "software": {"phos_dask": __version__},
-        "device": f"{used} on {socket.gethostname()}",
-        "seconds": round(seconds, 3),
-        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-
-
 def _previous(cfg: JobConfig, out: Location, item: SourceItem) -> ImageResult | None:
     """For an image the output already holds something of: skipped when it is complete with
     this job's settings from its file as it is now (same size and stamp), a failure when it was made with
@@ -172,26 +100,12 @@ def _previous(cfg: JobConfig, out: Location, item: SourceItem) -> ImageResult | 
                                                     "settings; rerun with --overwrite to replace it")
         elif source.get("size") == item.size and source.get("stamp", "") == item.stamp:
             return ImageResult.skipped(item.key)
-    _guard(cfg)
+    guard(cfg)
     # the marker goes (the image stops counting as finished); its chunks stay, every one of them is written
     # again (a second attempt of this task may be writing them right now); the job's client has marked its
     # thumbnails stale
     out.delete(f"{item.key}/{METADATA}")
     return None
-
-
-def _as_failure(item: SourceItem, error: BaseException) -> ImageResult:
-    """An error of a task as the image's failed result: one line for the user (the job reports it, so Dask
-    has no task failure to log); an unexpected error keeps its traceback in the result's "detail"."""
-    if isinstance(error, PhosError) and not isinstance(error, OSError):  # ours: the message says it all
-        return ImageResult.failed(item.key, one_line(error))
-    if isinstance(error, OSError):
-        where = f" {error.filename!r}" if getattr(error, "filename", None) else ""
-        return ImageResult.failed(item.key, f"storage error{where}: {error.strerror or one_line(error)}")
-    import traceback
-
-    return ImageResult.failed(item.key, f"internal error: {type(error).__name__}: {one_line(error)}",
-                              traceback.format_exc(limit=20))
 
 
 def process_image(cfg: JobConfig, item: SourceItem, fresh: bool = True, thumb: bool = False
@@ -200,7 +114,7 @@ def process_image(cfg: JobConfig, item: SourceItem, fresh: bool = True, thumb: b
     try:
         return _process_image(cfg, item, fresh, thumb)
     except Exception as e:
-        return _as_failure(item, e)
+        return as_failure(item, e)
 
 
 def _process_image(cfg: JobConfig, item: SourceItem, fresh: bool = True, thumb: bool = False
@@ -254,15 +168,15 @@ def _process_image(cfg: JobConfig, item: SourceItem, fresh: bool = True, thumb: 
     t_write = time.perf_counter()
     layout = ImageLayout(item.key, 1 if rendered.ndim == 2 else rendered.shape[2], shape, st.dtype, None)
     layout.check()
-    objects, smallest = layout.levels_objects(_chw(rendered))
+    objects, smallest = layout.levels_objects(chw(rendered))
     del rendered
     pair = thumbs.encode_pair(source_thumb, thumbs.result_thumb(smallest)) if thumb else None
-    _guard(cfg)
+    guard(cfg)
     out.put_many(objects)
     seconds = time.perf_counter() - t0
-    _guard(cfg)
+    guard(cfg)
     out.put(f"{item.key}/{METADATA}",
-            layout.complete_document(_provenance(cfg, item, ctx, digest, "whole", seconds, used)))
+            layout.complete_document(provenance(cfg, item, ctx, digest, "whole", seconds, used)))
     stages = Stages.of(t_model - t0, t_write - t_model, time.perf_counter() - t_write)
     return ImageResult.done(item.key, shape, seconds, device=used, gpu_oom_fallbacks=int(fell_back), stages=stages,
                             thumb=pair)

@@ -21,15 +21,7 @@ from phos_dask.sources import SourceItem
 from phos_dask.storage import Location, options_for
 from phos_dask.store import METADATA, ImageLayout, fast_compressor, staging_path
 from phos_dask.taskflow import ImageContext, ImageResult, JobConfig, Staged, Stages, TileDone
-from phos_dask.tasks import (
-    InputError,
-    _as_failure,
-    _chw,
-    _complete,
-    _guard,
-    _provenance,
-    limit_kernel_threads,
-)
+from phos_dask.taskkit import InputError, as_failure, chw, complete, guard, limit_kernel_threads, provenance
 
 
 def _staged(item: SourceItem, ctx: ImageContext, digest: str, linear: bool, direct: bool, t0: float,
@@ -83,7 +75,7 @@ def prepare_tiles(cfg: JobConfig, item: SourceItem, image: np.ndarray, digest: s
     ctx = ImageContext.build(cfg, item, image.shape[:2], linear)
     tiling = ctx.tiling
     grain_k = list(grain_constants(image, ctx.model)) if ctx.model.has_grain else []
-    _guard(cfg)
+    guard(cfg)
     chunks = (tiling.tile, tiling.tile, 3) if image.ndim == 3 else (tiling.tile, tiling.tile)
     staged = zarr.create_array(store=out.url_of(staging_path(item.key)), shape=image.shape, dtype=image.dtype,
                                chunks=chunks, overwrite=True, fill_value=0, compressors=fast_compressor(),
@@ -99,7 +91,7 @@ def prepare_tiles(cfg: JobConfig, item: SourceItem, image: np.ndarray, digest: s
 def _create(cfg: JobConfig, out: Location, layout: ImageLayout) -> None:
     """Every level's array metadata of a tiled image, before its tiles write their chunks."""
     layout.check()
-    _guard(cfg)
+    guard(cfg)
     out.put_many(layout.metadata_objects())
 
 
@@ -135,7 +127,7 @@ def process_tile(cfg: JobConfig, item: SourceItem, staged: Staged, index: tuple[
     try:
         return _process_tile(cfg, item, staged, index)
     except Exception as e:
-        return TileDone(failed=_as_failure(item, e))
+        return TileDone(failed=as_failure(item, e))
 
 
 def _process_tile(cfg: JobConfig, item: SourceItem, staged: Staged, index: tuple[int, int]) -> TileDone:
@@ -147,16 +139,16 @@ def _process_tile(cfg: JobConfig, item: SourceItem, staged: Staged, index: tuple
     try:
         window = _window(cfg, item, staged, out, tile.window)
     except (OSError, KeyError, ValueError):
-        if _complete(out, cfg, item):  # run again after the image was finished and its staging removed
+        if complete(out, cfg, item):  # run again after the image was finished and its staging removed
             return TileDone()
         raise
     t_model = time.perf_counter()
     rendered, used, fell_back = render_on(cfg.accelerator(), window, tile.window[::2], ctx.shape, tile.box, ctx.model)
     t_write = time.perf_counter()
-    out_block = _chw(rendered)
+    out_block = chw(rendered)
     layout = ImageLayout(item.key, out_block.shape[0], ctx.shape, ctx.settings.dtype, ctx.tiling)
     objects = layout.tile_objects(tile, out_block)
-    _guard(cfg)
+    guard(cfg)
     out.put_many(objects)
     end = time.perf_counter()
     return TileDone(end - t0, used, fell_back, Stages.of(t_model - t0, t_write - t_model, end - t_write))
@@ -173,7 +165,7 @@ def finalize(cfg: JobConfig, item: SourceItem, staged: Staged, *tiles: TileDone)
             return failed
         return _finalize(cfg, item, staged, *tiles)
     except Exception as e:
-        return _as_failure(item, e)
+        return as_failure(item, e)
 
 
 def _finalize(cfg: JobConfig, item: SourceItem, staged: Staged, *tiles: TileDone) -> ImageResult:
@@ -191,7 +183,7 @@ def _finalize(cfg: JobConfig, item: SourceItem, staged: Staged, *tiles: TileDone
     stages = Stages.total(staged.stages, *(t.stages for t in tiles))
     done = ImageResult.done(item.key, ctx.shape, seconds, tiles=ctx.tiling.count, device=used,
                             gpu_oom_fallbacks=fallbacks, stages=stages)
-    if _complete(out, cfg, item):  # run again after its worker died having finished the image
+    if complete(out, cfg, item):  # run again after its worker died having finished the image
         out.delete(staging_path(item.key), recursive=True)
         return done
     layout = ImageLayout(item.key, ctx.model.channels, ctx.shape, ctx.settings.dtype, ctx.tiling)
@@ -205,11 +197,11 @@ def _finalize(cfg: JobConfig, item: SourceItem, staged: Staged, *tiles: TileDone
     if staged.thumb:
         source_thumb = thumbs.decode_pair(staged.source_thumb)[0] if staged.source_thumb else None
         done = dataclasses.replace(done, thumb=thumbs.encode_pair(source_thumb, thumbs.result_thumb(smallest)))
-    _guard(cfg)
+    guard(cfg)
     out.put_many(objects)
-    _guard(cfg)
+    guard(cfg)
     mode = "tiled, read by region" if staged.direct else "tiled"
     out.put(f"{item.key}/{METADATA}",
-            layout.complete_document(_provenance(cfg, item, ctx, staged.sha256, mode, seconds, used)))
+            layout.complete_document(provenance(cfg, item, ctx, staged.sha256, mode, seconds, used)))
     out.delete(staging_path(item.key), recursive=True)
     return dataclasses.replace(done, stages=Stages.total(stages, Stages.of(write=time.perf_counter() - t0)))
