@@ -19,6 +19,8 @@ image's metadata and completion marker after all its pixels; nothing is read bac
 from __future__ import annotations
 
 import collections
+import copy
+import functools
 import hashlib
 import json
 import math
@@ -338,7 +340,19 @@ def ome_attributes(key: str, channels: int, shape: tuple[int, int], dtype: str,
     """The image's `ome` attributes (OME-Zarr 0.5), built and validated by ome-zarr-models against the
     levels' array metadata `arrays` (their zarr.json documents): axes (c, y, x); per level k a scale of
     2^k px and a translation of (2^k − 1)/2 px on y and x (a level-k pixel is the mean of a 2^k-px block,
-    centred on that block's middle); the pyramid's downsampling method; and omero channel hints."""
+    centred on that block's middle); the pyramid's downsampling method; and omero channel hints. A worker
+    validates each distinct document once (an archive's photos mostly share one); only the image's name,
+    `key`, differs between them."""
+    ome = copy.deepcopy(_ome_validated(channels, tuple(shape), dtype, json.dumps(arrays, sort_keys=True)))
+    for multiscale in ome["multiscales"]:
+        multiscale["name"] = key
+    return ome
+
+
+@functools.lru_cache(maxsize=64)
+def _ome_validated(channels: int, shape: tuple[int, int], dtype: str, arrays_json: str) -> dict[str, Any]:
+    arrays = json.loads(arrays_json)
+    key = "image"
     from ome_zarr_models.v05.axes import Axis
     from ome_zarr_models.v05.image import Image
     from pydantic_zarr.v3 import ArraySpec
