@@ -212,12 +212,14 @@ def _warm_up(settings: Settings) -> Iterator[None]:
     needed it is over; what it compiled so far stays cached)."""
     from phos_dask import warmup
 
-    proc = warmup.start(settings)
+    procs = warmup.start(settings)
     try:
         yield
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(5)
 

@@ -11,7 +11,9 @@ compile overlaps the cluster's start-up. When a kernel has to be compiled (not o
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -41,6 +43,10 @@ def warm(settings) -> None:
     render(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), settings)  # what most photographs need first
     if np.dtype(settings.dtype).kind in "ui":
         downsample2(np.zeros((3, 5, 5), settings.dtype))
+    # the rest (16-bit input, large images) may not be needed soon: yield the cores to the workers' renders
+    # (a worker that needs one of these kernels meanwhile waits on the compile lock and uses no CPU)
+    with contextlib.suppress(OSError):
+        os.nice(10)
     render(rng.integers(0, 65535, (48, 64, 3), dtype=np.uint16), settings)
     for dtype, top in ((np.uint8, 255), (np.uint16, 65535)):
         plan = make_plan(settings, big)
@@ -50,13 +56,46 @@ def warm(settings) -> None:
         render_window(window, (y0, x0), big, out_box, settings, grain_k=k)
 
 
-def start(settings) -> subprocess.Popen | None:
-    """Start the warm-up in the background (its notices go to this process's stderr); None if it cannot."""
-    try:
-        return subprocess.Popen([sys.executable, "-m", "phos_dask.warmup", json.dumps(settings.to_dict())],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    except OSError:
+def blend_signature(settings):
+    """The argument types of the largest kernel a small photograph needs (the grain-blend mix and encode, for
+    s < 1 and integer output), known without running the stages before it; None for float output."""
+    from numba import types as nt
+
+    if np.dtype(settings.dtype).kind != "u":
         return None
+    f32 = nt.float32
+
+    def array(dtype, ndim):
+        return nt.Array(dtype, ndim, "C")
+
+    out = nt.uint8 if np.dtype(settings.dtype) == np.uint8 else nt.uint16
+    return (array(f32, 3), array(f32, 3), nt.int64, nt.int64, array(f32, 3), array(f32, 2), array(f32, 1),
+            array(f32, 1), array(f32, 1), array(f32, 2), f32, array(f32, 1), array(f32, 1), array(out, 3))
+
+
+def precompile(settings) -> None:
+    """Compile the largest kernel ahead of the render that needs it (in a second process, at the same time
+    as `warm`, which reaches it last and then loads it from the cache)."""
+    import numba
+
+    from phos_dask.film import _cpu
+
+    numba.set_num_threads(1)
+    sig = blend_signature(settings)
+    if sig is not None:
+        kernel = _cpu.mix_filmic_blend_encode.serial
+        with _cpu.compile_lock(kernel.py_func.__qualname__):
+            kernel.compile(sig)
+
+
+def start(settings) -> list[subprocess.Popen]:
+    """Start the warm-up in the background, in two processes (its notices go to this process's stderr)."""
+    procs = []
+    for mode in ("warm", "precompile"):
+        with contextlib.suppress(OSError):
+            procs.append(subprocess.Popen([sys.executable, "-m", "phos_dask.warmup", json.dumps(settings.to_dict()),
+                                           mode], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
+    return procs
 
 
 def _compiled() -> int:
@@ -72,6 +111,9 @@ def main(argv: list[str]) -> int:
     from phos_dask.settings import Settings
 
     settings = Settings(**json.loads(argv[0]))
+    if argv[1:] == ["precompile"]:
+        precompile(settings)
+        return 0
     t0 = time.perf_counter()
     done = threading.Event()
     told = threading.Event()

@@ -46,18 +46,19 @@ class Kernel:
         dispatcher = self.serial if numba.get_num_threads() == 1 else self.parallel
         types_ = tuple(numba.typeof(a) for a in args)
         if types_ not in dispatcher.overloads:  # compile (or load from the cache) once per machine at a time
-            with compile_lock():
+            with compile_lock(dispatcher.py_func.__qualname__):
                 dispatcher.compile(types_)
         return dispatcher(*args)
 
 
 @contextlib.contextmanager
-def compile_lock() -> Iterator[None]:
+def compile_lock(kernel: str = "") -> Iterator[None]:
     """An exclusive lock across this machine's processes that share numba's kernel cache, held while one of
-    them compiles a kernel: the others wait and then load it from the cache, so a machine's workers compile
-    each kernel once between them instead of all at once (phos_dask.warmup starts that compile early)."""
+    them compiles `kernel` (one lock per kernel build): the others wait and then load it from the cache, so a
+    machine's workers compile each kernel once between them instead of all at once, and different kernels
+    can compile at the same time (phos_dask.warmup starts those compiles early)."""
     where = numba.config.CACHE_DIR or os.path.dirname(os.path.abspath(__file__))
-    name = hashlib.sha256(where.encode()).hexdigest()[:16]
+    name = hashlib.sha256(f"{where}\0{kernel}".encode()).hexdigest()[:16]
     path = os.path.join(tempfile.gettempdir(), f"phos_dask-compile-{os.getuid()}-{name}.lock")
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
