@@ -52,7 +52,7 @@ def test_a_process_that_needs_a_kernel_waits_while_another_compiles(tmp_path):
     os.environ["NUMBA_CACHE_DIR"], old = str(cache), os.environ.get("NUMBA_CACHE_DIR")
     numba.config.CACHE_DIR, old_dir = str(cache), numba.config.CACHE_DIR
     try:
-        with _cpu.compile_lock():
+        with _cpu.compile_lock(_cpu.front_lut.serial.py_func.__qualname__):  # the first kernel it needs
             proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
             assert proc.stdout.readline().strip() == "ready"
             time.sleep(3.0)  # a warm cache renders this in well under a second: it is waiting for the lock
