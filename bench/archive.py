@@ -245,7 +245,7 @@ def run_write_loop(bucket: Path, store: Path) -> dict[str, Any]:
     items = discover(str(bucket))
     t0 = time.perf_counter()
     for item in items:
-        assert process_image(cfg, item)["status"] == "done"
+        assert process_image(cfg, item).status == "done"
     total = time.perf_counter() - t0
     shutil.rmtree(store, ignore_errors=True)
     return {"total_s": round(total, 4), "seconds_per_image": round(total / len(items), 4)}
