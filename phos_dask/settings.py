@@ -9,11 +9,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from phos_dask.errors import PhosError
+from phos_dask.film.params import FILM_FORMATS, FilmParams
 from phos_dask.stocks import Stock, get_stock
 
 GRAIN_STYLES: dict[str, float] = {"none": 0.0, "soft": 0.5, "default": 1.0, "coarse": 1.5}
-#: Short side of the film frame in mm (spec §1).
-FILM_FORMATS: dict[str, float] = {"35mm": 24.0, "645": 41.5, "6x6": 56.0, "6x7": 56.0, "4x5": 102.0}
 DTYPES = ("uint8", "uint16", "float16", "float32")
 #: Version of the film model's pixels: part of every fingerprint, so a store written by an earlier model is
 #: refused on rerun (unless --overwrite). Bump it with any change to what a render computes.
@@ -127,6 +126,14 @@ class Settings:
     @property
     def effective_scattering(self) -> float:
         return self.stock.scattering if self.scattering is None else self.scattering
+
+    def film_params(self) -> FilmParams:
+        """What the model computes from (phos_dask.film.params): these settings less the job's fields, with the
+        image's grain seed."""
+        return FilmParams(film=self.stock.name, grain_style=self.grain_style, grain_size=float(self.grain_size),
+                          grain_intensity=float(self.grain_intensity), scattering=float(self.effective_scattering),
+                          exposure_time=self.exposure_time, film_format=self.film_format, hd_curve=self.uses_hd_curve,
+                          linear_input=self.linear_input, dtype=self.dtype, image_seed=self.image_seed())
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)

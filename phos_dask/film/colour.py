@@ -8,7 +8,7 @@ from functools import cache
 
 import numpy as np
 
-from phos_dask.stocks import Stock
+from phos_dask.film.stocks import Stock
 
 
 def srgb_decode(xp, v):

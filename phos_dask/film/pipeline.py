@@ -18,8 +18,8 @@ import numpy as np
 
 from phos_dask.film import colour, grain, ops, psf, tone
 from phos_dask.film.coarse import CoarseBlur, reflect_index
-from phos_dask.settings import FILM_FORMATS, Settings
-from phos_dask.stocks import HDCurve, Stock
+from phos_dask.film.params import FILM_FORMATS, FilmParams
+from phos_dask.film.stocks import HDCurve, Stock
 
 REFERENCE_SHORT_SIDE = 3000
 #: Red and blue bloom scattering relative to green, by ISO (spec S4).
@@ -59,7 +59,7 @@ def bloom_etas(stock: Stock, scattering: float) -> tuple[float, ...]:
 class Plan:
     """Everything a render needs that does not depend on pixels, for one image size."""
 
-    settings: Settings
+    params: FilmParams
     stock: Stock
     s: float
     matrix: np.ndarray
@@ -138,7 +138,7 @@ class Plan:
 
     @property
     def vmax(self) -> int | None:
-        return {"uint8": 255, "uint16": 65535}.get(self.settings.dtype)
+        return {"uint8": 255, "uint16": 65535}.get(self.params.dtype)
 
 
 @cache
@@ -146,24 +146,29 @@ def _tables(tone_: object, hd: HDCurve | None, vmax: int):
     return tone.quant_table(tone_, hd, vmax)
 
 
-def make_plan(settings: Settings, shape: tuple[int, int], grain_k: Sequence[float] | None = None) -> Plan:
-    """The plan for an image of `shape` (rows, cols) — after any working-size resampling. `grain_k`: the
-    image's K_c per grain plane (`grain_constants`); a region of the image can be rendered only with it
-    (a whole-image render computes it when it is missing)."""
-    key = settings.replace(image_key="", seed=0)
-    base = _plan_cached(key, round(scale_for(shape, settings.film_format), 12))
-    keys = tuple(grain.plane_key(settings.image_seed(), p) for p in _grain_planes(base.stock))
-    return Plan(**{**base.__dict__, "settings": settings, "grain_keys": keys}).with_grain_k(grain_k)
+def film_params(settings) -> FilmParams:
+    """FilmParams as they are, or built from settings that can make them (phos_dask.settings.Settings)."""
+    return settings if isinstance(settings, FilmParams) else settings.film_params()
 
 
-def grain_sums(block, origin: tuple[int, int], plan: Plan | Settings) -> tuple[tuple[int, int], ...]:
+def make_plan(settings, shape: tuple[int, int], grain_k: Sequence[float] | None = None) -> Plan:
+    """The plan for an image of `shape` (rows, cols) — after any working-size resampling — with `settings`
+    (FilmParams, or Settings). `grain_k`: the image's K_c per grain plane (`grain_constants`); a region of
+    the image can be rendered only with it (a whole-image render computes it when it is missing)."""
+    params = film_params(settings)
+    base = _plan_cached(dataclasses.replace(params, image_seed=0), round(scale_for(shape, params.film_format), 12))
+    keys = tuple(grain.plane_key(params.image_seed, p) for p in _grain_planes(base.stock))
+    return Plan(**{**base.__dict__, "params": params, "grain_keys": keys}).with_grain_k(grain_k)
+
+
+def grain_sums(block, origin: tuple[int, int], plan) -> tuple[tuple[int, int], ...]:
     """The exact integer sums of K_c over one block of the prepared input image (the array `render` feeds
     the model; (h, w, 3) or grey), whose top-left pixel sits at global `origin`: per grain plane
     (Σq, n) over the block's pixels with global y ≡ 0 and x ≡ 0 (mod 4), q = round(2³²/max(E0·X_c, 1)).
     X_c is the S1–S3 response computed in float64 on the host (any array type: only the subsample is
     copied). Sums of disjoint blocks that cover the image, added in any order (`add_grain_sums`), give
     `grain_k_from_sums` exactly the value `grain_constants` computes from the whole image."""
-    settings = plan.settings if isinstance(plan, Plan) else plan
+    settings = plan.params if isinstance(plan, Plan) else film_params(plan)  # or FilmParams, Settings
     stock = settings.stock
     if settings.grain_style <= 0:
         return ()
@@ -199,7 +204,7 @@ def grain_k_from_sums(sums: Sequence[tuple[int, int]]) -> tuple[float, ...]:
     return tuple(grain.k_value(t, n) for t, n in sums)
 
 
-def grain_constants(image, plan: Plan | Settings) -> tuple[float, ...]:
+def grain_constants(image, plan) -> tuple[float, ...]:
     """K_c per grain plane (spec §4) of a whole prepared image, in one pass; () without grain."""
     return grain_k_from_sums(grain_sums(image, (0, 0), plan))
 
@@ -216,7 +221,7 @@ def _grain_planes(stock: Stock) -> tuple[int, ...]:
 
 
 @cache
-def _plan_cached(settings: Settings, s: float) -> Plan:
+def _plan_cached(settings: FilmParams, s: float) -> Plan:
     stock = settings.stock
     f = coarse_factor(s)
     bloom = CoarseBlur.build(psf.bloom_components(s), f)
@@ -239,7 +244,7 @@ def _plan_cached(settings: Settings, s: float) -> Plan:
             coef = np.array([[style * gP]])
     else:
         taps, nscale, coef, grain_r = None, 0.0, np.zeros((C, 0)), 1.0
-    hd = (stock.hd_curve or DEFAULT_HD) if settings.uses_hd_curve else None
+    hd = (stock.hd_curve or DEFAULT_HD) if settings.hd_curve else None
     vmax = {"uint8": 255, "uint16": 65535}.get(settings.dtype)
     tables = None
     if vmax is not None and hd is not None:  # without an H&D curve codes come from the filmic kernel
@@ -247,12 +252,12 @@ def _plan_cached(settings: Settings, s: float) -> Plan:
         if any(t is None for t in tables):
             tables = None
     return Plan(
-        settings=settings,
+        params=settings,
         stock=stock,
         s=s,
         matrix=colour.emulsion_matrix(stock),
         factors=colour.reciprocity_factors(stock, settings.exposure_time),
-        etas=bloom_etas(stock, settings.effective_scattering),
+        etas=bloom_etas(stock, settings.scattering),
         bloom=bloom,
         halation=halation,
         halation_k=tuple(halation_k),
@@ -268,7 +273,7 @@ def _plan_cached(settings: Settings, s: float) -> Plan:
     )
 
 
-def total_halo(settings: Settings, shape: tuple[int, int]) -> int:
+def total_halo(settings, shape: tuple[int, int]) -> int:
     """Px of input a tile of an image of `shape` needs on each side of its output region."""
     return make_plan(settings, shape).halo
 
@@ -332,7 +337,7 @@ def render_region(window, window_origin: tuple[int, int], shape: tuple[int, int]
     src = window[x_box[0] - wy : x_box[1] - wy, x_box[2] - wx : x_box[3] - wx, ...]
     if isinstance(src, np.ndarray):
         src = np.ascontiguousarray(src)
-    X = ops.front(src, plan.matrix, plan.factors, plan.settings.linear_input)
+    X = ops.front(src, plan.matrix, plan.factors, plan.params.linear_input)
     xo = (x_box[0], x_box[2])
     thr = plan.stock.threshold
     C = plan.channels
@@ -399,7 +404,7 @@ def _encode(F, plan: Plan):
     if vmax is not None:
         out = tone.quantise(xp, F, vmax)
     else:
-        out = xp.astype(F, xp.float16 if plan.settings.dtype == "float16" else xp.float32)
+        out = xp.astype(F, xp.float16 if plan.params.dtype == "float16" else xp.float32)
     return xp.moveaxis(out, 0, -1)
 
 

@@ -13,7 +13,7 @@ from functools import cache
 import numpy as np
 
 from phos_dask.film.colour import srgb_decode, srgb_encode
-from phos_dask.stocks import HDCurve, Tone
+from phos_dask.film.stocks import HDCurve, Tone
 
 MID_GREY = 0.18
 
