@@ -89,9 +89,9 @@ def render_dask(x: da.Array, settings: Settings, *, grain_k: Sequence[float] | D
                               "token": "phos-render"}
     if colour:
         return windows.map_blocks(_render_block, grain_k, chunks=(rows, cols, (3,)),
-                                  meta=meta_from_array(x._meta, 3, out_dtype), **common)
+                                  meta=meta_from_array(x, 3, out_dtype), **common)
     return windows.map_blocks(_render_block, grain_k, chunks=(rows, cols), drop_axis=2,
-                              meta=meta_from_array(x._meta, 2, out_dtype), **common)
+                              meta=meta_from_array(x, 2, out_dtype), **common)
 
 
 def grain_constants(x: da.Array, settings: Settings) -> Delayed:

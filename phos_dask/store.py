@@ -36,6 +36,7 @@ from zarr.codecs import BloscCodec
 from zarr.storage import MemoryStore
 
 from phos_dask.errors import PhosError
+from phos_dask.film.params import CODE_MAX
 from phos_dask.index import INDEX
 from phos_dask.lease import LEASE
 from phos_dask.pyramid import DOWNSAMPLING, DOWNSAMPLING_METADATA, downsample2
@@ -369,7 +370,7 @@ def _ome_validated(channels: int, shape: tuple[int, int], dtype: str, arrays_jso
     ome = image.attributes.ome.model_dump(mode="json", by_alias=True, exclude_none=True)
     names = ["red", "green", "blue"] if channels == 3 else ["grey"]
     colors = ["FF0000", "00FF00", "0000FF"] if channels == 3 else ["FFFFFF"]
-    vmax = {"uint8": 255, "uint16": 65535}.get(dtype, 1)
+    vmax = CODE_MAX.get(dtype, 1)
     ome["omero"] = {
         "channels": [
             {"label": n, "color": c, "active": True, "window": {"min": 0, "max": vmax, "start": 0, "end": vmax}}

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from phos_dask.film.stocks import Stock, get_stock
 
+#: The largest code of each integer output encoding (sRGB codes); float outputs have none.
+CODE_MAX: dict[str, int] = {"uint8": 255, "uint16": 65535}
 #: Short side of the film frame in mm (spec §1).
 FILM_FORMATS: dict[str, float] = {"35mm": 24.0, "645": 41.5, "6x6": 56.0, "6x7": 56.0, "4x5": 102.0}
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from phos_dask.film import colour, grain, ops, psf, tone
 from phos_dask.film.coarse import CoarseBlur, reflect_index
-from phos_dask.film.params import FILM_FORMATS, FilmParams
+from phos_dask.film.params import CODE_MAX, FILM_FORMATS, FilmParams
 from phos_dask.film.stocks import HDCurve, Stock
 
 REFERENCE_SHORT_SIDE = 3000
@@ -138,7 +138,7 @@ class Plan:
 
     @property
     def vmax(self) -> int | None:
-        return {"uint8": 255, "uint16": 65535}.get(self.params.dtype)
+        return CODE_MAX.get(self.params.dtype)
 
 
 @cache
@@ -245,7 +245,7 @@ def _plan_cached(settings: FilmParams, s: float) -> Plan:
     else:
         taps, nscale, coef, grain_r = None, 0.0, np.zeros((C, 0)), 1.0
     hd = (stock.hd_curve or DEFAULT_HD) if settings.hd_curve else None
-    vmax = {"uint8": 255, "uint16": 65535}.get(settings.dtype)
+    vmax = CODE_MAX.get(settings.dtype)
     tables = None
     if vmax is not None and hd is not None:  # without an H&D curve codes come from the filmic kernel
         tables = tuple(_tables(stock.tone, hd, vmax) for _ in range(C))
