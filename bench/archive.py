@@ -43,7 +43,6 @@ import datetime as dt
 import hashlib
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -541,11 +540,9 @@ def main(argv: list[str] | None = None) -> int:
         "big": big,
         "bench_process_peak_memory": peak_memory(),
     }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    path = args.out_dir / f"archive-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-    tmp_path = path.with_suffix(".tmp")
-    tmp_path.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp_path, path)
+    from engine import write_report  # bench/ is on sys.path: machine() put it there
+
+    path = write_report(args.out_dir, "archive", started, report)
 
     m = report["machine"]
     print(f"machine: {m['cpu_model']}, {m['cpus_usable']} CPUs usable, {m['memory_gb']} GB, python {m['python']}, "

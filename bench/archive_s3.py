@@ -619,11 +619,9 @@ def main(argv: list[str] | None = None) -> int:
         "dry_run": {**dry, "planned": dry_report["images"], "problems": len(dry_report["problems"])},
         "check": check,
     }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    path = args.out_dir / f"archive-s3-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-    tmp_path = path.with_suffix(".tmp")
-    tmp_path.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp_path, path)
+    from engine import write_report  # bench/ is on sys.path: machine() put it there
+
+    path = write_report(args.out_dir, "archive-s3", started, report)
 
     print()
     print_table([local, remote, dry])

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,6 +42,16 @@ TARGET_SECONDS_PER_24MP = 2.0
 TARGET_STOCK = "Portra400"
 #: Memory target: peak resident set of the rendering process, MB (10**6 bytes).
 TARGET_PEAK_RSS_MB = 2500.0
+
+
+def write_report(out_dir: Path, name: str, started: dt.datetime, report: dict[str, Any]) -> Path:
+    """`report` as `out_dir/<name>-<UTC start time>.json` (indented JSON), written atomically
+    (phos_dask.storage.write_atomic); returns the path. Every bench script writes its results this way."""
+    from phos_dask.storage import write_atomic
+
+    path = out_dir / f"{name}-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    write_atomic(str(path), (json.dumps(report, indent=2) + "\n").encode())
+    return path
 
 
 def _peak_rss_mb() -> float:
@@ -209,11 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         "verdict": verdict,
         "results": results,
     }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    path = args.out_dir / f"engine-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-    tmp_path = path.with_suffix(".tmp")
-    tmp_path.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp_path, path)
+    path = write_report(args.out_dir, "engine", started, report)
     m = report["machine"]
     print(f"machine: {m['cpu_model']}, {m['cpus_usable']} CPUs usable, {m['memory_gb']} GB, "
           f"python {m['python']}, numpy {m['numpy']}, numba {m['numba']}")

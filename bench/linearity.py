@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import shutil
 import sys
@@ -251,11 +250,9 @@ def main(argv: list[str] | None = None) -> int:
         "jobs": results,
         "render_reference": references,
     }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    path = args.out_dir / f"linearity-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-    tmp_path = path.with_suffix(".tmp")
-    tmp_path.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp_path, path)
+    from engine import write_report  # bench/ is on sys.path: machine() put it there
+
+    path = write_report(args.out_dir, "linearity", started, report)
 
     m = report["machine"]
     print(f"machine: {m['cpu_model']}, {m['cpus_usable']} CPUs usable, {m['memory_gb']} GB, load at end "

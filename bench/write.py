@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import shutil
 import struct
@@ -46,7 +45,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
-DEFAULT_IMAGES = (REPO.parent / "shared" / "parity" / "coffee_3000x2000.jpg",)
 SIZE = (6000, 4000)
 #: Grain-like noise added to the 16-bit image, in 16-bit codes (σ).
 NOISE_SIGMA = 600.0
@@ -151,16 +149,6 @@ def check_png(path: Path, image: np.ndarray) -> dict[str, Any]:
     return result
 
 
-def _default_source() -> Path:
-    for p in DEFAULT_IMAGES:
-        if p.exists():
-            return p
-    examples = sorted((REPO / "examples").glob("*.jpg"))
-    if not examples:
-        raise SystemExit("write bench: no source photograph (shared/parity or examples/*.jpg); use --image")
-    return examples[0]
-
-
 def _size(text: str) -> tuple[int, int]:
     w, h = (int(v) for v in text.lower().split("x"))
     return w, h
@@ -178,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from phos_dask.imageio import write_image
     from phos_dask.storage import write_atomic
+
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    from archive import _default_source
 
     source = args.image or _default_source()
     started = dt.datetime.now(dt.UTC)
@@ -244,11 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         "png16_vs_opencv": {"time_ratio": round(ratio, 4), "size_ratio": round(size_ratio, 5)},
         "checks": checks,
     }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    path = args.out_dir / f"write-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-    tmp_path = path.with_suffix(".tmp")
-    tmp_path.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp_path, path)
+    from engine import write_report  # bench/ is on sys.path: machine() put it there
+
+    path = write_report(args.out_dir, "write", started, report)
 
     m = report["machine"]
     print(f"machine: {m['cpu_model']}, {m['cpus_usable']} CPUs usable, load {m['load_average_at_start'][0]:.1f}, "
