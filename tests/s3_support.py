@@ -232,7 +232,38 @@ def summarize(requests: list[tuple[str, str, str]]) -> dict:
             "kind_paths": {k: dict(v.most_common()) for k, v in kind_paths.items()}}
 
 
-class CountingProxy(_ForwardingProxy):
+class _RequestLog:
+    """What a counting proxy offers its readers: the requests it forwarded, each (method, path without the
+    query, percent-decoded; query), in arrival order, kept in `self.requests` under `self.lock`."""
+
+    requests: list[tuple[str, str, str]]
+    lock: threading.Lock
+
+    @property
+    def count(self) -> int:
+        with self.lock:
+            return len(self.requests)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.requests.clear()
+
+    def snapshot(self) -> list[tuple[str, str, str]]:
+        """A copy of the requests so far (method, path, query), in arrival order."""
+        with self.lock:
+            return list(self.requests)
+
+    def summary(self, requests: list[tuple[str, str, str]] | None = None) -> dict:
+        """summarize() over `requests` (default: all so far)."""
+        return summarize(self.snapshot() if requests is None else requests)
+
+    def count_of(self, kind: str | None = None, suffix: str | None = None) -> int:
+        """Requests so far of `kind` (one of KINDS; any if None) whose path ends with `suffix` (any if None)."""
+        return sum(1 for m, p, q in self.snapshot()
+                   if (kind is None or request_kind(m, p, q) == kind) and (suffix is None or p.endswith(suffix)))
+
+
+class CountingProxy(_RequestLog, _ForwardingProxy):
     """Forwards HTTP to `upstream` and never fails; sleeps `latency` seconds before forwarding each request
     (in that request's handler thread, so concurrent requests overlap their waits as they would against a
     remote store) and records each one as (method, path without the query, percent-decoded; query)."""
@@ -262,29 +293,10 @@ class CountingProxy(_ForwardingProxy):
             with self.lock:
                 self.in_flight -= 1
 
-    @property
-    def count(self) -> int:
-        with self.lock:
-            return len(self.requests)
-
     def reset(self) -> None:
+        super().reset()
         with self.lock:
-            self.requests.clear()
             self.max_in_flight = self.in_flight
-
-    def snapshot(self) -> list[tuple[str, str, str]]:
-        """A copy of the requests so far (method, path, query), in arrival order."""
-        with self.lock:
-            return list(self.requests)
-
-    def summary(self, requests: list[tuple[str, str, str]] | None = None) -> dict:
-        """summarize() over `requests` (default: all so far)."""
-        return summarize(self.snapshot() if requests is None else requests)
-
-    def count_of(self, kind: str | None = None, suffix: str | None = None) -> int:
-        """Requests so far of `kind` (one of KINDS; any if None) whose path ends with `suffix` (any if None)."""
-        return sum(1 for m, p, q in self.snapshot()
-                   if (kind is None or request_kind(m, p, q) == kind) and (suffix is None or p.endswith(suffix)))
 
 
 def storage_options(endpoint: str) -> dict:
@@ -296,7 +308,7 @@ def set_credentials() -> None:
     os.environ.update(CREDENTIALS)
 
 
-class RelayCountingProxy:
+class RelayCountingProxy(_RequestLog):
     """CountingProxy's job (a fixed `latency` before each request, every request recorded as (method,
     path percent-decoded, query)) as a lean asyncio relay on its own thread, for benches: it parses only
     the request line and the framing headers and passes everything else through as bytes, so the proxy's
@@ -399,19 +411,6 @@ class RelayCountingProxy:
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def count(self) -> int:
-        with self.lock:
-            return len(self.requests)
-
-    def reset(self) -> None:
-        with self.lock:
-            self.requests.clear()
-
-    def snapshot(self) -> list[tuple[str, str, str]]:
-        with self.lock:
-            return list(self.requests)
 
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.server.close)
