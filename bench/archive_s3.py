@@ -13,7 +13,7 @@ What it does:
    ``bench/archive.py``'s ``make_bucket``.
 2. Object store: moto's standalone server on 127.0.0.1 (tests/s3_support.MotoServer) with buckets
    ``archive`` and ``out``; the photos uploaded to ``s3://archive/photos/`` directly. In front of it a
-   tests/s3_support.RelayCountingProxy with ``--latency`` seconds per request (an in-region object store), run in
+   tests/s3_support.CountingProxy with ``--latency`` seconds per request (an in-region object store), run in
    a child process of its own so its forwarding threads do not count as CPU time of this (the client)
    process. Every S3 access of the jobs goes through the proxy.
 3. Cluster: per phase an external cluster — a ``dask scheduler`` process and ``dask worker --nworkers W
@@ -72,7 +72,7 @@ for _p in (TESTS, BENCH):
         sys.path.insert(0, str(_p))
 
 from archive import _default_source, _size, _workdir, make_bucket  # noqa: E402
-from s3_support import MotoServer, RelayCountingProxy, set_credentials, storage_options, summarize  # noqa: E402
+from s3_support import CountingProxy, MotoServer, set_credentials, storage_options, summarize  # noqa: E402
 
 FILM = "Portra400"
 DTYPE = "uint16"
@@ -91,9 +91,9 @@ SUBMIT_METHODS = ("submit", "map", "compute", "persist")
 
 
 def child_proxy(upstream_port: int, latency: float) -> int:
-    """Run a RelayCountingProxy; print its endpoint, then answer one JSON line per command line on stdin:
+    """Run a CountingProxy; print its endpoint, then answer one JSON line per command line on stdin:
     "reset" → {"ok": true}; "snapshot" → [[method, path, query], …]; "count" → n. EOF stops it."""
-    proxy = RelayCountingProxy(upstream_port, latency=latency)
+    proxy = CountingProxy(upstream_port, latency=latency)
     print(json.dumps({"endpoint": proxy.endpoint}), flush=True)
     try:
         for line in sys.stdin:
@@ -114,7 +114,7 @@ def child_proxy(upstream_port: int, latency: float) -> int:
 
 
 class ProxyProcess:
-    """A RelayCountingProxy in a child process (bench/archive_s3.py --child-proxy), driven over its stdin/stdout."""
+    """A CountingProxy in a child process (bench/archive_s3.py --child-proxy), driven over its stdin/stdout."""
 
     def __init__(self, upstream_port: int, latency: float) -> None:
         self.proc = subprocess.Popen(
@@ -595,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
                    "jpeg_bytes_total": jpeg_bytes, "make_s": round(make_s, 2)},
         "settings": {"film": FILM, "dtype": DTYPE, "tile": "JobSpec default", "whole_limit_mp": "JobSpec default"},
         "s3": {"server": "moto_server on 127.0.0.1",
-               "proxy": "tests/s3_support.RelayCountingProxy (asyncio) in a child process",
+               "proxy": "tests/s3_support.CountingProxy in a child process",
                "latency_s": args.latency, "round_trip": rtt},
         "idle_cpu": idle,
         "cluster": {"workers": args.workers, "threads_per_worker": {"local": local["threads_per_worker"],
