@@ -56,21 +56,26 @@ def warm(settings) -> None:
         render_window(window, (y0, x0), big, out_box, settings, grain_k=k)
 
 
-def blend_signature(settings):
-    """The argument types of the largest kernel a small photograph needs (the grain-blend mix and encode, for
-    s < 1 and integer output), known without running the stages before it; None for float output."""
+def finish_signature(settings):
+    """The argument types of the largest kernel a photograph needs (`_cpu.finish`: the last blur stage, grain
+    and encode fused, for integer output), known without running the stages before it; None for float
+    output."""
     from numba import types as nt
 
     if np.dtype(settings.dtype).kind != "u":
         return None
-    f32 = nt.float32
+    f32, i64 = nt.float32, nt.int64
 
-    def array(dtype, ndim):
+    def array(dtype, ndim=1):
         return nt.Array(dtype, ndim, "C")
 
     out = nt.uint8 if np.dtype(settings.dtype) == np.uint8 else nt.uint16
-    return (array(f32, 3), array(f32, 3), nt.int64, nt.int64, array(f32, 3), array(f32, 2), array(f32, 1),
-            array(f32, 1), array(f32, 1), array(f32, 2), f32, array(f32, 1), array(f32, 1), array(out, 3))
+    interp = (array(i64), array(f32), array(f32))
+    return (array(f32, 3), i64, i64, array(f32, 3), array(nt.boolean), *interp, *interp, f32, array(f32),
+            array(f32, 3), i64, i64, array(i64), array(i64), i64, i64, array(nt.uint64), array(f32), array(f32),
+            array(f32), array(f32, 2), array(f32), array(f32), array(f32), i64, array(f32, 2), f32,
+            array(nt.int32), array(f32), i64, i64, i64, array(f32, 2), array(nt.int32, 2), i64, i64, i64,
+            array(out, 3))
 
 
 def precompile(settings) -> None:
@@ -81,9 +86,9 @@ def precompile(settings) -> None:
     from phos_dask.film import _cpu
 
     numba.set_num_threads(1)
-    sig = blend_signature(settings)
+    sig = finish_signature(settings)
     if sig is not None:
-        kernel = _cpu.mix_filmic_blend_encode.serial
+        kernel = _cpu.finish.serial
         with _cpu.compile_lock(kernel.py_func.__qualname__):
             kernel.compile(sig)
 

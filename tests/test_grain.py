@@ -209,6 +209,14 @@ def test_from_scale_one_up_the_single_curve_path_runs(monkeypatch, small_photo):
 
     monkeypatch.setattr(ops, "blend", refuse)
     monkeypatch.setattr(_cpu, "mix_filmic_blend_encode", refuse)
+    fused = _cpu.finish
+    modes = []
+
+    def finish(*args):  # the fused pass: mode 1 is its after-curve blend
+        modes.append(args[28])
+        return fused(*args)
+
+    monkeypatch.setattr(_cpu, "finish", finish)
     shape = (3000, 3400)
     img = cv2.resize(small_photo, (3400, 3000), interpolation=cv2.INTER_LINEAR)
     for st in (Settings(), Settings(film="TriX400"), Settings(dtype="float32")):
@@ -217,6 +225,7 @@ def test_from_scale_one_up_the_single_curve_path_runs(monkeypatch, small_photo):
         win = img[: 64 + plan.halo, : 64 + plan.halo]
         out = render_region(win, (0, 0), shape, (0, 64, 0, 64), plan)
         assert out.shape[:2] == (64, 64)
+    assert modes and 1 not in modes
 
 
 def test_a_dark_photo_gets_fainter_mid_tone_grain_than_a_bright_one(small_photo):

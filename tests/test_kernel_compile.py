@@ -89,7 +89,7 @@ def test_run_on_a_cold_cache_says_it_compiles_and_leaves_the_kernels_cached(tmp_
     out = subprocess.run([sys.executable, "-c", check], env=_env(cache), capture_output=True, text=True,
                          timeout=300, check=True).stdout.split()
     misses, hits = int(out[0]), int(out[1])
-    assert misses == 0 and hits >= 6, out
+    assert misses == 0 and hits >= 5, out  # front, cells, blur, compose, finish
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "uint16"])
@@ -103,5 +103,5 @@ def test_the_precompiled_signature_is_the_one_a_small_photo_renders_with(dtype):
         render(np.full((48, 64, 3), 90, np.uint8), settings)
     finally:
         numba.set_num_threads(before)
-    assert warmup.blend_signature(settings) in _cpu.mix_filmic_blend_encode.serial.signatures
-    assert warmup.blend_signature(Settings(film="NC200", dtype="float32")) is None
+    assert warmup.finish_signature(settings) in _cpu.finish.serial.signatures
+    assert warmup.finish_signature(Settings(film="NC200", dtype="float32")) is None

@@ -35,11 +35,11 @@ class Kernel:
     compute every element with the same float32 operations, so their outputs are the same bits."""
 
     def __init__(self, fn: Callable) -> None:
-        self.parallel = njit(parallel=True, cache=True, nogil=True)(fn)
+        self.parallel = njit(parallel=True, cache=True, nogil=True, error_model="numpy")(fn)
         serial = types.FunctionType(fn.__code__, fn.__globals__, f"{fn.__name__}_serial", fn.__defaults__,
                                     fn.__closure__)
         serial.__qualname__ = f"{fn.__qualname__}_serial"  # its own cache files
-        self.serial = njit(cache=True, nogil=True)(serial)
+        self.serial = njit(cache=True, nogil=True, error_model="numpy")(serial)
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args):
@@ -78,7 +78,7 @@ def kernel(fn: Callable) -> Kernel:
 
 def _inline(fn):
     """One of `_pixel`'s shared per-pixel functions as an inlined CPU function."""
-    return njit(cache=True, inline="always")(fn)
+    return njit(cache=True, inline="always", error_model="numpy")(fn)
 
 
 _exposure = _inline(_pixel.exposure)
@@ -87,6 +87,8 @@ _kept = _inline(_pixel.kept)
 _lerp2 = _inline(_pixel.lerp2)
 _clip01 = _inline(_pixel.clip01)
 _grain_u = _inline(_pixel.grain_u)
+_grain_cell = _inline(_pixel.grain_cell)
+_grain_lookup = _inline(_pixel.grain_lookup)
 _signal_gain = _inline(_pixel.signal_gain)
 _clip_noise = _inline(_pixel.clipped_noise)
 _mixed_base = _inline(_pixel.mixed_base)
@@ -96,6 +98,7 @@ _filmic = _inline(_pixel.filmic)
 _blend = _inline(_pixel.blend)
 _srgb_code = _inline(_pixel.srgb_code)
 _code = _inline(_pixel.table_code)
+_bucket_code = _inline(_pixel.bucket_code)
 
 
 @kernel
@@ -104,12 +107,18 @@ def front_lut(img, table, matrix, factors, use_factors):
     C = matrix.shape[0]
     out = np.empty((C, h, w), dtype=np.float32)
     for y in prange(h):
+        lin = np.empty((3, w), dtype=np.float32)  # the row's linear r, g, b: one table read per sample
+        for x in range(w):
+            lin[0, x] = table[img[y, x, 0]]
+            lin[1, x] = table[img[y, x, 1]]
+            lin[2, x] = table[img[y, x, 2]]
+        r, g, b = lin[0], lin[1], lin[2]
         for c in range(C):
             m0, m1, m2 = matrix[c, 0], matrix[c, 1], matrix[c, 2]
             fac = factors[c]
+            o = out[c, y]
             for x in range(w):
-                out[c, y, x] = _exposure(table[img[y, x, 0]], table[img[y, x, 1]], table[img[y, x, 2]],
-                                         m0, m1, m2, fac, use_factors)
+                o[x] = _exposure(r[x], g[x], b[x], m0, m1, m2, fac, use_factors)
     return out
 
 
@@ -147,6 +156,24 @@ def cells(src, rmap, cmap, f, thr, eta):
     return out
 
 
+@njit(cache=True, error_model="numpy")
+def _hpass(tmp, taps, r, ri, out):
+    """out[x] = taps[r]·tmp[x+r] + Σ_{k=1..ri} taps[r+k]·(tmp[x+r−k] + tmp[x+r+k]), summed in that order (a
+    horizontal pass of a symmetric kernel of radius ri padded to r). The shifted rows are slices so the loops
+    vectorise (indexing tmp at x ± k directly keeps LLVM from it, about 5× slower)."""
+    w = out.shape[0]
+    t = taps[r]
+    c = tmp[r : r + w]
+    for x in range(w):
+        out[x] = t * c[x]
+    for k in range(1, ri + 1):
+        t = taps[r + k]
+        a = tmp[r - k : r - k + w]
+        b = tmp[r + k : r + k + w]
+        for x in range(w):
+            out[x] += t * (a[x] + b[x])
+
+
 @kernel
 def blur_valid(src, taps_v, taps_h, radii, out):
     n = taps_v.shape[0]
@@ -177,13 +204,7 @@ def blur_valid(src, taps_v, taps_h, radii, out):
                 t = taps_v[i, r + k]
                 for x in range(src.shape[1]):
                     tmp[x] += t * (src[y + r - k, x] + src[y + r + k, x])
-            t = taps_h[i, r]
-            for x in range(w):
-                acc[x] = t * tmp[x + r]
-            for k in range(1, ri + 1):
-                t = taps_h[i, r + k]
-                for x in range(w):
-                    acc[x] += t * (tmp[x + r - k] + tmp[x + r + k])
+            _hpass(tmp, taps_h[i], r, ri, acc)
             for x in range(w):
                 out[y, x] += acc[x]
 
@@ -206,7 +227,7 @@ def compose(src, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, eta
             out[y, x] = _clip01(v)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _rho(X, r, c, gy, gx, k, T, dT):
     """a(X)·u of one pixel: its signal gain times its grain deviate."""
     return _signal_gain(X[r, c]) * _grain_u(gy, gx, k, T, dT)
@@ -217,7 +238,7 @@ def grain_noise(X, rmap, cmap, y0, x0, key, T, dT, taps, out):
     """G ⊛ (a(X)·u) on the 'valid' part of the rows rmap × columns cmap, block by block of rows so the
     unblurred noise never exists as a whole plane."""
     r = (taps.shape[0] - 1) // 2
-    h, w = rmap.shape[0] - 2 * r, cmap.shape[0] - 2 * r
+    h = rmap.shape[0] - 2 * r
     nc = cmap.shape[0]
     k = np.uint64(key)
     block = 64
@@ -240,25 +261,20 @@ def grain_noise(X, rmap, cmap, y0, x0, key, T, dT, taps, out):
                 t = taps[r + q]
                 for x in range(nc):
                     tmp[x] += t * (buf[y + r - q, x] + buf[y + r + q, x])
-            t = taps[r]
-            for x in range(w):
-                out[lo + y, x] = t * tmp[x + r]
-            for q in range(1, r + 1):
-                t = taps[r + q]
-                for x in range(w):
-                    out[lo + y, x] += t * (tmp[x + r - q] + tmp[x + r + q])
+            _hpass(tmp, taps, r, r, out[lo + y])
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _clipped_noise(noise, y, nscale, n):
     """Row y of every grain plane p, scaled by nscale[p] and clipped to [-1, 1], into n (P, w)."""
     for p in range(noise.shape[0]):
         k = nscale[p]
-        for x in range(n.shape[1]):
-            n[p, x] = _clip_noise(noise[p, y, x], k)
+        src, dst = noise[p, y], n[p]
+        for x in range(dst.shape[0]):
+            dst[x] = _clip_noise(src[x], k)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _base_row(Yp, X, xy, xx, y, c, wd, ws, z):
     """S6 without grain for row y of channel c into z: wd·Y' + ws·X."""
     a, b = wd[c], ws[c]
@@ -266,16 +282,17 @@ def _base_row(Yp, X, xy, xx, y, c, wd, ws, z):
         z[x] = _mixed_base(a, Yp[c, y, x], b, X[c, xy + y, xx + x])
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _add_grain_row(c, n, coef, z):
     """z += Σ_p coef[c, p]·n_p (the grain terms of S6)."""
     for p in range(n.shape[0]):
         k = coef[c, p]
+        np_ = n[p]
         for x in range(z.shape[0]):
-            z[x] = _grain_term(z[x], k, n[p, x])
+            z[x] = _grain_term(z[x], k, np_[x])
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _mixed_row(Yp, X, xy, xx, y, c, n, coef, wd, ws, z):
     """S6 for row y of channel c into z: wd·Y' + ws·X + Σ_p coef[c, p]·n_p."""
     _base_row(Yp, X, xy, xx, y, c, wd, ws, z)
@@ -359,6 +376,21 @@ def mix_filmic_blend_encode(Yp, X, xy, xx, noise, coef, nscale, wd, ws, tone, r,
                 out[y, x, c] = _srgb_code(_blend(f0, f, r), guess, steps, cells)
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def k_sums_lut(sub, table, m, fac, use_factors):
+    """`grain.k_sums` of X = m·lin(sub) (then ×fac clipped to [0, 1] when use_factors) for integer sRGB
+    samples sub (h, w, 3), lin = table[sub] (float64): (Σq, n) with q = rint(2³²/max(E0·X, 1)), the same
+    float64 operations as `pipeline.grain_sums`' NumPy path."""
+    total = np.int64(0)
+    for y in range(sub.shape[0]):
+        for x in range(sub.shape[1]):
+            v = m[0] * table[sub[y, x, 0]] + m[1] * table[sub[y, x, 1]] + m[2] * table[sub[y, x, 2]]
+            if use_factors:
+                v = min(max(v * fac, 0.0), 1.0)
+            total += np.int64(np.rint((1.0 / max(1000.0 * v, 1.0)) * 4294967296.0))
+    return total, sub.shape[0] * sub.shape[1]
+
+
 @kernel
 def any_above(src, y0, y1, x0, x1, thr):
     found = np.zeros(y1 - y0, dtype=np.bool_)
@@ -368,3 +400,152 @@ def any_above(src, y0, y1, x0, x1, thr):
                 found[y - y0] = True
                 break
     return found.any()
+
+
+@njit(cache=True, error_model="numpy")
+def _longest_run(cmap):
+    """(a, b): the longest stretch cmap[a:b] of consecutive columns (the part of a reflected index map
+    inside the image)."""
+    best_a, best_b, a = 0, 1, 0
+    for j in range(1, cmap.shape[0] + 1):
+        if j == cmap.shape[0] or cmap[j] != cmap[j - 1] + 1:
+            if j - a > best_b - best_a:
+                best_a, best_b = a, j
+            a = j
+    return best_a, best_b
+
+
+@njit(cache=True, error_model="numpy")
+def _rho_row(Xp, row, cmap, ja, jb, gy0, gx0, k, T, dT, gain, cell, frac, dst):
+    """a(X)·u of one row of a grain plane (`_rho` per element) over the columns cmap into dst, in loops
+    that vectorise: the gains (columns ja..jb-1 are one contiguous slice of the row), the hash, the lookup."""
+    nc = cmap.shape[0]
+    xr = Xp[row]
+    for j in range(ja):
+        gain[j] = _signal_gain(xr[cmap[j]])
+    c0 = cmap[ja] - ja
+    mid = xr[c0 + ja : c0 + jb]
+    g = gain[ja:jb]
+    for j in range(jb - ja):
+        g[j] = _signal_gain(mid[j])
+    for j in range(jb, nc):
+        gain[j] = _signal_gain(xr[cmap[j]])
+    for j in range(nc):
+        cell[j], frac[j] = _grain_cell(row + gy0, cmap[j] + gx0, k)
+    for j in range(nc):
+        dst[j] = gain[j] * _grain_lookup(T, dT, cell[j], frac[j])
+
+
+@njit(cache=True, error_model="numpy")
+def _vpass(ring, i, taps, r, tmp):
+    """tmp = taps[r]·ρ(i) + Σ_{q=1..r} taps[r+q]·(ρ(i−q) + ρ(i+q)), summed in that order, where ρ(j) is row
+    j of the rows in flight, kept in ring slot j mod (2r+1) (the vertical pass of `grain_noise`)."""
+    m = ring.shape[0]
+    t = taps[r]
+    c = ring[i % m]
+    for x in range(tmp.shape[0]):
+        tmp[x] = t * c[x]
+    for q in range(1, r + 1):
+        t = taps[r + q]
+        a = ring[(i - q) % m]
+        b = ring[(i + q) % m]
+        for x in range(tmp.shape[0]):
+            tmp[x] += t * (a[x] + b[x])
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _composed_row(S, sy, sx, y, c, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, eta, brow, up, out):
+    """Row y of channel c of the last blur stage, clip01(kept(S) + up(blurred)), into out (w,): per element
+    the float32 operations of `compose` (brow, up: scratch rows)."""
+    w = out.shape[0]
+    s = S[c, sy + y, sx : sx + w]
+    if has_blur:
+        j = rj[y]
+        a0, a1 = rw0[y], rw1[y]
+        b0, b1 = blurred[c, j], blurred[c, j + 1]
+        for i in range(brow.shape[0]):
+            brow[i] = _lerp2(a0, b0[i], a1, b1[i])
+        for x in range(w):
+            i = cj[x]
+            up[x] = _lerp2(cw0[x], brow[i], cw1[x], brow[i + 1])
+        for x in range(w):
+            out[x] = _clip01(_kept(s[x], thr, eta) + up[x])
+    else:
+        for x in range(w):
+            out[x] = _clip01(_kept(s[x], thr, eta))
+
+
+@kernel
+def finish(S, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, etas,
+           X, xy, xx, rmap, cmap, gy0, gx0, keys, T, dT, taps, coef, nscale, wd, ws,
+           mode, tone, r, cstart, csteps, cbase, cshift, cm, thresholds, starts, base, shift, threads, out):
+    """The last blur stage's compose, the grain planes and S6–S8 fused, row by row: what `compose`
+    (on S, with each channel's blurred field), `grain_noise` (one plane per key, plane p on X[p]) and then
+    `mix_filmic_encode` (mode 0), `mix_filmic_blend_encode` (mode 1, r < 1) or `mix_encode` (mode 2) compute,
+    the same bits, without the full-size Y' and noise planes (filmic codes by `tone.code_buckets`: cstart,
+    csteps, cbase, cshift, cm). out (h, w, C) codes. Each thread takes a run of rows and keeps only the 2r+1
+    rows of unblurred noise in flight per plane (r the grain radius), so its scratch stays in cache; `threads`
+    sets the number of runs (4 per thread)."""
+    h, w, C = out.shape
+    P = keys.shape[0]
+    rad = (taps.shape[0] - 1) // 2
+    nc = cmap.shape[0]
+    last = starts.shape[1] - 2
+    sh = np.uint32(shift)
+    csh = np.uint32(cshift)
+    ja, jb = _longest_run(cmap)
+    chunks = min(h, 4 * threads)
+    for ch in prange(chunks):
+        lo = ch * h // chunks
+        hi = (ch + 1) * h // chunks
+        ring = np.empty((P, 2 * rad + 1, nc), dtype=np.float32)
+        gain = np.empty(nc, dtype=np.float32)
+        cell = np.empty(nc, dtype=np.int64)
+        frac = np.empty(nc, dtype=np.float32)
+        tmp = np.empty(nc, dtype=np.float32)
+        noise = np.empty((P, 1, w), dtype=np.float32)
+        n = np.empty((P, w), dtype=np.float32)
+        yp = np.empty(w, dtype=np.float32)
+        up = np.empty(w, dtype=np.float32)
+        brow = np.empty(blurred.shape[2], dtype=np.float32)
+        F = np.empty(w, dtype=np.float32)
+        F0 = np.empty(w, dtype=np.float32)
+        Fb = F.view(np.uint32)
+        for p in range(P):  # the first rows in flight: those of output row lo's window but its last
+            for i in range(lo, lo + 2 * rad):
+                _rho_row(X[p], rmap[i], cmap, ja, jb, gy0, gx0, keys[p], T, dT, gain, cell, frac,
+                         ring[p, i % (2 * rad + 1)])
+        for y in range(lo, hi):
+            for p in range(P):
+                i = y + 2 * rad
+                _rho_row(X[p], rmap[i], cmap, ja, jb, gy0, gx0, keys[p], T, dT, gain, cell, frac,
+                         ring[p, i % (2 * rad + 1)])
+                _vpass(ring[p], y + rad, taps, rad, tmp)
+                _hpass(tmp, taps, rad, rad, noise[p, 0])
+            _clipped_noise(noise, 0, nscale, n)
+            for c in range(C):
+                _composed_row(S, sy, sx, y, c, blurred, has_blur[c], rj, rw0, rw1, cj, cw0, cw1, thr, etas[c],
+                              brow, up, yp)
+                a, bw = wd[c], ws[c]
+                xr = X[c, xy + y, xx : xx + w]
+                for x in range(w):
+                    F0[x] = _mixed_base(a, yp[x], bw, xr[x])
+                F[:] = F0
+                _add_grain_row(c, n, coef, F)
+                if mode == 2:
+                    t = thresholds[c]
+                    st = starts[c]
+                    for x in range(w):
+                        out[y, x, c] = _code(F[x], Fb[x], t, st, base, sh, last)
+                else:
+                    tA, tB, tC, tD, tE, tF = tone[c, 0], tone[c, 1], tone[c, 2], tone[c, 3], tone[c, 4], tone[c, 5]
+                    cb, de, df, ef = _filmic_coeffs(tB, tC, tD, tE, tF)
+                    if mode == 1:
+                        for x in range(w):
+                            f0 = _filmic(F0[x], tA, tB, cb, de, df, ef)
+                            F[x] = _blend(f0, _filmic(F[x], tA, tB, cb, de, df, ef), r)
+                    else:
+                        for x in range(w):
+                            F[x] = _filmic(F[x], tA, tB, cb, de, df, ef)
+                    for x in range(w):
+                        out[y, x, c] = _bucket_code(F[x], Fb[x], cstart, csteps, cbase, csh, cm)

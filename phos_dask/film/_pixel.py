@@ -43,6 +43,7 @@ _S31 = np.uint64(31)
 _S32 = np.uint64(32)
 _S48 = np.uint64(48)  # 64 - grain.TABLE_BITS: the top 16 bits pick the table cell
 _LOW24 = np.uint64(0xFFFFFF)
+_ABS = np.uint32(0x7FFFFFFF)  # all bits of a float32 but its sign
 
 
 def exposure(v0, v1, v2, m0, m1, m2, fac, use_factors):
@@ -84,6 +85,21 @@ def grain_u(gy, gx, key, T, dT):
     z = z ^ (z >> _S31)
     t = np.int64(z >> _S48)
     frac = np.float32((z >> _S24) & _LOW24) * _FRAC
+    return T[t] + frac * dT[t]
+
+
+def grain_cell(gy, gx, key):
+    """`grain_u` in two steps for the CPU's vector loops: the hash's table cell (np.int64) and position in it
+    (float32); `grain_lookup` turns them into u."""
+    z = key + ((np.uint64(gy) << _S32) | np.uint64(gx)) * _GOLDEN
+    z = (z ^ (z >> _S30)) * _MIX1
+    z = (z ^ (z >> _S27)) * _MIX2
+    z = z ^ (z >> _S31)
+    return np.int64(z >> _S48), np.float32((z >> _S24) & _LOW24) * _FRAC
+
+
+def grain_lookup(T, dT, t, frac):
+    """u from `grain_cell`'s (cell, position): T[t] + frac·dT[t], as `grain_u` computes it."""
     return T[t] + frac * dT[t]
 
 
@@ -133,6 +149,18 @@ def srgb_code(f, guess, steps, cells):
     g = guess[j] + (u - j) * (guess[j + 1] - guess[j])
     k = np.int64(g + _HALF)
     return k - (f < steps[k]) + (f >= steps[k + 1])
+
+
+def bucket_code(f, fb, start, steps, base, shift, m):
+    """The sRGB code of linear f in [0, 1] from its float32 bit pattern fb (uint32): the code at its bucket's
+    lower edge, plus the steps up to f among the next m (`tone.code_buckets`; shift np.uint32, base and m
+    np.int64); the code `srgb_code` gives."""
+    b = min(max(np.int64((fb & _ABS) >> shift) - base, np.int64(0)), np.int64(start.shape[0] - 1))
+    k0 = np.int64(start[b])
+    k = k0
+    for i in range(1, m + 1):
+        k += f >= steps[k0 + i]
+    return k
 
 
 def table_code(v, vb, t, start, base, shift, last):

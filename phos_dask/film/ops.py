@@ -353,3 +353,47 @@ def mix_encode(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: np.ndar
         codes = xp.searchsorted(t, xp.reshape(Z[c, ...], (-1,)), side="right")
         out.append(xp.astype(xp.reshape(codes, (h, w)), dtype))
     return xp.stack(out, axis=-1)
+
+
+def finish(S, sy: int, sx: int, blurred: list, interp_rows, interp_cols, thr: float, etas, X, xy: int, xx: int,
+           rmap, cmap, origin: tuple[int, int], keys, taps, coef, nscale, wd, ws, tone_, vmax: int, r: float,
+           tables):
+    """NumPy only: the last blur stage's `compose` on S (one blurred field or None per channel), the grain
+    planes (`grain_noise` for each key, plane p on X[p], rows rmap × columns cmap, X's global origin) and
+    `mix_filmic_encode` (tables None; r < 1 blends after the curve) or `mix_encode` (tables), fused into
+    one pass over bands of rows: the same codes (h, w, C), without full-size intermediates."""
+    import numba
+
+    from phos_dask.film import _cpu, grain, tone
+    from phos_dask.film.tone import BUCKET_BASE, BUCKET_SHIFT
+
+    C = S.shape[0]
+    h, w = len(interp_rows[0]), len(interp_cols[0])
+    rj, rw0, rw1 = interp_rows
+    cj, cw0, cw1 = interp_cols
+    has = np.array([b is not None for b in blurred], np.bool_)
+    shape = next((b.shape for b in blurred if b is not None), (1, 1))
+    stacked = np.zeros((C, *shape), np.float32)
+    for c, b in enumerate(blurred):
+        if b is not None:
+            stacked[c] = b
+    T, dT = grain.normal_table()
+    keys = np.array(keys, np.uint64)
+    taps = np.zeros(1, np.float32) if taps is None else np.ascontiguousarray(taps, np.float32)
+    if tables is None:
+        mode = 1 if r < 1.0 else 0
+        tone_c = np.array([[t.A, t.B, t.C, t.D, t.E, t.F] for t in tone_], np.float32)
+        cstart, csteps, cbase, cshift, cm = tone.code_buckets(vmax)
+        thresholds, starts = np.zeros((C, 1), np.float32), np.zeros((C, 2), np.int32)
+    else:
+        mode = 2
+        tone_c = np.zeros((C, 6), np.float32)
+        cstart, csteps, cbase, cshift, cm = np.zeros(1, np.int32), np.zeros(2, np.float32), 0, 0, 0
+        thresholds = np.stack([t.thresholds for t in tables])
+        starts = np.stack([t.start for t in tables])
+    out = np.empty((h, w, C), np.uint8 if vmax == 255 else np.uint16)
+    _cpu.finish(S, sy, sx, stacked, has, rj, rw0, rw1, cj, cw0, cw1, _f32(thr), np.asarray(etas, np.float32),
+                X, xy, xx, np.asarray(rmap, np.int64), np.asarray(cmap, np.int64), origin[0], origin[1], keys, T,
+                dT, taps, coef, _scales(nscale), wd, ws, mode, tone_c, _f32(r), cstart, csteps, cbase, cshift, cm,
+                thresholds, starts, BUCKET_BASE, BUCKET_SHIFT, numba.get_num_threads(), out)
+    return out

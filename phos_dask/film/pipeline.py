@@ -176,12 +176,17 @@ def grain_sums(block, origin: tuple[int, int], plan) -> tuple[tuple[int, int], .
     oy, ox = int(origin[0]), int(origin[1])
     block = as_rgb(block)
     sub = _to_host(block[(-oy) % step :: step, (-ox) % step :: step, ...])
-    if sub.dtype in (np.uint8, np.uint16):
-        lin = colour.input_table(sub.dtype, settings.linear_input)[sub].astype(np.float64)
-    else:
-        lin = colour.linearise(np, sub, settings.linear_input).astype(np.float64)
     matrix = colour.emulsion_matrix(stock).astype(np.float64)
     factors = colour.reciprocity_factors(stock, settings.exposure_time)
+    if sub.dtype in (np.uint8, np.uint16):
+        from phos_dask.film import _cpu
+
+        table = colour.input_table(sub.dtype, settings.linear_input).astype(np.float64)
+        return tuple(
+            tuple(int(v) for v in _cpu.k_sums_lut(sub, table, matrix[c], 1.0 if factors is None else float(factors[c]),
+                                                  factors is not None))
+            for c in range(matrix.shape[0]))
+    lin = colour.linearise(np, sub, settings.linear_input).astype(np.float64)
     out = []
     for c in range(matrix.shape[0]):
         m = matrix[c]
@@ -288,8 +293,9 @@ def _span(idx: np.ndarray) -> tuple[int, int]:
     return int(idx.min()), int(idx.max()) + 1
 
 
-def _blur_stage(src, origin, out_box: Box, shape, blur: CoarseBlur, thr: float, eta: float, out):
-    """out = clip01(src - eta·(src - thr)₊ + blur ⊛ eta·(src - thr)₊) on out_box; src covers `origin`+."""
+def _blurred(src, origin, out_box: Box, shape, blur: CoarseBlur, thr: float, eta: float):
+    """The blurred coarse field of eta·(src − thr)₊ that out_box's pixels interpolate (None when nothing in
+    reach exceeds thr), and the row and column interpolation (`CoarseBlur.interpolation`)."""
     oy, ox = origin
     y0, y1, x0, x1 = out_box
     rows = reflect_index(np.arange(*blur.source_rows(y0, y1)), shape[0]) - oy
@@ -297,10 +303,22 @@ def _blur_stage(src, origin, out_box: Box, shape, blur: CoarseBlur, thr: float, 
     ry, rx = blur.interpolation(y0, y1), blur.interpolation(x0, x1)
     ys, xs = _span(rows), _span(cols)
     blurred = None
-    if eta > 0 and ops.any_above(src, (*ys, *xs), thr):
+    if eta <= 0:
+        return blurred, ry, rx
+    # On the CPU the cells themselves say whether anything exceeds thr (a cell holds a positive sum exactly
+    # when one of its pixels does), which saves a scan of the source; elsewhere a scan is cheaper.
+    cpu = ops._is_cpu(src)
+    if cpu or ops.any_above(src, (*ys, *xs), thr):
         c = ops.cells(src, rows, cols, blur.f, thr, eta)
-        blurred = ops.blur_valid(c, blur.taps_v, blur.taps_h, blur.radii)
-    return ops.compose(src, y0 - oy, x0 - ox, blurred, ry, rx, thr, eta, out)
+        if not cpu or c.any():
+            blurred = ops.blur_valid(c, blur.taps_v, blur.taps_h, blur.radii)
+    return blurred, ry, rx
+
+
+def _blur_stage(src, origin, out_box: Box, shape, blur: CoarseBlur, thr: float, eta: float, out):
+    """out = clip01(src - eta·(src - thr)₊ + blur ⊛ eta·(src - thr)₊) on out_box; src covers `origin`+."""
+    blurred, ry, rx = _blurred(src, origin, out_box, shape, blur, thr, eta)
+    return ops.compose(src, out_box[0] - origin[0], out_box[2] - origin[1], blurred, ry, rx, thr, eta, out)
 
 
 def source_box(plan: Plan, out_box: Box, shape: tuple[int, int]) -> Box:
@@ -341,6 +359,8 @@ def render_region(window, window_origin: tuple[int, int], shape: tuple[int, int]
     xo = (x_box[0], x_box[2])
     thr = plan.stock.threshold
     C = plan.channels
+    if _fused(src, plan):
+        return _render_fused(X, xo, y_box, out_box, shape, plan)
     Y = xp.empty((C, y_box[1] - y_box[0], y_box[3] - y_box[2]), dtype=xp.float32)
     for c in range(C):
         Y[c, ...] = _blur_stage(X[c, ...], xo, y_box, shape, plan.bloom, thr, plan.etas[c], Y[c, ...])
@@ -364,6 +384,45 @@ def render_region(window, window_origin: tuple[int, int], shape: tuple[int, int]
         out = ops.mix_encode(*args, plan.tables, plan.vmax)
     else:
         out = _encode(_tone(args, plan), plan)
+    return out[..., 0] if C == 1 else out
+
+
+#: Whether NumPy renders with integer outputs take the fused CPU pass (`ops.finish`); tests switch it off
+#: to compare the fused pass with the separate kernels it stands for.
+FUSED_CPU = True
+
+
+def _fused(src, plan: Plan) -> bool:
+    """Whether this render takes `_render_fused`: a CPU render whose codes come from the filmic kernel or
+    from threshold tables (the paths `ops.finish` fuses)."""
+    if not (FUSED_CPU and ops._is_cpu(src)) or plan.vmax is None:
+        return False
+    return plan.hd is None or (plan.tables is not None and plan.grain_r >= 1.0)
+
+
+def _render_fused(X, xo: tuple[int, int], y_box: Box, out_box: Box, shape: tuple[int, int], plan: Plan):
+    """`render_region` from S1–S3's X on: the bloom stage into Y on y_box (colour), then the last blur stage
+    (halation on Y, or bloom on X for B&W), the grain and S6–S8 in one fused pass (`ops.finish`)."""
+    C = plan.channels
+    thr = plan.stock.threshold
+    y0, y1, x0, x1 = out_box
+    if plan.halation is not None:
+        Y = np.empty((C, y_box[1] - y_box[0], y_box[3] - y_box[2]), dtype=np.float32)
+        for c in range(C):
+            _blur_stage(X[c, ...], xo, y_box, shape, plan.bloom, thr, plan.etas[c], Y[c, ...])
+        S, so, blur, sthr, etas = Y, (y_box[0], y_box[2]), plan.halation, HALATION_THRESHOLD, plan.halation_k
+    else:
+        S, so, blur, sthr, etas = X, xo, plan.bloom, thr, plan.etas
+    fields = [_blurred(S[c, ...], so, out_box, shape, blur, sthr, etas[c]) for c in range(C)]
+    ry, rx = fields[0][1], fields[0][2]
+    rad = plan.grain_radius
+    rows = reflect_index(np.arange(y0 - rad, y1 + rad), shape[0]) - xo[0]
+    cols = reflect_index(np.arange(x0 - rad, x1 + rad), shape[1]) - xo[1]
+    keys = plan.grain_keys if plan.has_grain else ()
+    out = ops.finish(S, y0 - so[0], x0 - so[1], [f[0] for f in fields], ry, rx, sthr, etas, X, y0 - xo[0],
+                     x0 - xo[1], rows, cols, xo, keys, plan.grain_taps, plan.grain_coef, plan.grain_nscale,
+                     plan.wd, plan.ws, (plan.stock.tone,) * C, plan.vmax, plan.grain_r,
+                     plan.tables if plan.hd is not None else None)
     return out[..., 0] if C == 1 else out
 
 

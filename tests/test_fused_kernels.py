@@ -1,0 +1,153 @@
+"""The fused CPU pass (`ops.finish`: last blur stage, grain and encode in one pass over rows) and the other
+speed paths compute exactly what the separate kernels compute: the same codes, bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from phos_dask import Settings, render
+from phos_dask.film import _pixel, pipeline, tone
+from phos_dask.film.pipeline import grain_constants, make_plan, render_region, source_box
+
+
+def _image(h: int, w: int, seed: int, dtype=np.uint8) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    top = 255 if dtype == np.uint8 else 65535
+    img = (rng.random((h, w, 3)) ** 0.7 * top).astype(dtype)
+    img[h // 4 : h // 4 + 30, w // 3 : w // 3 + 40] = top  # highlights that bloom and halate
+    img[:8, -10:] = top  # one on a corner: reflected columns and rows
+    img[-h // 3 :, : w // 2] //= 12  # deep shadow
+    return img
+
+
+def _both(monkeypatch, fn):
+    monkeypatch.setattr(pipeline, "FUSED_CPU", True)
+    fused = fn()
+    monkeypatch.setattr(pipeline, "FUSED_CPU", False)
+    separate = fn()
+    return fused, separate
+
+
+CASES = [
+    # film, dtype, grain, hd_curve, (h, w): colour and B&W, filmic and H&D-table codes, s < 1 (blend after the
+    # curve) and s ≥ 1, grain on and off
+    ("Portra400", "uint8", "default", False, (300, 420)),
+    ("Cinestill800T", "uint16", "coarse", False, (260, 300)),
+    ("HP5Plus400", "uint8", "default", True, (3000, 3100)),
+    ("HP5Plus400", "uint16", "none", True, (250, 330)),
+    ("Velvia50", "uint16", "soft", True, (3050, 3000)),
+    ("TriX400", "uint8", "none", False, (200, 260)),
+]
+
+
+@pytest.mark.parametrize(("film", "dtype", "grain", "hd", "shape"), CASES)
+def test_the_fused_pass_gives_the_separate_kernels_codes(monkeypatch, film, dtype, grain, hd, shape):
+    st = Settings(film=film, dtype=dtype, grain=grain, hd_curve=hd, seed=3, image_key="fused")
+    h, w = shape
+    if h * w > 1_000_000:  # a region of a large image: s ≥ 1, rendered from its window
+        img = _image(h, w, 1)
+        plan = make_plan(st, shape, grain_k=grain_constants(img, st))
+        box = (h - 150, h, w // 2, w // 2 + 170)
+        y0, y1, x0, x1 = source_box(plan, box, shape)
+        window = img[y0:y1, x0:x1]
+        assert pipeline._fused(window, plan)
+        fused, separate = _both(monkeypatch, lambda: render_region(window, (y0, x0), shape, box, plan))
+    else:
+        img = _image(h, w, 2)
+        assert pipeline._fused(img, make_plan(st, shape)) == (not hd or grain == "none")
+        fused, separate = _both(monkeypatch, lambda: render(img, st))
+    assert fused.dtype == separate.dtype and fused.shape == separate.shape
+    np.testing.assert_array_equal(fused, separate)
+
+
+def test_the_fused_pass_is_the_same_on_one_thread_and_on_two(monkeypatch):
+    import numba
+
+    img = _image(333, 517, 4)
+    st = Settings(film="Portra400", seed=1, image_key="threads")
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = render(img, st)
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        two = render(img, st)
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(one, two)
+
+
+@pytest.mark.parametrize("vmax", [255, 65535])
+def test_bucket_codes_are_the_exact_srgb_codes(vmax):
+    """Every float32 F in [0, 1] near each code's step, and a dense sweep of bit patterns, gets the code
+    the interpolated guess settles on (itself checked against the float64 definition in test_model_spec)."""
+    guess, steps = tone.code_tables(vmax)
+    start, padded, base, shift, m = tone.code_buckets(vmax)
+    finite = steps[1 : vmax + 1].view(np.int32).astype(np.int64)
+    near = (finite[:, None] + np.arange(-2, 3)[None, :]).ravel()
+    sweep = np.arange(0, int(np.float32(1.0).view(np.int32)) + 1, 997, dtype=np.int64)
+    F = np.concatenate([near, sweep, [0, 1, int(np.float32(1.0).view(np.int32))]]).astype(np.int32).view(np.float32)
+    F = F[(F >= 0) & (F <= 1)]
+    F = np.concatenate([F, np.float32([-0.0])])
+    cells = np.int64(guess.shape[0] - 1)
+    want = np.array([_pixel.srgb_code(f, guess, steps, cells) for f in F[:20000]], np.int64)
+    got_py = np.array([_pixel.bucket_code(f, f.view(np.uint32), start, padded, np.int64(base), np.uint32(shift),
+                                          np.int64(m)) for f in F[:20000]], np.int64)
+    np.testing.assert_array_equal(got_py, want)
+    got, expect = _bucket_and_guess(F, start, padded, base, shift, m, guess, steps)
+    np.testing.assert_array_equal(got, expect)
+    assert got.min() == 0 and got.max() == vmax
+
+
+def _bucket_and_guess(F, start, padded, base, shift, m, guess, steps):
+    from numba import njit
+
+    bucket = njit(_pixel.bucket_code)
+    srgb = njit(_pixel.srgb_code)
+
+    @njit
+    def both(F, start, padded, base, shift, m, guess, steps):
+        Fb = F.view(np.uint32)
+        cells = np.int64(guess.shape[0] - 1)
+        a = np.empty(F.shape[0], np.int64)
+        b = np.empty(F.shape[0], np.int64)
+        for i in range(F.shape[0]):
+            a[i] = bucket(F[i], Fb[i], start, padded, base, shift, m)
+            b[i] = srgb(F[i], guess, steps, cells)
+        return a, b
+
+    return both(F, start, padded, np.int64(base), np.uint32(shift), np.int64(m), guess, steps)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_the_grain_constant_sums_match_the_float64_definition(dtype):
+    """K_c's integer sums from the compiled loop equal the NumPy float64 evaluation of spec §4's formula."""
+    from phos_dask.film import colour, grain
+
+    img = _image(401, 523, 7, dtype)
+    for st in (Settings(film="Portra400"), Settings(film="Velvia50", exposure_time=30.0), Settings(film="TriX400")):
+        for origin in ((0, 0), (1, 3), (6, 2)):
+            got = pipeline.grain_sums(img, origin, st)
+            sub = img[(-origin[0]) % 4 :: 4, (-origin[1]) % 4 :: 4]
+            lin = colour.input_table(sub.dtype, False)[sub].astype(np.float64)
+            m = colour.emulsion_matrix(st.stock).astype(np.float64)
+            fac = colour.reciprocity_factors(st.stock, st.exposure_time)
+            want = []
+            for c in range(m.shape[0]):
+                X = m[c, 0] * lin[..., 0] + m[c, 1] * lin[..., 1] + m[c, 2] * lin[..., 2]
+                if fac is not None:
+                    X = np.clip(X * float(fac[c]), 0.0, 1.0)
+                want.append(grain.k_sums(X))
+            assert got == tuple(want)
+
+
+def test_the_cells_tell_when_nothing_exceeds_the_threshold():
+    """On the CPU the bloom stage skips its blur when no cell holds excess light: the result is the source
+    itself (nothing taken, nothing received), as with the scan it replaced."""
+    X = np.full((3, 90, 120), 0.4, np.float32)
+    plan = make_plan(Settings(film="Portra400", grain="none"), (90, 120))
+    blurred, _, _ = pipeline._blurred(X[0], (0, 0), (0, 90, 0, 120), (90, 120), plan.bloom, 0.8, 0.2)
+    assert blurred is None
+    X[0, 40, 60] = 0.95
+    blurred, _, _ = pipeline._blurred(X[0], (0, 0), (0, 90, 0, 120), (90, 120), plan.bloom, 0.8, 0.2)
+    assert blurred is not None and blurred.max() > 0
