@@ -8,7 +8,15 @@ Each stock runs in a fresh Python process, so its peak resident memory (``ru_max
 process: load the image, one untimed warm-up render on the full image (numba JIT / cache load, first-touch
 page faults), then the best of ``--repeats`` timed renders. Prints a table and writes
 ``bench/results/engine-<UTC timestamp>.json`` with seconds, MP/s and peak RSS per stock, the machine and
-the targets (Portra400 with default grain ≤ 2.0 s per 24 MP; peak RSS ≤ 2.5 GB).
+the targets (Portra400 with default grain ≤ 2.0 s per 24 MP; peak RSS ≤ 1.5 GB).
+
+``--baseline REV`` also renders every stock with the package as it was at git revision REV (checked out
+into a temporary worktree), alternating with the current code ``--rounds`` times, so both share the
+machine's busy and quiet moments; each side's best render counts. The original Phos app cannot run here, so
+its time comes from issue 14's calibration: on one machine the original took 27.4 s in-process and
+``render()`` at revision ec0ed1b (the code when the issue was filed) 2.08 s, a factor of 13.17; the report's
+``vs_original`` is that factor times the speed-up over the baseline, when the baseline is ec0ed1b (target
+≥ 25×).
 
 The photograph is ``../shared/parity/coffee_3000x2000.jpg`` (or ``examples/coffee.jpg`` when the shared
 folder is absent) enlarged with bicubic interpolation; ``--image`` picks another.
@@ -40,8 +48,13 @@ DEFAULT_STOCKS = ("Portra400", "Cinestill800T", "HP5Plus400")
 #: Time target: seconds for a 24 MP render of Portra400 with default grain.
 TARGET_SECONDS_PER_24MP = 2.0
 TARGET_STOCK = "Portra400"
-#: Memory target: peak resident set of the rendering process, MB (10**6 bytes).
-TARGET_PEAK_RSS_MB = 2500.0
+#: Memory target: peak resident set of the rendering process, MB (10**6 bytes) (issue 14: 1.5 GB).
+TARGET_PEAK_RSS_MB = 1500.0
+#: Issue 14's calibration: the original app's in-process time over render() at ISSUE_REVISION, one machine.
+ISSUE_REVISION = "ec0ed1b"
+ORIGINAL_OVER_ISSUE_RENDER = 27.4 / 2.08
+#: Target: render() at least this many times faster than the original app (issue 14).
+TARGET_VS_ORIGINAL = 25.0
 
 
 def write_report(out_dir: Path, name: str, started: dt.datetime, report: dict[str, Any]) -> Path:
@@ -157,6 +170,32 @@ def make_image(source: Path, width: int, height: int) -> np.ndarray:
     return cv2.resize(read_image(source), (width, height), interpolation=cv2.INTER_CUBIC)
 
 
+def _worktree(rev: str, where: Path) -> Path:
+    """A detached git worktree of `rev` at `where` (removed by the caller)."""
+    subprocess.run(["git", "worktree", "add", "--detach", str(where), rev], cwd=REPO, check=True,
+                   capture_output=True)
+    return where
+
+
+def _run_child(tree: Path, npy: Path, film: str, grain: str, repeats: int) -> dict | None:
+    """One stock's timed renders in a fresh process importing the package from `tree`."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    proc = subprocess.run([sys.executable, __file__, "--child", str(npy), film, grain, str(repeats)],
+                          capture_output=True, text=True, cwd=tree, env=env)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _best_of(runs: list[dict]) -> dict:
+    """The run with the fastest render, with every run's times and the largest peak RSS."""
+    best = dict(min(runs, key=lambda r: r["best_s"]))
+    best["seconds"] = [t for r in runs for t in r["seconds"]]
+    best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    return best
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stocks", default=",".join(DEFAULT_STOCKS), help="comma-separated stock names")
@@ -165,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="6000x4000", help="WIDTHxHEIGHT of the test image")
     parser.add_argument("--image", type=Path, default=None, help="source photograph (default: coffee)")
     parser.add_argument("--out-dir", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--baseline", default=None, metavar="REV",
+                        help=f"also time the package at git revision REV (e.g. {ISSUE_REVISION}, issue 14's)")
+    parser.add_argument("--rounds", type=int, default=2, help="with --baseline: alternations per stock")
     parser.add_argument("--child", nargs=4, metavar=("NPY", "FILM", "GRAIN", "REPEATS"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -177,24 +219,47 @@ def main(argv: list[str] | None = None) -> int:
     source = args.image or next((p for p in DEFAULT_IMAGES if p.exists()), DEFAULT_IMAGES[-1])
     width, height = (int(v) for v in args.size.lower().split("x"))
     started = dt.datetime.now(dt.UTC)
-    results = []
+    results, baseline = [], []
     with tempfile.TemporaryDirectory(prefix="phos-bench-") as tmp:
         npy = Path(tmp) / "image.npy"
         np.save(npy, make_image(source, width, height))
-        for film in (s.strip() for s in args.stocks.split(",") if s.strip()):
-            proc = subprocess.run(
-                [sys.executable, __file__, "--child", str(npy), film, args.grain, str(args.repeats)],
-                capture_output=True, text=True, cwd=REPO,
-            )
-            if proc.returncode != 0:
-                sys.stderr.write(proc.stderr)
-                print(f"engine bench: {film} failed (exit {proc.returncode})", file=sys.stderr)
-                return 1
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
-            results.append(r)
-            print(f"{r['film']:<14} grain={r['grain']:<8} best {r['best_s']:7.3f} s  "
-                  f"{r['mp_per_s']:6.2f} MP/s  peak RSS {r['peak_rss_mb']:7.1f} MB  "
-                  f"(warm-up {r['warmup_s']:.2f} s; runs {', '.join(f'{t:.3f}' for t in r['seconds'])})")
+        base_tree = _worktree(args.baseline, Path(tmp) / "baseline") if args.baseline else None
+        try:
+            for film in (s.strip() for s in args.stocks.split(",") if s.strip()):
+                runs: dict[str, list[dict]] = {"current": [], "baseline": []}
+                for _ in range(args.rounds if base_tree else 1):
+                    for side, tree in (("current", REPO), ("baseline", base_tree)):
+                        if tree is None:
+                            continue
+                        r = _run_child(tree, npy, film, args.grain, args.repeats)
+                        if r is None:
+                            print(f"engine bench: {film} failed ({side})", file=sys.stderr)
+                            return 1
+                        runs[side].append(r)
+                for side, out in (("current", results), ("baseline", baseline)):
+                    if not runs[side]:
+                        continue
+                    r = _best_of(runs[side])
+                    out.append(r)
+                    print(f"{side + ':':<10}{r['film']:<14} grain={r['grain']:<8} best {r['best_s']:7.3f} s  "
+                          f"{r['mp_per_s']:6.2f} MP/s  peak RSS {r['peak_rss_mb']:7.1f} MB  "
+                          f"(runs {', '.join(f'{t:.3f}' for t in r['seconds'])})")
+        finally:
+            if base_tree is not None:
+                subprocess.run(["git", "worktree", "remove", "--force", str(base_tree)], cwd=REPO,
+                               capture_output=True)
+
+    comparison = []
+    for cur, base in zip(results, baseline, strict=False):
+        speedup = base["best_s"] / cur["best_s"]
+        row = {"film": cur["film"], "current_s": cur["best_s"], "baseline_s": base["best_s"],
+               "speedup": round(speedup, 3)}
+        if args.baseline and args.baseline.startswith(ISSUE_REVISION):
+            row["vs_original"] = round(ORIGINAL_OVER_ISSUE_RENDER * speedup, 2)
+        comparison.append(row)
+        print(f"{cur['film']:<14} {speedup:5.2f}x the baseline ({args.baseline})"
+              + (f" = {row['vs_original']:.1f}x the original app (target ≥ {TARGET_VS_ORIGINAL:.0f}x)"
+                 if "vs_original" in row else ""))
 
     targets = {
         "seconds_per_24mp": TARGET_SECONDS_PER_24MP,
@@ -207,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         "seconds_met": (all(r["seconds_per_24mp"] <= TARGET_SECONDS_PER_24MP for r in timed)
                         if timed else None),
         "peak_rss_met": all(r["peak_rss_mb"] <= TARGET_PEAK_RSS_MB for r in results),
+        "vs_original_met": (all(c["vs_original"] >= TARGET_VS_ORIGINAL for c in comparison
+                                if c["film"] == TARGET_STOCK) if any("vs_original" in c for c in comparison)
+                            else None),
     }
     report = {
         "benchmark": "engine: whole-image render()",
@@ -215,10 +283,15 @@ def main(argv: list[str] | None = None) -> int:
         "image": {"source": str(source.relative_to(REPO.parent)) if source.is_relative_to(REPO.parent)
                   else str(source), "width": width, "height": height, "dtype": "uint8",
                   "resize": "cv2.INTER_CUBIC"},
-        "method": f"fresh process per stock; one untimed warm-up render, best of {args.repeats}",
-        "targets": targets,
+        "method": f"fresh process per stock; one untimed warm-up render, best of {args.repeats}"
+                  + (f"; baseline {args.baseline} alternating with the current code, {args.rounds} rounds"
+                     if args.baseline else ""),
+        "targets": {**targets, "vs_original": TARGET_VS_ORIGINAL,
+                    "original_over_issue_render": round(ORIGINAL_OVER_ISSUE_RENDER, 3)},
         "verdict": verdict,
         "results": results,
+        "baseline": {"revision": args.baseline, "results": baseline} if args.baseline else None,
+        "comparison": comparison,
     }
     path = write_report(args.out_dir, "engine", started, report)
     m = report["machine"]

@@ -3,6 +3,9 @@
 Every output element is computed by the same sequence of float32 operations whatever the array's extent
 (loops vectorise across pixels, never across a reduction; no fastmath, so no reassociation or FMA
 contraction), which is what makes a tile bit-identical to the same pixels of the whole image.
+Kernels compile with error_model="numpy": a float division by zero gives inf/nan as in NumPy instead of
+raising, which is what lets LLVM vectorise loops that divide (the model never divides by zero). Inner loops
+read shifted rows through slices rather than x ± k indexing, which LLVM would not vectorise.
 Rows are split across threads with prange. The per-pixel math lives in `_pixel`, which the GPU kernels
 (`_cuda`) compile too.
 """
@@ -139,15 +142,24 @@ def front_linear(lin, matrix, factors, use_factors):
 @kernel
 def cells(src, rmap, cmap, f, thr, eta):
     nr, nc = rmap.shape[0] // f, cmap.shape[0] // f
+    ncol = cmap.shape[0]
     out = np.empty((nr, nc), dtype=np.float32)
     scale = _f32(eta / (f * f))
     zero = _f32(0.0)
+    ja, jb = _longest_run(cmap)
+    c0 = cmap[ja]
     for j in prange(nr):
-        acc = np.zeros(cmap.shape[0], dtype=np.float32)
+        acc = np.zeros(ncol, dtype=np.float32)
         for a in range(f):
-            row = rmap[j * f + a]
-            for x in range(cmap.shape[0]):
-                acc[x] += _excess(src[row, cmap[x]], thr)
+            sr = src[rmap[j * f + a]]
+            for x in range(ja):
+                acc[x] += _excess(sr[cmap[x]], thr)
+            mid = sr[c0 : c0 + jb - ja]
+            am = acc[ja:jb]
+            for x in range(jb - ja):
+                am[x] += _excess(mid[x], thr)
+            for x in range(jb, ncol):
+                acc[x] += _excess(sr[cmap[x]], thr)
         for i in range(nc):
             s = zero
             for b in range(f):
@@ -209,22 +221,35 @@ def blur_valid(src, taps_v, taps_h, radii, out):
                 out[y, x] += acc[x]
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _compose_row(s, brow, has_blur, cj, cw0, cw1, thr, eta, up, out):
+    """out = clip01(kept(s) + up(brow)) for one row (brow: the row's vertically interpolated blurred cells;
+    up: scratch), the float32 operations of `compose` per element, in loops over slices."""
+    w = out.shape[0]
+    if has_blur:
+        for x in range(w):
+            i = cj[x]
+            up[x] = _lerp2(cw0[x], brow[i], cw1[x], brow[i + 1])
+        for x in range(w):
+            out[x] = _clip01(_kept(s[x], thr, eta) + up[x])
+    else:
+        for x in range(w):
+            out[x] = _clip01(_kept(s[x], thr, eta))
+
+
 @kernel
 def compose(src, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, eta, out):
     h, w = rj.shape[0], cj.shape[0]
     for y in prange(h):
         row = np.zeros(blurred.shape[1], dtype=np.float32)
+        up = np.empty(w, dtype=np.float32)
         if has_blur:
             j = rj[y]
             a0, a1 = rw0[y], rw1[y]
+            b0, b1 = blurred[j], blurred[j + 1]
             for i in range(blurred.shape[1]):
-                row[i] = _lerp2(a0, blurred[j, i], a1, blurred[j + 1, i])
-        for x in range(w):
-            v = _kept(src[sy + y, sx + x], thr, eta)
-            if has_blur:
-                i = cj[x]
-                v = v + _lerp2(cw0[x], row[i], cw1[x], row[i + 1])
-            out[y, x] = _clip01(v)
+                row[i] = _lerp2(a0, b0[i], a1, b1[i])
+        _compose_row(src[sy + y, sx : sx + w], row, has_blur, cj, cw0, cw1, thr, eta, up, out[y])
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -458,21 +483,13 @@ def _composed_row(S, sy, sx, y, c, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1
     """Row y of channel c of the last blur stage, clip01(kept(S) + up(blurred)), into out (w,): per element
     the float32 operations of `compose` (brow, up: scratch rows)."""
     w = out.shape[0]
-    s = S[c, sy + y, sx : sx + w]
     if has_blur:
         j = rj[y]
         a0, a1 = rw0[y], rw1[y]
         b0, b1 = blurred[c, j], blurred[c, j + 1]
         for i in range(brow.shape[0]):
             brow[i] = _lerp2(a0, b0[i], a1, b1[i])
-        for x in range(w):
-            i = cj[x]
-            up[x] = _lerp2(cw0[x], brow[i], cw1[x], brow[i + 1])
-        for x in range(w):
-            out[x] = _clip01(_kept(s[x], thr, eta) + up[x])
-    else:
-        for x in range(w):
-            out[x] = _clip01(_kept(s[x], thr, eta))
+    _compose_row(S[c, sy + y, sx : sx + w], brow, has_blur, cj, cw0, cw1, thr, eta, up, out)
 
 
 @kernel

@@ -1,0 +1,149 @@
+"""Benchmark of the commands a user types, whole (start-up included), against the code of another revision
+measured in the same run: ``preview -o x.jpg``, ``preview -o x.tif`` (uint16) on one 24 MP photograph, and
+``run`` on a folder of four 24 MP photographs (default local cluster).
+
+Usage (from the repository root):
+
+    .venv/bin/python bench/commands.py [--baseline ec0ed1b] [--rounds 2] [--film Portra400] [--workdir DIR]
+
+The photographs are bench/archive.py's variants of ``../shared/parity/coffee_3000x2000.jpg`` at 6000×4000,
+JPEG quality 92. Each side (the working tree, and the package at ``--baseline`` checked out into a temporary
+git worktree) first runs every command once untimed, so numba's kernel cache is warm (a first run after
+install is bench/archive.py's and the README's business); then ``--rounds`` rounds alternate the sides,
+each command timed end to end as a subprocess (``python -m phos_dask …``), and each side's fastest run of a
+command counts.
+
+The original Phos app cannot run here. Issue 14 measured it on one machine beside these commands at
+revision ec0ed1b: original 27.4 s in-process; ``preview -o x.jpg`` 5.9 s, ``preview -o x.tif`` 8.6 s,
+``run`` 5.0 s per image. So with the baseline at ec0ed1b, a command's speed against the original is
+(27.4 / that command's issue seconds) × (baseline seconds / current seconds), both measured here in the same
+run. Targets (issue 14): ``run`` ≥ 15×, ``preview -o x.jpg`` ≥ 10×.
+
+Prints a table and writes ``bench/results/commands-<UTC timestamp>.json`` with the machine details.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+
+from archive import _default_source, machine, make_bucket  # noqa: E402
+from engine import ISSUE_REVISION, write_report  # noqa: E402
+
+REPO = BENCH.parent
+#: Issue 14's seconds for each command at ISSUE_REVISION, beside the original app's 27.4 s (per image for run).
+ISSUE_SECONDS = {"preview_jpg": 5.9, "preview_tif": 8.6, "run_per_image": 5.0}
+ORIGINAL_SECONDS = 27.4
+TARGETS = {"run_per_image": 15.0, "preview_jpg": 10.0}
+IMAGES = 4
+
+
+def _command(tree: Path, args: list[str]) -> float:
+    """Seconds for `python -m phos_dask ARGS` importing the package from `tree`; raises on failure."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "phos_dask", *args], cwd=tree, env=env, capture_output=True,
+                          text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed in {tree}: {proc.stderr.strip()[-2000:]}")
+    return seconds
+
+
+def _commands(work: Path, film: str) -> dict[str, list[str]]:
+    photo = work / "photos" / "photo_000.jpg"
+    return {
+        "preview_jpg": ["preview", str(photo), "-o", str(work / "x.jpg"), "--film", film],
+        "preview_tif": ["preview", str(photo), "-o", str(work / "x.tif"), "--film", film, "--dtype", "uint16"],
+        "run": ["run", str(work / "photos"), "--out", str(work / "out.zarr"), "--film", film],
+    }
+
+
+def _one_round(tree: Path, work: Path, film: str) -> dict[str, float]:
+    times = {}
+    for name, args in _commands(work, film).items():
+        if name == "run":
+            shutil.rmtree(work / "out.zarr", ignore_errors=True)
+        times[name] = _command(tree, args)
+    times["run_per_image"] = times.pop("run") / IMAGES
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--baseline", default=ISSUE_REVISION, help="git revision to compare with ('' for none)")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--film", default="Portra400")
+    parser.add_argument("--image", type=Path, default=None)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--out-dir", type=Path, default=REPO / "bench" / "results")
+    args = parser.parse_args(argv)
+
+    started = dt.datetime.now(dt.UTC)
+    source = args.image or _default_source()
+    tmp = Path(tempfile.mkdtemp(prefix="phos-commands-", dir=args.workdir))
+    try:
+        make_bucket(source, tmp / "photos", IMAGES, 6000, 4000)
+        sides = {"current": REPO}
+        if args.baseline:
+            subprocess.run(["git", "worktree", "add", "--detach", str(tmp / "baseline"), args.baseline], cwd=REPO,
+                           check=True, capture_output=True)
+            sides["baseline"] = tmp / "baseline"
+        runs: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
+        for tree in sides.values():  # warm-up: kernels compiled or loaded into each tree's cache
+            _one_round(tree, tmp, args.film)
+        for _ in range(args.rounds):
+            for side, tree in sides.items():
+                runs[side].append(_one_round(tree, tmp, args.film))
+                print(f"{side:<9} " + "  ".join(f"{k} {v:.2f} s" for k, v in runs[side][-1].items()), flush=True)
+    finally:
+        if (tmp / "baseline").exists():
+            subprocess.run(["git", "worktree", "remove", "--force", str(tmp / "baseline")], cwd=REPO,
+                           capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    best = {side: {k: min(r[k] for r in rs) for k in rs[0]} for side, rs in runs.items()}
+    comparison: dict[str, Any] = {}
+    for name in best["current"]:
+        row: dict[str, Any] = {"current_s": round(best["current"][name], 3)}
+        if "baseline" in best:
+            row["baseline_s"] = round(best["baseline"][name], 3)
+            row["speedup"] = round(best["baseline"][name] / best["current"][name], 3)
+            if args.baseline.startswith(ISSUE_REVISION):
+                row["vs_original"] = round(ORIGINAL_SECONDS / ISSUE_SECONDS[name] * row["speedup"], 2)
+                if name in TARGETS:
+                    row["target_vs_original"] = TARGETS[name]
+                    row["met"] = row["vs_original"] >= TARGETS[name]
+        comparison[name] = row
+        print(f"{name:<14} " + "  ".join(f"{k} {v}" for k, v in row.items()))
+    report = {
+        "benchmark": "commands: preview and run, whole commands, against a baseline revision in the same run",
+        "date_utc": started.isoformat(timespec="seconds"),
+        "machine": machine(),
+        "inputs": {"source": str(source), "size": "6000x4000", "images_for_run": IMAGES, "film": args.film},
+        "method": (f"subprocess per command, one untimed warm-up round per side, {args.rounds} alternating rounds, "
+                   "fastest per side counts; vs_original = 27.4 s / issue 14's seconds at ec0ed1b × speed-up"),
+        "issue_seconds_at_baseline": ISSUE_SECONDS,
+        "baseline": args.baseline or None,
+        "runs": runs,
+        "comparison": comparison,
+    }
+    path = write_report(args.out_dir, "commands", started, report)
+    print(f"wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
