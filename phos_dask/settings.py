@@ -20,7 +20,9 @@ DTYPES = ("uint8", "uint16", "float16", "float32")
 #: 0.2.0+r-after-tone: r(s) (s < 1) scales the grain's effect after the tone curve instead of n_c before
 #: it (the package version stays 0.2.0, unreleased; the fingerprint is derived from this string, so it
 #: must change with the pixels: renders at s < 1 with grain differ from the first 0.2.0 model's).
-MODEL_VERSION = "0.2.0+r-after-tone"
+#: 0.3.0+coarse-small-s: bloom and halation blur on coarser cells below s = 1 (`coarse_factor`: f/s ≤ 11.1
+#: instead of floor(4·s)), so renders at s < 1 differ (by < 1e-3 linear before the tone curve); s ≥ 1 unchanged.
+MODEL_VERSION = "0.3.0+coarse-small-s"
 
 
 class SettingsError(PhosError, ValueError):

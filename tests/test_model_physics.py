@@ -46,7 +46,13 @@ def _fast_stage(X: np.ndarray, comps, s: float, thr: float, eta: float) -> np.nd
     return _blur_stage(X, (0, 0), (0, h, 0, w), (h, w), blur, thr, eta, np.empty_like(X))
 
 
-@pytest.mark.parametrize("s", [0.4, 1.0, 1.5])
+#: Scales covering every band of `coarse_factor` at its lowest (coarsest relative to s) edge: f = 1 (0.1),
+#: f = 2 from 0.18, f = 3 from 0.27 (and a 1 MP 3:2 photo, 816/3000), f = 4 from 0.36 up to s = 1, and
+#: floor(4·s) from s = 1 (1.25: f = 5).
+BLUR_SCALES = [0.1, 0.18, 0.2, 0.25, 0.27, 816 / 3000, 0.36, 0.5, 0.75, 1.0, 1.25, 1.5]
+
+
+@pytest.mark.parametrize("s", BLUR_SCALES)
 def test_bloom_stays_within_1e_3_of_the_exact_psf(s):
     X = _field(520, 640, 0)
     eta = 0.140794 * 1.6443  # the largest η of any stock (ISO 400 red)
@@ -55,13 +61,33 @@ def test_bloom_stays_within_1e_3_of_the_exact_psf(s):
     assert np.abs(fast - exact).max() < 1e-3
 
 
-@pytest.mark.parametrize("s", [0.4, 1.0, 1.5])
+@pytest.mark.parametrize("s", BLUR_SCALES)
 def test_cinestill_halation_stays_within_1e_3_of_the_exact_kernels(s):
     Y = _field(520, 640, 1)
     k = get_stock("Cinestill800T").halation.strength()[0]
     fast = _fast_stage(Y, psf.halation_components(150.0, s), s, HALATION_THRESHOLD, k)
     exact = _exact_stage(Y, psf.halation_kernel(150.0, s), HALATION_THRESHOLD, k)
     assert np.abs(fast - exact).max() < 1e-3
+
+
+def test_blur_cells_from_s_1_up_are_floor_4s():
+    """Images with s ≥ 1 keep the cells (and so the exact pixels) they had before small images got coarser
+    cells."""
+    assert [coarse_factor(s) for s in (1.0, 1.2499, 1.25, 4000 / 3000, 2.0, 5.0)] == [4, 4, 5, 5, 8, 20]
+
+
+def test_below_s_1_a_blur_cell_spans_at_most_11_reference_px():
+    """Below s = 1 the cell is the largest f ≤ 4 with f/s ≤ 1/0.09 (the error bound is set by f/s): f = 1 for
+    the smallest images, and f never decreases as s grows, across s = 1 too."""
+    scales = np.round(np.arange(0.01, 3.0, 0.001), 6)
+    f = np.array([coarse_factor(s) for s in scales])
+    assert f.min() == 1 and np.all(np.diff(f) >= 0)
+    small = scales < 1
+    fs, ss = f[small], scales[small]
+    assert np.all(fs <= 4) and np.all((fs == 1) | (fs / ss <= 1 / 0.09 + 1e-6))  # 1 px cells: no reduction
+    assert np.all((fs == 4) | ((fs + 1) / ss > 1 / 0.09))  # the largest such f
+    edges = {0.05: 1, 0.1: 1, 0.1799: 1, 0.18: 2, 0.2699: 2, 0.27: 3, 816 / 3000: 3, 0.36: 4, 0.99: 4}
+    assert {s: coarse_factor(s) for s in edges} == edges
 
 
 def test_bloom_conserves_energy_where_nothing_clips():
