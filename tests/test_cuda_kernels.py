@@ -183,11 +183,13 @@ def test_front_matches_the_cpu_kernel(tiny, dtype):
         out = np.empty((plan.channels, H, W), np.float32)
         if dtype == np.float32:
             lin = np.ascontiguousarray(colour.linearise(np, img, False), dtype=np.float32)
-            cpu = _cpu.front_linear(lin, plan.matrix, fac, use)
+            cpu = np.empty_like(out)
+            _cpu.front_linear(lin, plan.matrix, fac, use, cpu)
             gpu = k.front_linear(lin, plan.matrix, fac, use, out)
         else:
             table = colour.input_table(img.dtype, False)
-            cpu = _cpu.front_lut(img, table, plan.matrix, fac, use)
+            cpu = np.empty_like(out)
+            _cpu.front_lut(img, table, plan.matrix, fac, use, cpu)
             gpu = k.front_lut(img, table, plan.matrix, fac, use, out)
         _close(gpu, cpu)
 

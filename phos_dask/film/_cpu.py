@@ -105,10 +105,9 @@ _bucket_code = _inline(_pixel.bucket_code)
 
 
 @kernel
-def front_lut(img, table, matrix, factors, use_factors):
+def front_lut(img, table, matrix, factors, use_factors, out):
     h, w = img.shape[0], img.shape[1]
     C = matrix.shape[0]
-    out = np.empty((C, h, w), dtype=np.float32)
     for y in prange(h):
         lin = np.empty((3, w), dtype=np.float32)  # the row's linear r, g, b: one table read per sample
         for x in range(w):
@@ -122,21 +121,18 @@ def front_lut(img, table, matrix, factors, use_factors):
             o = out[c, y]
             for x in range(w):
                 o[x] = _exposure(r[x], g[x], b[x], m0, m1, m2, fac, use_factors)
-    return out
 
 
 @kernel
-def front_linear(lin, matrix, factors, use_factors):
+def front_linear(lin, matrix, factors, use_factors, out):
     h, w = lin.shape[0], lin.shape[1]
     C = matrix.shape[0]
-    out = np.empty((C, h, w), dtype=np.float32)
     for y in prange(h):
         for c in range(C):
             m0, m1, m2 = matrix[c, 0], matrix[c, 1], matrix[c, 2]
             fac = factors[c]
             for x in range(w):
                 out[c, y, x] = _exposure(lin[y, x, 0], lin[y, x, 1], lin[y, x, 2], m0, m1, m2, fac, use_factors)
-    return out
 
 
 @kernel

@@ -92,18 +92,23 @@ def _f32(v) -> np.float32:
     return np.float32(v)
 
 
-def front(img, matrix: np.ndarray, factors: np.ndarray | None, linear_input: bool = False):
-    """S1–S3: (h, w, 3) sRGB codes or floats → (C, h, w) float32 layer exposures X."""
+def front(img, matrix: np.ndarray, factors: np.ndarray | None, linear_input: bool = False, out=None):
+    """S1–S3: (h, w, 3) sRGB codes or floats → (C, h, w) float32 layer exposures X (into `out` if given, on
+    the CPU)."""
     xp = namespace(img)
     use = factors is not None
     fac = np.ones(matrix.shape[0], np.float32) if factors is None else factors.astype(np.float32)
     if _is_cpu(img):
         from phos_dask.film import _cpu
 
+        if out is None:
+            out = np.empty((matrix.shape[0], img.shape[0], img.shape[1]), np.float32)
         if img.dtype in (np.uint8, np.uint16):
-            return _cpu.front_lut(img, colour.input_table(img.dtype, linear_input), matrix, fac, use)
-        lin = colour.linearise(np, img, linear_input)
-        return _cpu.front_linear(np.ascontiguousarray(lin, dtype=np.float32), matrix, fac, use)
+            _cpu.front_lut(img, colour.input_table(img.dtype, linear_input), matrix, fac, use, out)
+        else:
+            lin = colour.linearise(np, img, linear_input)
+            _cpu.front_linear(np.ascontiguousarray(lin, dtype=np.float32), matrix, fac, use, out)
+        return out
     k = _gpu(img)
     if k is not None:
         out = k.empty_like_kind(img, (matrix.shape[0], img.shape[0], img.shape[1]))

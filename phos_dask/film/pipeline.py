@@ -16,7 +16,7 @@ from functools import cache
 
 import numpy as np
 
-from phos_dask.film import colour, grain, ops, psf, tone
+from phos_dask.film import colour, grain, ops, psf, scratch, tone
 from phos_dask.film.coarse import CoarseBlur, reflect_index
 from phos_dask.film.params import CODE_MAX, FILM_FORMATS, FilmParams
 from phos_dask.film.stocks import HDCurve, Stock
@@ -367,11 +367,13 @@ def render_region(window, window_origin: tuple[int, int], shape: tuple[int, int]
     src = window[x_box[0] - wy : x_box[1] - wy, x_box[2] - wx : x_box[3] - wx, ...]
     if isinstance(src, np.ndarray):
         src = np.ascontiguousarray(src)
-    X = ops.front(src, plan.matrix, plan.factors, plan.params.linear_input)
+    fused = _fused(src, plan)
+    X = ops.front(src, plan.matrix, plan.factors, plan.params.linear_input,
+                  scratch.array("X", (plan.channels, *src.shape[:2])) if fused else None)
     xo = (x_box[0], x_box[2])
     thr = plan.stock.threshold
     C = plan.channels
-    if _fused(src, plan):
+    if fused:
         return _render_fused(X, xo, y_box, out_box, shape, plan)
     Y = xp.empty((C, y_box[1] - y_box[0], y_box[3] - y_box[2]), dtype=xp.float32)
     for c in range(C):
@@ -419,7 +421,7 @@ def _render_fused(X, xo: tuple[int, int], y_box: Box, out_box: Box, shape: tuple
     thr = plan.stock.threshold
     y0, y1, x0, x1 = out_box
     if plan.halation is not None:
-        Y = np.empty((C, y_box[1] - y_box[0], y_box[3] - y_box[2]), dtype=np.float32)
+        Y = scratch.array("Y", (C, y_box[1] - y_box[0], y_box[3] - y_box[2]))
         for c in range(C):
             _blur_stage(X[c, ...], xo, y_box, shape, plan.bloom, thr, plan.etas[c], Y[c, ...])
         S, so, blur, sthr, etas = Y, (y_box[0], y_box[2]), plan.halation, HALATION_THRESHOLD, plan.halation_k
