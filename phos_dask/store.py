@@ -9,8 +9,9 @@ thumbnails, staging/ decoded large inputs while they are rendered in tiles). `_i
 groups (a zarr.json each, without images), so listing the root through Zarr finds only Zarr nodes and warns of
 nothing; while a job runs the root also holds its lease, `_lease.json`.
 
-Tasks never open the store through Zarr to write: they encode shards and metadata with Zarr in memory
-(`ImageLayout`: the same codecs, so the bytes are what Zarr itself would write) and put the objects
+Tasks never open the store through Zarr to write: they make each level's metadata with Zarr in memory and
+encode its shards with the same codecs (`ImageLayout`, `phos_dask.shards`: the bytes Zarr itself would
+write, tests/test_store_layout.py compares them) and put the objects
 straight into the store through `phos_dask.storage`, all of a task's objects at once, then the image's
 zarr.json last. Rules kept: one writer per shard (tiles own whole shards of every level they write); the
 image's metadata and completion marker after all its pixels; nothing is read back after it is written.
@@ -40,6 +41,7 @@ from phos_dask.film.params import CODE_MAX
 from phos_dask.index import INDEX
 from phos_dask.lease import LEASE
 from phos_dask.pyramid import DOWNSAMPLING, DOWNSAMPLING_METADATA, downsample2
+from phos_dask.shards import blosc, encode_shard, shard_boxes
 from phos_dask.storage import Location
 from phos_dask.tiles import Tile, TilePlan, assert_one_writer_per_chunk, pyramid_shapes
 
@@ -138,6 +140,34 @@ def _axis(side: int, footprint: int | None) -> tuple[int, int]:
     return footprint, inner_side(footprint)
 
 
+@functools.lru_cache(maxsize=256)
+def _array_document(channels: int, shape: tuple[int, int], dtype: str, chunks: tuple[int, int, int],
+                    shards: tuple[int, int, int]) -> bytes:
+    """The zarr.json of a level's array (made by Zarr, in memory)."""
+    objects: dict[str, Any] = {}
+    zarr.create_array(MemoryStore(objects), shape=(channels, *shape), dtype=dtype, chunks=chunks, shards=shards,
+                      compressors=fast_compressor(), dimension_names=("c", "y", "x"), fill_value=0,
+                      config={"write_empty_chunks": True})
+    return objects[METADATA].to_bytes()
+
+
+@functools.lru_cache(maxsize=64)
+def _shard_codec(document: bytes):
+    """(the inner chunks' Blosc, the chunk key separator) of a sharded array's zarr.json, as written by
+    `_array_document`: codecs [sharding_indexed: [bytes, blosc]] with the default chunk key encoding."""
+    doc = json.loads(document)
+    (sharding,) = doc["codecs"]
+    inner = sharding["configuration"]["codecs"]
+    if sharding["name"] != "sharding_indexed" or [c["name"] for c in inner] != ["bytes", "blosc"]:
+        raise ValueError(f"no direct shard encoder for the codecs {doc['codecs']}")
+    c = inner[1]["configuration"]
+    codec = blosc(c["cname"], int(c["clevel"]), c["shuffle"], int(c["typesize"]), int(c.get("blocksize", 0)))
+    encoding = doc.get("chunk_key_encoding", {})
+    if encoding.get("name", "default") != "default":
+        raise ValueError(f"no direct shard encoder for the chunk key encoding {encoding}")
+    return codec, encoding.get("configuration", {}).get("separator", "/")
+
+
 @dataclass(frozen=True)
 class ImageLayout:
     """The pyramid arrays of one output image, Zarr v3 sharded arrays (c, y, x): level shapes, shards (one
@@ -188,21 +218,9 @@ class ImageLayout:
             for chunk, length in zip(self.chunks(level)[1:], side, strict=True):
                 assert chunk >= CHUNK or chunk == length, f"level {level}: chunks of {chunk} px"
 
-    def _array(self, level: int, objects: dict[str, Any]) -> zarr.Array:
-        return zarr.create_array(MemoryStore(objects), shape=(self.channels, *self.levels[level]), dtype=self.dtype,
-                                 chunks=self.chunks(level), shards=self.shards(level),
-                                 compressors=fast_compressor(), dimension_names=("c", "y", "x"), fill_value=0,
-                                 config={"write_empty_chunks": True})
-
-    def _named(self, level: int, objects: dict[str, Any], metadata: bool) -> dict[str, bytes]:
-        return {f"{self.key}/{level}/{name}": value.to_bytes() for name, value in objects.items()
-                if metadata or name != METADATA}
-
     def array_document(self, level: int) -> bytes:
         """A level's array zarr.json."""
-        objects: dict[str, Any] = {}
-        self._array(level, objects)
-        return objects[METADATA].to_bytes()
+        return _array_document(self.channels, self.levels[level], self.dtype, self.chunks(level), self.shards(level))
 
     def metadata_objects(self) -> dict[str, bytes]:
         """Every level's array zarr.json (written before any tile of a tiled image)."""
@@ -215,10 +233,23 @@ class ImageLayout:
         for level in range(self.tile_levels):
             if level:
                 block = downsample2(block)
-            y0, y1, x0, x1 = self.tiles.level_box(tile, level)  # type: ignore[union-attr]
-            objects: dict[str, Any] = {}
-            self._array(level, objects)[:, y0:y1, x0:x1] = block
-            out.update(self._named(level, objects, False))
+            box = self.tiles.level_box(tile, level)  # type: ignore[union-attr]
+            out.update(self._shard_objects(level, box, block))
+        return out
+
+    def _shard_objects(self, level: int, box: tuple[int, int, int, int], block: np.ndarray) -> dict[str, bytes]:
+        """The shard objects of a level's region (y0, y1, x0, x1), which covers whole shards, from its pixels
+        block (C, y1-y0, x1-x0): encoded as Zarr encodes them (`phos_dask.shards`), with this level's codecs."""
+        shape = (self.channels, *self.levels[level])
+        shards, chunks = self._grid(level)
+        codec, separator = _shard_codec(self.array_document(level))
+        y0, y1, x0, x1 = box
+        out = {}
+        for coords, origin in shard_boxes(((0, self.channels), (y0, y1), (x0, x1)), shards, shape):
+            part = block[:, origin[1] - y0 : min(origin[1] + shards[1], y1) - y0,
+                         origin[2] - x0 : min(origin[2] + shards[2], x1) - x0]
+            name = separator.join(["c", *(str(i) for i in coords)])
+            out[f"{self.key}/{level}/{name}"] = encode_shard(part, origin, shape, shards, chunks, codec)
         return out
 
     def levels_objects(self, image: np.ndarray, first: int = 0) -> tuple[dict[str, bytes], np.ndarray]:
@@ -229,9 +260,8 @@ class ImageLayout:
         for level in range(first, len(self.levels)):
             if level > first:
                 image = downsample2(image)
-            objects: dict[str, Any] = {}
-            self._array(level, objects)[...] = image
-            out.update(self._named(level, objects, True))
+            out[f"{self.key}/{level}/{METADATA}"] = self.array_document(level)
+            out.update(self._shard_objects(level, (0, image.shape[1], 0, image.shape[2]), image))
         return out, image
 
     def in_progress_document(self) -> bytes:

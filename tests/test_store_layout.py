@@ -124,6 +124,54 @@ def test_a_tiled_image_has_the_same_inner_chunks_as_the_same_image_whole(shape, 
     assert same >= 1
 
 
+def _zarr_written(layout, level: int, box, block) -> dict[str, bytes]:
+    """The shard objects Zarr itself writes for a level's region (the encoder `store` does without)."""
+    from zarr.storage import MemoryStore
+
+    from phos_dask.store import METADATA, fast_compressor
+
+    objects: dict = {}
+    array = zarr.create_array(MemoryStore(objects), shape=(layout.channels, *layout.levels[level]),
+                              dtype=layout.dtype, chunks=layout.chunks(level), shards=layout.shards(level),
+                              compressors=fast_compressor(), dimension_names=("c", "y", "x"), fill_value=0,
+                              config={"write_empty_chunks": True})
+    y0, y1, x0, x1 = box
+    array[:, y0:y1, x0:x1] = block
+    return {f"{layout.key}/{level}/{k}": v.to_bytes() for k, v in objects.items() if k != METADATA}
+
+
+@pytest.mark.parametrize(("channels", "dtype", "shape"), [(3, "uint8", (700, 900)), (1, "uint16", (1500, 530)),
+                                                          (3, "float16", (300, 257)), (1, "uint8", (1, 1))])
+def test_shards_are_the_bytes_zarr_writes_for_a_whole_image(channels, dtype, shape):
+    rng = np.random.default_rng(3)
+    image = (rng.random((channels, *shape)) * 200).astype(dtype)
+    image[:, : shape[0] // 2] = 7  # a compressible half
+    layout = ImageLayout("k", channels, shape, dtype, None)
+    ours, _ = layout.levels_objects(image)
+    level_image = image
+    for level in range(len(layout.levels)):
+        if level:
+            level_image = downsample2(level_image)
+        want = _zarr_written(layout, level, (0, *level_image.shape[1:2], 0, level_image.shape[2]), level_image)
+        assert want and all(ours[name] == data for name, data in want.items()), f"level {level}"
+
+
+def test_a_tiles_shards_are_the_bytes_zarr_writes():
+    shape = (1100, 2600)
+    plan = TilePlan.build(shape, 512, 0)
+    layout = ImageLayout("k", 3, shape, "uint8", plan)
+    image = np.random.default_rng(4).integers(0, 255, (3, *shape), dtype=np.uint8)
+    for t in list(plan)[-3:]:  # the last ones reach the image's edges
+        y0, y1, x0, x1 = t.box
+        ours = layout.tile_objects(t, image[:, y0:y1, x0:x1])
+        block = image[:, y0:y1, x0:x1]
+        for level in range(layout.tile_levels):
+            if level:
+                block = downsample2(block)
+            want = _zarr_written(layout, level, plan.level_box(t, level), block)
+            assert want and all(ours[name] == data for name, data in want.items())
+
+
 # ------------------------------------------------------------------------------------------------ a job
 
 
