@@ -56,6 +56,18 @@ def warm(settings) -> None:
         render_window(window, (y0, x0), big, out_box, settings, grain_k=k)
 
 
+def preload(settings, input_dtype=np.uint8) -> None:
+    """Load (or compile) the kernels a whole-image render with `settings` of an `input_dtype` image uses, on
+    this thread's kernel thread count, by rendering a tiny image: `preview` runs it beside the file's read.
+    Failures are left to the real render to report."""
+    from phos_dask.engine import render_image
+
+    with contextlib.suppress(Exception):
+        top = np.iinfo(input_dtype).max
+        tiny = np.linspace(0, top, 24 * 32 * 3).astype(input_dtype).reshape(24, 32, 3)
+        render_image(tiny, settings)
+
+
 def finish_signature(settings):
     """The argument types of the largest kernel a photograph needs (`_cpu.finish`: the last blur stage, grain
     and encode fused, for integer output), known without running the stages before it; None for float
@@ -74,7 +86,7 @@ def finish_signature(settings):
     return (array(f32, 3), i64, i64, array(f32, 3), array(nt.boolean), *interp, *interp, f32, array(f32),
             array(f32, 3), i64, i64, array(i64), array(i64), i64, i64, array(nt.uint64), array(f32), array(f32),
             array(f32), array(f32, 2), array(f32), array(f32), array(f32), i64, array(f32, 2), f32,
-            array(nt.int32), array(f32), i64, i64, i64, array(f32, 2), array(nt.int32, 2), i64, i64, i64,
+            array(f32), i64, i64, f32, array(f32), array(f32, 2), array(nt.int32, 2), i64, i64, i64,
             array(out, 3))
 
 

@@ -78,45 +78,49 @@ def test_the_fused_pass_is_the_same_on_one_thread_and_on_two(monkeypatch):
 
 
 @pytest.mark.parametrize("vmax", [255, 65535])
-def test_bucket_codes_are_the_exact_srgb_codes(vmax):
-    """Every float32 F in [0, 1] near each code's step, and a dense sweep of bit patterns, gets the code
-    the interpolated guess settles on (itself checked against the float64 definition in test_model_spec)."""
+def test_codes_guessed_from_the_bit_pattern_are_the_exact_srgb_codes(vmax):
+    """Every float32 F in [0, 1] near each code's step, the edges of the guess buckets, and a dense sweep of
+    bit patterns get the code the square-root guess settles on (itself checked against the float64
+    definition in test_model_spec). (Every float32 in [0, 1] was checked once, outside the suite.)"""
     guess, steps = tone.code_tables(vmax)
-    start, padded, base, shift, m = tone.code_buckets(vmax)
+    G, base, shift = tone.code_guesses(vmax)
+    one = int(np.float32(1.0).view(np.int32))
     finite = steps[1 : vmax + 1].view(np.int32).astype(np.int64)
     near = (finite[:, None] + np.arange(-2, 3)[None, :]).ravel()
-    sweep = np.arange(0, int(np.float32(1.0).view(np.int32)) + 1, 997, dtype=np.int64)
-    F = np.concatenate([near, sweep, [0, 1, int(np.float32(1.0).view(np.int32))]]).astype(np.int32).view(np.float32)
-    F = F[(F >= 0) & (F <= 1)]
+    edges = ((np.arange(base, (one >> shift) + 2) << shift)[:, None] + np.array([-1, 0, 1])[None, :]).ravel()
+    sweep = np.arange(0, one + 1, 997, dtype=np.int64)
+    bits = np.concatenate([near, edges, sweep, [0, 1, one]])
+    F = bits[(bits >= 0) & (bits <= one)].astype(np.int32).view(np.float32)
     F = np.concatenate([F, np.float32([-0.0])])
     cells = np.int64(guess.shape[0] - 1)
-    want = np.array([_pixel.srgb_code(f, guess, steps, cells) for f in F[:20000]], np.int64)
-    got_py = np.array([_pixel.bucket_code(f, f.view(np.uint32), start, padded, np.int64(base), np.uint32(shift),
-                                          np.int64(m)) for f in F[:20000]], np.int64)
+    scale = np.float32(2.0**-shift)
+    want = np.array([_pixel.srgb_code(f, guess, steps, cells) for f in F[:5000]], np.int64)
+    got_py = np.array([_pixel.bits_code(f, f.view(np.uint32), G, np.int64(base), np.uint32(shift), scale, steps)
+                       for f in F[:5000]], np.int64)
     np.testing.assert_array_equal(got_py, want)
-    got, expect = _bucket_and_guess(F, start, padded, base, shift, m, guess, steps)
+    got, expect = _bits_and_guess(F, G, base, shift, scale, guess, steps)
     np.testing.assert_array_equal(got, expect)
     assert got.min() == 0 and got.max() == vmax
 
 
-def _bucket_and_guess(F, start, padded, base, shift, m, guess, steps):
+def _bits_and_guess(F, G, base, shift, scale, guess, steps):
     from numba import njit
 
-    bucket = njit(_pixel.bucket_code)
+    bits_code = njit(_pixel.bits_code)
     srgb = njit(_pixel.srgb_code)
 
     @njit
-    def both(F, start, padded, base, shift, m, guess, steps):
+    def both(F, G, base, shift, scale, guess, steps):
         Fb = F.view(np.uint32)
         cells = np.int64(guess.shape[0] - 1)
         a = np.empty(F.shape[0], np.int64)
         b = np.empty(F.shape[0], np.int64)
         for i in range(F.shape[0]):
-            a[i] = bucket(F[i], Fb[i], start, padded, base, shift, m)
+            a[i] = bits_code(F[i], Fb[i], G, base, shift, scale, steps)
             b[i] = srgb(F[i], guess, steps, cells)
         return a, b
 
-    return both(F, start, padded, np.int64(base), np.uint32(shift), np.int64(m), guess, steps)
+    return both(F, G, np.int64(base), np.uint32(shift), scale, guess, steps)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])

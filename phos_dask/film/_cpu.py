@@ -101,7 +101,7 @@ _filmic = _inline(_pixel.filmic)
 _blend = _inline(_pixel.blend)
 _srgb_code = _inline(_pixel.srgb_code)
 _code = _inline(_pixel.table_code)
-_bucket_code = _inline(_pixel.bucket_code)
+_bits_code = _inline(_pixel.bits_code)
 
 
 @kernel
@@ -491,21 +491,21 @@ def _composed_row(S, sy, sx, y, c, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1
 @kernel
 def finish(S, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, etas,
            X, xy, xx, rmap, cmap, gy0, gx0, keys, T, dT, taps, coef, nscale, wd, ws,
-           mode, tone, r, cstart, csteps, cbase, cshift, cm, thresholds, starts, base, shift, threads, out):
+           mode, tone, r, G, gbase, gshift, gscale, steps, thresholds, starts, base, shift, threads, out):
     """The last blur stage's compose, the grain planes and S6–S8 fused, row by row: what `compose`
     (on S, with each channel's blurred field), `grain_noise` (one plane per key, plane p on X[p]) and then
     `mix_filmic_encode` (mode 0), `mix_filmic_blend_encode` (mode 1, r < 1) or `mix_encode` (mode 2) compute,
-    the same bits, without the full-size Y' and noise planes (filmic codes by `tone.code_buckets`: cstart,
-    csteps, cbase, cshift, cm). out (h, w, C) codes. Each thread takes a run of rows and keeps only the 2r+1
-    rows of unblurred noise in flight per plane (r the grain radius), so its scratch stays in cache; `threads`
-    sets the number of runs (4 per thread)."""
+    the same bits, without the full-size Y' and noise planes (filmic codes by `_pixel.bits_code`: G, gbase,
+    gshift, gscale from `tone.code_guesses`, steps from `tone.code_tables`). out (h, w, C) codes. Each thread
+    takes a run of rows and keeps only the 2r+1 rows of unblurred noise in flight per plane (r the grain
+    radius), so its scratch stays in cache; `threads` sets the number of runs (4 per thread)."""
     h, w, C = out.shape
     P = keys.shape[0]
     rad = (taps.shape[0] - 1) // 2
     nc = cmap.shape[0]
     last = starts.shape[1] - 2
     sh = np.uint32(shift)
-    csh = np.uint32(cshift)
+    gsh = np.uint32(gshift)
     ja, jb = _longest_run(cmap)
     chunks = min(h, 4 * threads)
     for ch in prange(chunks):
@@ -561,4 +561,4 @@ def finish(S, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, etas,
                         for x in range(w):
                             F[x] = _filmic(F[x], tA, tB, cb, de, df, ef)
                     for x in range(w):
-                        out[y, x, c] = _bucket_code(F[x], Fb[x], cstart, csteps, cbase, csh, cm)
+                        out[y, x, c] = _bits_code(F[x], Fb[x], G, gbase, gsh, gscale, steps)

@@ -151,16 +151,17 @@ def srgb_code(f, guess, steps, cells):
     return k - (f < steps[k]) + (f >= steps[k + 1])
 
 
-def bucket_code(f, fb, start, steps, base, shift, m):
-    """The sRGB code of linear f in [0, 1] from its float32 bit pattern fb (uint32): the code at its bucket's
-    lower edge, plus the steps up to f among the next m (`tone.code_buckets`; shift np.uint32, base and m
-    np.int64); the code `srgb_code` gives."""
-    b = min(max(np.int64((fb & _ABS) >> shift) - base, np.int64(0)), np.int64(start.shape[0] - 1))
-    k0 = np.int64(start[b])
-    k = k0
-    for i in range(1, m + 1):
-        k += f >= steps[k0 + i]
-    return k
+def bits_code(f, fb, G, base, shift, scale, steps):
+    """The sRGB code of linear f in [0, 1] from its float32 bit pattern fb (uint32): a guess interpolated in
+    `tone.code_guesses`' table G (base np.int64, shift np.uint32, scale = 2^-shift as np.float32) by the
+    pattern's low bits, rounded, then settled against the code's thresholds `steps` (`tone.code_tables`);
+    the code `srgb_code` gives."""
+    bits = fb & _ABS
+    b = min(max(np.int64(bits >> shift) - base, np.int64(0)), np.int64(G.shape[0] - 2))
+    t = np.float32(bits & ((np.uint32(1) << shift) - np.uint32(1))) * scale
+    g = G[b] + t * (G[b + 1] - G[b])
+    k = np.int64(g + _HALF)
+    return k - (f < steps[k]) + (f >= steps[k + 1])
 
 
 def table_code(v, vb, t, start, base, shift, last):

@@ -388,17 +388,18 @@ def finish(S, sy: int, sx: int, blurred: list, interp_rows, interp_cols, thr: fl
     if tables is None:
         mode = 1 if r < 1.0 else 0
         tone_c = np.array([[t.A, t.B, t.C, t.D, t.E, t.F] for t in tone_], np.float32)
-        cstart, csteps, cbase, cshift, cm = tone.code_buckets(vmax)
+        G, gbase, gshift = tone.code_guesses(vmax)
+        _, steps = tone.code_tables(vmax)
         thresholds, starts = np.zeros((C, 1), np.float32), np.zeros((C, 2), np.int32)
     else:
         mode = 2
         tone_c = np.zeros((C, 6), np.float32)
-        cstart, csteps, cbase, cshift, cm = np.zeros(1, np.int32), np.zeros(2, np.float32), 0, 0, 0
+        G, gbase, gshift, steps = np.zeros(2, np.float32), 0, 0, np.zeros(2, np.float32)
         thresholds = np.stack([t.thresholds for t in tables])
         starts = np.stack([t.start for t in tables])
     out = np.empty((h, w, C), np.uint8 if vmax == 255 else np.uint16)
     _cpu.finish(S, sy, sx, stacked, has, rj, rw0, rw1, cj, cw0, cw1, _f32(thr), np.asarray(etas, np.float32),
                 X, xy, xx, np.asarray(rmap, np.int64), np.asarray(cmap, np.int64), origin[0], origin[1], keys, T,
-                dT, taps, coef, _scales(nscale), wd, ws, mode, tone_c, _f32(r), cstart, csteps, cbase, cshift, cm,
-                thresholds, starts, BUCKET_BASE, BUCKET_SHIFT, numba.get_num_threads(), out)
+                dT, taps, coef, _scales(nscale), wd, ws, mode, tone_c, _f32(r), G, gbase, gshift,
+                _f32(2.0**-gshift), steps, thresholds, starts, BUCKET_BASE, BUCKET_SHIFT, numba.get_num_threads(), out)
     return out
