@@ -15,7 +15,10 @@ from phos_dask import Settings, render
 from phos_dask.film import ops
 
 PHOTO = Path(__file__).resolve().parents[2] / "shared" / "parity" / "coffee_3000x2000.jpg"
-OPS = ["front", "any_above", "cells", "blur_valid", "compose", "grain_noise", "mix", "mix_encode"]
+#: The array ops a render goes through (a CPU render with integer output takes `finish`, the fused last stage;
+#: float output and the GPU take the separate ones).
+OPS = ["front", "any_above", "cells", "blur_valid", "compose", "finish", "grain_noise", "mix", "mix_encode",
+       "mix_filmic_encode"]
 
 
 def main(films: list[str]) -> None:
