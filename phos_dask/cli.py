@@ -57,13 +57,11 @@ import argparse
 import json
 import os
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 from phos_dask import __version__, runner
 from phos_dask.errors import EXIT_FAILED, PhosError
@@ -105,7 +103,7 @@ def _preview(args: argparse.Namespace) -> int:
         raise CLIError(f"output {str(out)!r} is the input file; choose another output path")
     settings = settings_from_args(args, image_key=src.name, dtype=dtype)
     t0 = time.perf_counter()
-    image = _read_while_kernels_load(src, settings)
+    image = read_image(src)
     result = render(image, settings)
     try:
         write_image(out, result)
@@ -116,23 +114,6 @@ def _preview(args: argparse.Namespace) -> int:
     kind = "RGB" if result.ndim == 3 else "grey"
     print(f"wrote {out} ({w}x{h} {kind} {dtype}, {settings.stock.name}) in {seconds:.2f} s")
     return 0
-
-
-def _read_while_kernels_load(src: Path, settings) -> np.ndarray:
-    """read_image(src), while another thread loads the render's kernels from numba's cache (for 8-bit
-    formats; most of a second on a fresh process, which the read of a large file hides). Joined before the
-    render, so the two never launch parallel kernels at once."""
-    from phos_dask import warmup
-
-    loader = None
-    if src.suffix.lower() in (".jpg", ".jpeg", ".webp"):
-        loader = threading.Thread(target=warmup.preload, args=(settings,), daemon=True)
-        loader.start()
-    try:
-        return read_image(src)
-    finally:
-        if loader is not None:
-            loader.join()
 
 
 def _say(line: str) -> None:

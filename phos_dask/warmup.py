@@ -56,18 +56,6 @@ def warm(settings) -> None:
         render_window(window, (y0, x0), big, out_box, settings, grain_k=k)
 
 
-def preload(settings, input_dtype=np.uint8) -> None:
-    """Load (or compile) the kernels a whole-image render with `settings` of an `input_dtype` image uses, on
-    this thread's kernel thread count, by rendering a tiny image: `preview` runs it beside the file's read.
-    Failures are left to the real render to report."""
-    from phos_dask.engine import render_image
-
-    with contextlib.suppress(Exception):
-        top = np.iinfo(input_dtype).max
-        tiny = np.linspace(0, top, 24 * 32 * 3).astype(input_dtype).reshape(24, 32, 3)
-        render_image(tiny, settings)
-
-
 def finish_signature(settings):
     """The argument types of the largest kernel a photograph needs (`_cpu.finish`: the last blur stage, grain
     and encode fused, for integer output), known without running the stages before it; None for float
