@@ -2,20 +2,23 @@
 
 A 24 MP colour render needs two float32 stacks of about 300 MB each (the exposures X and the bloomed Y).
 Fresh memory costs a page fault per page on first touch, which on a virtual machine can take as long as the
-model's own work on it; a worker rendering one photograph after another, or `render()` called in a loop,
-keeps them instead. Each thread keeps its own (renders in different threads never share one), at most
-`KEEP_BYTES` in all; anything larger is allocated for the render and freed after it, as before.
+model's own work on it; `render()` called in a loop keeps them instead. Each thread keeps its own (renders in
+different threads never share one), at most `KEEP_BYTES` in all (PHOS_DASK_SCRATCH_MB, default 1024);
+anything larger is allocated for the render and freed after it. The workers of phos_dask's clusters keep
+none (PHOS_DASK_SCRATCH_MB=0 in `phos_dask.cluster.WORKER_ENV`): their allocator already keeps freed memory
+for the next task (its MALLOC_* settings there), and a worker's threads would otherwise hold a stack each.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import threading
 
 import numpy as np
 
 #: Most bytes of scratch one thread keeps between renders (a 24 MP colour render needs about 0.6 GB).
-KEEP_BYTES = 1 << 30
+KEEP_BYTES = int(os.environ.get("PHOS_DASK_SCRATCH_MB", "1024")) << 20
 
 _local = threading.local()
 
