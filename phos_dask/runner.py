@@ -126,13 +126,15 @@ def run(opts: RunOptions, say: Say = _quiet, progress: Callable[[], Any] | None 
     """Do `run`: a dry run's plan, or the job with its contact sheet and export. `progress` makes the job's
     phos_dask.progress.Progress once the cluster is up (default: JSON lines on stdout). Raises CLIError for
     what the user must fix."""
-    from phos_dask.cluster import connect, threads_for, tls_security
-    from phos_dask.device import DeviceError, choose, probe
-    from phos_dask.job import JobSpec, check_spec, dry_run, plan_job, run_job
-    from phos_dask.lease import hold
-    from phos_dask.progress import Progress
-    from phos_dask.store import REPORT
+    warming: list[subprocess.Popen] = []
+    try:
+        return _run(opts, say, progress, warming)
+    finally:
+        _stop(warming)
 
+
+def _run(opts: RunOptions, say: Say, progress: Callable[[], Any] | None, warming: list[subprocess.Popen]
+         ) -> RunResult:
     if not opts.source:
         raise CLIError("run needs a SOURCE (a folder, an image or a URL), on the command line or as `source` "
                        "in --job's file")
@@ -150,6 +152,19 @@ def run(opts: RunOptions, say: Say = _quiet, progress: Callable[[], Any] | None 
     storage_options = parse_storage_options(opts.storage_option or [])
     apply_config_defaults(opts, say)
     external = bool(opts.scheduler or opts.scheduler_file)
+    if not external and not opts.dry_run and opts.device in ("auto", "cpu"):
+        # a local CPU cluster is likely: compile the kernels its workers need while the rest of the package
+        # is imported, the job is planned and the workers start (stopped below if no worker needs them)
+        from phos_dask import warmup
+
+        warming.extend(warmup.start(settings))
+    from phos_dask.cluster import connect, threads_for, tls_security
+    from phos_dask.device import DeviceError, choose, probe
+    from phos_dask.job import JobSpec, check_spec, dry_run, plan_job, run_job
+    from phos_dask.lease import hold
+    from phos_dask.progress import Progress
+    from phos_dask.store import REPORT
+
     if external:  # workers resolve paths in their own working directory: give them absolute local paths
         opts.source, opts.out = _absolute(opts.source), _absolute(opts.out)
     try:
@@ -167,14 +182,13 @@ def run(opts: RunOptions, say: Say = _quiet, progress: Callable[[], Any] | None 
         security = tls_security(opts.tls_ca_file, opts.tls_cert, opts.tls_key)
         sheet_thumbs: dict[str, bytes] = {}
         checked = check_spec(spec)  # before the lease, which writes into the output
-        with contextlib.ExitStack() as stack, lease_ttl(opts.lease_ttl), \
-                hold(spec.out, spec.storage_options) as lease:
+        with lease_ttl(opts.lease_ttl), hold(spec.out, spec.storage_options) as lease:
             plan = plan_job(spec, checked)  # usage errors surface before a cluster starts
             for note in plan.notes:
                 say(f"note: {note}")
             threads = opts.threads or threads_for(spec.source, spec.out)
-            if not external and spec.device == "cpu" and plan.todo:  # compile kernels while the workers start
-                stack.enter_context(_warm_up(settings))
+            if not (not external and spec.device == "cpu" and plan.todo):
+                _stop(warming)  # no local CPU worker will render: nothing to compile for
             with connect(opts.scheduler, opts.scheduler_file, opts.workers, opts.dashboard_address,
                          security=security, device=spec.device, rmm_pool_size=opts.rmm_pool_size,
                          threads=threads) as client:
@@ -186,6 +200,7 @@ def run(opts: RunOptions, say: Say = _quiet, progress: Callable[[], Any] | None 
                 say(f"device: {spec.device} ({why})")
                 with _performance_report(opts.performance_report, say):
                     report = run_job(spec, client, progress() if progress else Progress(0), plan, lease, sheet_thumbs)
+            _stop(warming)  # the job that needed it is over; what it compiled so far stays cached
     except OSError as e:  # the output cannot be created or written (permissions, read-only, full disk)
         where = f" {e.filename!r}" if e.filename else ""
         raise CLIError(f"cannot write the output{where}: {e.strerror or e}", EXIT_FAILED) from None
@@ -206,22 +221,15 @@ def run(opts: RunOptions, say: Say = _quiet, progress: Callable[[], Any] | None 
     return RunResult(exit_code=EXIT_FAILED if counts["failed"] or export_failed else 0, report=report)
 
 
-@contextlib.contextmanager
-def _warm_up(settings: Settings) -> Iterator[None]:
-    """phos_dask.warmup in the background for the block; stopped at its end if still at work (the job that
-    needed it is over; what it compiled so far stays cached)."""
-    from phos_dask import warmup
-
-    procs = warmup.start(settings)
-    try:
-        yield
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(5)
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """Stop phos_dask.warmup's processes that are still at work (what they compiled so far stays cached)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+    procs.clear()
 
 
 @contextlib.contextmanager
