@@ -40,7 +40,7 @@ if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
 from archive import _default_source, machine, make_bucket  # noqa: E402
-from engine import ISSUE_REVISION, write_report  # noqa: E402
+from engine import ISSUE_REVISION, baseline_worktree, write_report  # noqa: E402
 
 REPO = BENCH.parent
 #: Issue 14's seconds for each command at ISSUE_REVISION, beside the original app's 27.4 s (per image for run).
@@ -96,22 +96,17 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="phos-commands-", dir=args.workdir))
     try:
         make_bucket(source, tmp / "photos", IMAGES, 6000, 4000)
-        sides = {"current": REPO}
-        if args.baseline:
-            subprocess.run(["git", "worktree", "add", "--detach", str(tmp / "baseline"), args.baseline], cwd=REPO,
-                           check=True, capture_output=True)
-            sides["baseline"] = tmp / "baseline"
-        runs: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
-        for tree in sides.values():  # warm-up: kernels compiled or loaded into each tree's cache
-            _one_round(tree, tmp, args.film)
-        for _ in range(args.rounds):
-            for side, tree in sides.items():
-                runs[side].append(_one_round(tree, tmp, args.film))
-                print(f"{side:<9} " + "  ".join(f"{k} {v:.2f} s" for k, v in runs[side][-1].items()), flush=True)
+        with baseline_worktree(args.baseline, tmp / "baseline") as base_tree:
+            sides = {"current": REPO, **({"baseline": base_tree} if base_tree else {})}
+            runs: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
+            for tree in sides.values():  # warm-up: kernels compiled or loaded into each tree's cache
+                _one_round(tree, tmp, args.film)
+            for _ in range(args.rounds):
+                for side, tree in sides.items():
+                    runs[side].append(_one_round(tree, tmp, args.film))
+                    print(f"{side:<9} " + "  ".join(f"{k} {v:.2f} s" for k, v in runs[side][-1].items()),
+                          flush=True)
     finally:
-        if (tmp / "baseline").exists():
-            subprocess.run(["git", "worktree", "remove", "--force", str(tmp / "baseline")], cwd=REPO,
-                           capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
 
     best = {side: {k: min(r[k] for r in rs) for k in rs[0]} for side, rs in runs.items()}

@@ -25,6 +25,7 @@ folder is absent) enlarged with bicubic interpolation; ``--image`` picks another
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -170,11 +172,19 @@ def make_image(source: Path, width: int, height: int) -> np.ndarray:
     return cv2.resize(read_image(source), (width, height), interpolation=cv2.INTER_CUBIC)
 
 
-def _worktree(rev: str, where: Path) -> Path:
-    """A detached git worktree of `rev` at `where` (removed by the caller)."""
+@contextlib.contextmanager
+def baseline_worktree(rev: str | None, where: Path) -> Iterator[Path | None]:
+    """A detached git worktree of `rev` at `where` for the block, removed after it (None when rev is empty):
+    the package as it was at that revision, for a bench to time beside the current code."""
+    if not rev:
+        yield None
+        return
     subprocess.run(["git", "worktree", "add", "--detach", str(where), rev], cwd=REPO, check=True,
                    capture_output=True)
-    return where
+    try:
+        yield where
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(where)], cwd=REPO, capture_output=True)
 
 
 def _run_child(tree: Path, npy: Path, film: str, grain: str, repeats: int) -> dict | None:
@@ -223,8 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="phos-bench-") as tmp:
         npy = Path(tmp) / "image.npy"
         np.save(npy, make_image(source, width, height))
-        base_tree = _worktree(args.baseline, Path(tmp) / "baseline") if args.baseline else None
-        try:
+        with baseline_worktree(args.baseline, Path(tmp) / "baseline") as base_tree:
             for film in (s.strip() for s in args.stocks.split(",") if s.strip()):
                 runs: dict[str, list[dict]] = {"current": [], "baseline": []}
                 for _ in range(args.rounds if base_tree else 1):
@@ -244,10 +253,6 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{side + ':':<10}{r['film']:<14} grain={r['grain']:<8} best {r['best_s']:7.3f} s  "
                           f"{r['mp_per_s']:6.2f} MP/s  peak RSS {r['peak_rss_mb']:7.1f} MB  "
                           f"(runs {', '.join(f'{t:.3f}' for t in r['seconds'])})")
-        finally:
-            if base_tree is not None:
-                subprocess.run(["git", "worktree", "remove", "--force", str(base_tree)], cwd=REPO,
-                               capture_output=True)
 
     comparison = []
     for cur, base in zip(results, baseline, strict=False):

@@ -89,7 +89,6 @@ _excess = _inline(_pixel.excess)
 _kept = _inline(_pixel.kept)
 _lerp2 = _inline(_pixel.lerp2)
 _clip01 = _inline(_pixel.clip01)
-_grain_u = _inline(_pixel.grain_u)
 _grain_cell = _inline(_pixel.grain_cell)
 _grain_lookup = _inline(_pixel.grain_lookup)
 _signal_gain = _inline(_pixel.signal_gain)
@@ -233,6 +232,17 @@ def _compose_row(s, brow, has_blur, cj, cw0, cw1, thr, eta, up, out):
             out[x] = _clip01(_kept(s[x], thr, eta))
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _blurred_row(blurred, y, rj, rw0, rw1, brow):
+    """The blurred cells (rows of `blurred`, 2D) interpolated to output row y: brow = w0·cells[j] +
+    w1·cells[j+1] for y's lower cell row j and weights (rj, rw0, rw1)."""
+    j = rj[y]
+    a0, a1 = rw0[y], rw1[y]
+    b0, b1 = blurred[j], blurred[j + 1]
+    for i in range(brow.shape[0]):
+        brow[i] = _lerp2(a0, b0[i], a1, b1[i])
+
+
 @kernel
 def compose(src, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, eta, out):
     h, w = rj.shape[0], cj.shape[0]
@@ -240,48 +250,85 @@ def compose(src, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, eta
         row = np.zeros(blurred.shape[1], dtype=np.float32)
         up = np.empty(w, dtype=np.float32)
         if has_blur:
-            j = rj[y]
-            a0, a1 = rw0[y], rw1[y]
-            b0, b1 = blurred[j], blurred[j + 1]
-            for i in range(blurred.shape[1]):
-                row[i] = _lerp2(a0, b0[i], a1, b1[i])
+            _blurred_row(blurred, y, rj, rw0, rw1, row)
         _compose_row(src[sy + y, sx : sx + w], row, has_blur, cj, cw0, cw1, thr, eta, up, out[y])
 
 
-@njit(cache=True, inline="always", error_model="numpy")
-def _rho(X, r, c, gy, gx, k, T, dT):
-    """a(X)·u of one pixel: its signal gain times its grain deviate."""
-    return _signal_gain(X[r, c]) * _grain_u(gy, gx, k, T, dT)
+@njit(cache=True, error_model="numpy")
+def _longest_run(cmap):
+    """(a, b): the longest stretch cmap[a:b] of consecutive columns (the part of a reflected index map
+    inside the image)."""
+    best_a, best_b, a = 0, 1, 0
+    for j in range(1, cmap.shape[0] + 1):
+        if j == cmap.shape[0] or cmap[j] != cmap[j - 1] + 1:
+            if j - a > best_b - best_a:
+                best_a, best_b = a, j
+            a = j
+    return best_a, best_b
+
+
+@njit(cache=True, error_model="numpy")
+def _rho_row(Xp, row, cmap, ja, jb, gy0, gx0, k, T, dT, gain, cell, frac, dst):
+    """a(X)·u of one row of a grain plane (`_rho` per element) over the columns cmap into dst, in loops
+    that vectorise: the gains (columns ja..jb-1 are one contiguous slice of the row), the hash, the lookup."""
+    nc = cmap.shape[0]
+    xr = Xp[row]
+    for j in range(ja):
+        gain[j] = _signal_gain(xr[cmap[j]])
+    c0 = cmap[ja] - ja
+    mid = xr[c0 + ja : c0 + jb]
+    g = gain[ja:jb]
+    for j in range(jb - ja):
+        g[j] = _signal_gain(mid[j])
+    for j in range(jb, nc):
+        gain[j] = _signal_gain(xr[cmap[j]])
+    for j in range(nc):
+        cell[j], frac[j] = _grain_cell(row + gy0, cmap[j] + gx0, k)
+    for j in range(nc):
+        dst[j] = gain[j] * _grain_lookup(T, dT, cell[j], frac[j])
+
+
+@njit(cache=True, error_model="numpy")
+def _vpass(ring, i, taps, r, tmp):
+    """tmp = taps[r]·ρ(i) + Σ_{q=1..r} taps[r+q]·(ρ(i−q) + ρ(i+q)), summed in that order, where ρ(j) is row
+    j of the rows in flight, kept in ring slot j mod len(ring) (2r+1 slots in `finish`; `grain_noise` holds
+    all of a block's rows, so slot j is row j)."""
+    m = ring.shape[0]
+    t = taps[r]
+    c = ring[i % m]
+    for x in range(tmp.shape[0]):
+        tmp[x] = t * c[x]
+    for q in range(1, r + 1):
+        t = taps[r + q]
+        a = ring[(i - q) % m]
+        b = ring[(i + q) % m]
+        for x in range(tmp.shape[0]):
+            tmp[x] += t * (a[x] + b[x])
 
 
 @kernel
 def grain_noise(X, rmap, cmap, y0, x0, key, T, dT, taps, out):
     """G ⊛ (a(X)·u) on the 'valid' part of the rows rmap × columns cmap, block by block of rows so the
-    unblurred noise never exists as a whole plane."""
+    unblurred noise never exists as a whole plane (the row helpers of `finish`'s grain)."""
     r = (taps.shape[0] - 1) // 2
     h = rmap.shape[0] - 2 * r
     nc = cmap.shape[0]
     k = np.uint64(key)
+    ja, jb = _longest_run(cmap)
     block = 64
     nblocks = (h + block - 1) // block
     for b in prange(nblocks):
         lo = b * block
         hi = min(h, lo + block)
         buf = np.empty((hi - lo + 2 * r, nc), dtype=np.float32)
+        gain = np.empty(nc, dtype=np.float32)
+        cell = np.empty(nc, dtype=np.int64)
+        frac = np.empty(nc, dtype=np.float32)
         for i in range(hi - lo + 2 * r):
-            row = rmap[lo + i]
-            for j in range(nc):
-                c = cmap[j]
-                buf[i, j] = _rho(X, row, c, row + y0, c + x0, k, T, dT)
+            _rho_row(X, rmap[lo + i], cmap, ja, jb, y0, x0, k, T, dT, gain, cell, frac, buf[i])
         tmp = np.empty(nc, dtype=np.float32)
         for y in range(hi - lo):
-            t = taps[r]
-            for x in range(nc):
-                tmp[x] = t * buf[y + r, x]
-            for q in range(1, r + 1):
-                t = taps[r + q]
-                for x in range(nc):
-                    tmp[x] += t * (buf[y + r - q, x] + buf[y + r + q, x])
+            _vpass(buf, y + r, taps, r, tmp)  # buf holds every row in flight: slot i is row i
             _hpass(tmp, taps, r, r, out[lo + y])
 
 
@@ -412,79 +459,13 @@ def k_sums_lut(sub, table, m, fac, use_factors):
     return total, sub.shape[0] * sub.shape[1]
 
 
-@kernel
-def any_above(src, y0, y1, x0, x1, thr):
-    found = np.zeros(y1 - y0, dtype=np.bool_)
-    for y in prange(y0, y1):
-        for x in range(x0, x1):
-            if src[y, x] > thr:
-                found[y - y0] = True
-                break
-    return found.any()
-
-
-@njit(cache=True, error_model="numpy")
-def _longest_run(cmap):
-    """(a, b): the longest stretch cmap[a:b] of consecutive columns (the part of a reflected index map
-    inside the image)."""
-    best_a, best_b, a = 0, 1, 0
-    for j in range(1, cmap.shape[0] + 1):
-        if j == cmap.shape[0] or cmap[j] != cmap[j - 1] + 1:
-            if j - a > best_b - best_a:
-                best_a, best_b = a, j
-            a = j
-    return best_a, best_b
-
-
-@njit(cache=True, error_model="numpy")
-def _rho_row(Xp, row, cmap, ja, jb, gy0, gx0, k, T, dT, gain, cell, frac, dst):
-    """a(X)·u of one row of a grain plane (`_rho` per element) over the columns cmap into dst, in loops
-    that vectorise: the gains (columns ja..jb-1 are one contiguous slice of the row), the hash, the lookup."""
-    nc = cmap.shape[0]
-    xr = Xp[row]
-    for j in range(ja):
-        gain[j] = _signal_gain(xr[cmap[j]])
-    c0 = cmap[ja] - ja
-    mid = xr[c0 + ja : c0 + jb]
-    g = gain[ja:jb]
-    for j in range(jb - ja):
-        g[j] = _signal_gain(mid[j])
-    for j in range(jb, nc):
-        gain[j] = _signal_gain(xr[cmap[j]])
-    for j in range(nc):
-        cell[j], frac[j] = _grain_cell(row + gy0, cmap[j] + gx0, k)
-    for j in range(nc):
-        dst[j] = gain[j] * _grain_lookup(T, dT, cell[j], frac[j])
-
-
-@njit(cache=True, error_model="numpy")
-def _vpass(ring, i, taps, r, tmp):
-    """tmp = taps[r]·ρ(i) + Σ_{q=1..r} taps[r+q]·(ρ(i−q) + ρ(i+q)), summed in that order, where ρ(j) is row
-    j of the rows in flight, kept in ring slot j mod (2r+1) (the vertical pass of `grain_noise`)."""
-    m = ring.shape[0]
-    t = taps[r]
-    c = ring[i % m]
-    for x in range(tmp.shape[0]):
-        tmp[x] = t * c[x]
-    for q in range(1, r + 1):
-        t = taps[r + q]
-        a = ring[(i - q) % m]
-        b = ring[(i + q) % m]
-        for x in range(tmp.shape[0]):
-            tmp[x] += t * (a[x] + b[x])
-
-
 @njit(cache=True, inline="always", error_model="numpy")
 def _composed_row(S, sy, sx, y, c, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, eta, brow, up, out):
     """Row y of channel c of the last blur stage, clip01(kept(S) + up(blurred)), into out (w,): per element
     the float32 operations of `compose` (brow, up: scratch rows)."""
     w = out.shape[0]
     if has_blur:
-        j = rj[y]
-        a0, a1 = rw0[y], rw1[y]
-        b0, b1 = blurred[c, j], blurred[c, j + 1]
-        for i in range(brow.shape[0]):
-            brow[i] = _lerp2(a0, b0[i], a1, b1[i])
+        _blurred_row(blurred[c], y, rj, rw0, rw1, brow)
     _compose_row(S[c, sy + y, sx : sx + w], brow, has_blur, cj, cw0, cw1, thr, eta, up, out)
 
 

@@ -205,12 +205,9 @@ def compose(src, sy: int, sx: int, blurred, interp_rows, interp_cols, thr: float
 
 
 def any_above(src, box: tuple[int, int, int, int], thr: float) -> bool:
-    """Whether any pixel of src[y0:y1, x0:x1] exceeds thr."""
+    """Whether any pixel of src[y0:y1, x0:x1] exceeds thr (the CPU render needs no scan: its cells tell,
+    `pipeline._blurred`)."""
     y0, y1, x0, x1 = box
-    if _is_cpu(src):
-        from phos_dask.film import _cpu
-
-        return bool(_cpu.any_above(src, y0, y1, x0, x1, _f32(thr)))
     if _gpu(src) is not None:
         return True  # no device-to-host read: the blur of all-zero cells adds exactly zero
     return bool(namespace(src).any(src[y0:y1, x0:x1] > thr))
@@ -283,6 +280,16 @@ def blend(F0, F, r: float):
     return xp.clip(F0 + r32 * (F - F0), 0.0, 1.0)
 
 
+def _tone_consts(tone_) -> np.ndarray:
+    """The filmic constants A..F of each channel's stocks.Tone, (C, 6) float32, as the kernels take them."""
+    return np.array([[t.A, t.B, t.C, t.D, t.E, t.F] for t in tone_], np.float32)
+
+
+def _table_arrays(tables) -> tuple[np.ndarray, np.ndarray]:
+    """Each channel's tone.QuantTable stacked: (thresholds (C, n) float32, bucket starts (C, m) int32)."""
+    return np.stack([t.thresholds for t in tables]), np.stack([t.start for t in tables])
+
+
 def mix_filmic_encode(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: np.ndarray, wd, ws, tone_,
                       vmax: int, r: float = 1.0):
     """`mix`, then filmic (no H&D curve) and sRGB codes: (C, h, w) → (h, w, C) uint8/uint16.
@@ -296,7 +303,7 @@ def mix_filmic_encode(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: 
     if _is_cpu(Yp):
         from phos_dask.film import _cpu
 
-        consts = np.array([[t.A, t.B, t.C, t.D, t.E, t.F] for t in tone_], np.float32)
+        consts = _tone_consts(tone_)
         guess, steps = tone.code_tables(vmax)
         out = np.empty((h, w, C), dtype)
         if after:
@@ -307,7 +314,7 @@ def mix_filmic_encode(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: 
         return out
     k = _gpu(Yp)
     if k is not None:
-        consts = np.array([[t.A, t.B, t.C, t.D, t.E, t.F] for t in tone_], np.float32)
+        consts = _tone_consts(tone_)
         guess, steps = tone.code_tables(vmax)
         g, st = k.to_device(guess, Yp, ("guess", vmax)), k.to_device(steps, Yp, ("steps", vmax))
         out = k.empty_like_kind(Yp, (h, w, C), dtype)
@@ -328,13 +335,12 @@ def mix_filmic_encode(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: 
 def mix_encode(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: np.ndarray, wd, ws, tables, vmax: int):
     """`mix` then each channel's QuantTable: (C, h, w) → (h, w, C) uint8/uint16 codes."""
     dtype = np.uint8 if vmax == 255 else np.uint16
-    thresholds = np.stack([t.thresholds for t in tables])
+    thresholds, starts = _table_arrays(tables)
     C, h, w = Yp.shape
     if _is_cpu(Yp):
         from phos_dask.film import _cpu
         from phos_dask.film.tone import BUCKET_BASE, BUCKET_SHIFT
 
-        starts = np.stack([t.start for t in tables])
         out = np.empty((h, w, C), dtype)
         _cpu.mix_encode(Yp, X, xy, xx, noise, coef, _scales(nscale), wd, ws, thresholds, starts, BUCKET_BASE,
                         BUCKET_SHIFT, out)
@@ -345,7 +351,7 @@ def mix_encode(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: np.ndar
 
         key = ("quant", tuple(id(t) for t in tables))  # the plan's cached tables: one upload per process
         t = k.to_device(thresholds, Yp, (*key, "thresholds"), anchor=tables)
-        st = k.to_device(np.stack([t_.start for t_ in tables]), Yp, (*key, "starts"), anchor=tables)
+        st = k.to_device(starts, Yp, (*key, "starts"), anchor=tables)
         out = k.empty_like_kind(Yp, (h, w, C), dtype)
         return k.mix_encode(Yp, X, xy, xx, noise, *_mix_consts(k, Yp, coef, _scales(nscale), wd, ws), t, st,
                             BUCKET_BASE, BUCKET_SHIFT, out)
@@ -387,7 +393,7 @@ def finish(S, sy: int, sx: int, blurred: list, interp_rows, interp_cols, thr: fl
     taps = np.zeros(1, np.float32) if taps is None else np.ascontiguousarray(taps, np.float32)
     if tables is None:
         mode = 1 if r < 1.0 else 0
-        tone_c = np.array([[t.A, t.B, t.C, t.D, t.E, t.F] for t in tone_], np.float32)
+        tone_c = _tone_consts(tone_)
         G, gbase, gshift = tone.code_guesses(vmax)
         _, steps = tone.code_tables(vmax)
         thresholds, starts = np.zeros((C, 1), np.float32), np.zeros((C, 2), np.int32)
@@ -395,8 +401,7 @@ def finish(S, sy: int, sx: int, blurred: list, interp_rows, interp_cols, thr: fl
         mode = 2
         tone_c = np.zeros((C, 6), np.float32)
         G, gbase, gshift, steps = np.zeros(2, np.float32), 0, 0, np.zeros(2, np.float32)
-        thresholds = np.stack([t.thresholds for t in tables])
-        starts = np.stack([t.start for t in tables])
+        thresholds, starts = _table_arrays(tables)
     out = np.empty((h, w, C), np.uint8 if vmax == 255 else np.uint16)
     _cpu.finish(S, sy, sx, stacked, has, rj, rw0, rw1, cj, cw0, cw1, _f32(thr), np.asarray(etas, np.float32),
                 X, xy, xx, np.asarray(rmap, np.int64), np.asarray(cmap, np.int64), origin[0], origin[1], keys, T,

@@ -419,7 +419,7 @@ def _render_fused(X, xo: tuple[int, int], y_box: Box, out_box: Box, shape: tuple
     (halation on Y, or bloom on X for B&W), the grain and S6–S8 in one fused pass (`ops.finish`)."""
     C = plan.channels
     thr = plan.stock.threshold
-    y0, y1, x0, x1 = out_box
+    y0, x0 = out_box[0], out_box[2]
     if plan.halation is not None:
         Y = scratch.array("Y", (C, y_box[1] - y_box[0], y_box[3] - y_box[2]))
         for c in range(C):
@@ -429,9 +429,7 @@ def _render_fused(X, xo: tuple[int, int], y_box: Box, out_box: Box, shape: tuple
         S, so, blur, sthr, etas = X, xo, plan.bloom, thr, plan.etas
     fields = [_blurred(S[c, ...], so, out_box, shape, blur, sthr, etas[c]) for c in range(C)]
     ry, rx = fields[0][1], fields[0][2]
-    rad = plan.grain_radius
-    rows = reflect_index(np.arange(y0 - rad, y1 + rad), shape[0]) - xo[0]
-    cols = reflect_index(np.arange(x0 - rad, x1 + rad), shape[1]) - xo[1]
+    rows, cols = _grain_maps(out_box, shape, xo, plan.grain_radius)
     keys = plan.grain_keys if plan.has_grain else ()
     out = ops.finish(S, y0 - so[0], x0 - so[1], [f[0] for f in fields], ry, rx, sthr, etas, X, y0 - xo[0],
                      x0 - xo[1], rows, cols, xo, keys, plan.grain_taps, plan.grain_coef, plan.grain_nscale,
@@ -447,13 +445,20 @@ def noise_planes(X, origin: tuple[int, int], out_box: Box, shape: tuple[int, int
     y0, y1, x0, x1 = out_box
     if plan.grain_taps is None:
         return xp.zeros((0, y1 - y0, x1 - x0), dtype=xp.float32)
-    r = plan.grain_radius
-    rows = reflect_index(np.arange(y0 - r, y1 + r), shape[0]) - origin[0]
-    cols = reflect_index(np.arange(x0 - r, x1 + r), shape[1]) - origin[1]
+    rows, cols = _grain_maps(out_box, shape, origin, plan.grain_radius)
     planes = xp.empty((len(plan.grain_keys), y1 - y0, x1 - x0), dtype=xp.float32)
     for c, key in enumerate(plan.grain_keys):
         ops.grain_noise(X[c, ...], rows, cols, origin[0], origin[1], key, plan.grain_taps, planes[c, ...])
     return planes
+
+
+def _grain_maps(out_box: Box, shape: tuple[int, int], origin: tuple[int, int], r: int):
+    """The rows and columns of X (global `origin`) that out_box's grain reads: out_box widened by the grain
+    radius r, under the border rule, as indices into X."""
+    y0, y1, x0, x1 = out_box
+    rows = reflect_index(np.arange(y0 - r, y1 + r), shape[0]) - origin[0]
+    cols = reflect_index(np.arange(x0 - r, x1 + r), shape[1]) - origin[1]
+    return rows, cols
 
 
 def _tone(args: tuple, plan: Plan):
