@@ -187,7 +187,7 @@ def _run(opts: RunOptions, say: Say, progress: Callable[[], Any] | None, warming
             for note in plan.notes:
                 say(f"note: {note}")
             threads = opts.threads or threads_for(spec.source, spec.out)
-            if not (not external and spec.device == "cpu" and plan.todo):
+            if external or spec.device != "cpu" or not plan.todo:
                 _stop(warming)  # no local CPU worker will render: nothing to compile for
             with connect(opts.scheduler, opts.scheduler_file, opts.workers, opts.dashboard_address,
                          security=security, device=spec.device, rmm_pool_size=opts.rmm_pool_size,
