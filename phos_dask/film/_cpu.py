@@ -23,7 +23,10 @@ from collections.abc import Callable, Iterator
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import njit, prange
+from numba import types as nt
+from numba.extending import intrinsic
 
 from phos_dask.film import _pixel
 
@@ -82,6 +85,19 @@ def kernel(fn: Callable) -> Kernel:
 def _inline(fn):
     """One of `_pixel`'s shared per-pixel functions as an inlined CPU function."""
     return njit(cache=True, inline="always", error_model="numpy")(fn)
+
+
+@intrinsic
+def _bits(typingctx, f):
+    """The bit pattern of float32 f as a uint32 (what ndarray.view does for an array, without the compile
+    cost of numba's array views)."""
+    if f != nt.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return nt.uint32(nt.float32), codegen
 
 
 _exposure = _inline(_pixel.exposure)
@@ -389,14 +405,13 @@ def mix_encode(Yp, X, xy, xx, noise, coef, nscale, wd, ws, thresholds, starts, b
     for y in prange(h):
         n = np.empty((P, w), dtype=np.float32)
         z = np.empty(w, dtype=np.float32)
-        zb = z.view(np.uint32)
         _clipped_noise(noise, y, nscale, n)
         for c in range(C):
             _mixed_row(Yp, X, xy, xx, y, c, n, coef, wd, ws, z)
             t = thresholds[c]
             st = starts[c]
             for x in range(w):
-                out[y, x, c] = _code(z[x], zb[x], t, st, base, sh, last)
+                out[y, x, c] = _code(z[x], _bits(z[x]), t, st, base, sh, last)
 
 
 @kernel
@@ -436,7 +451,8 @@ def mix_filmic_blend_encode(Yp, X, xy, xx, noise, coef, nscale, wd, ws, tone, r,
             tA, tB, tC, tD, tE, tF = tone[c, 0], tone[c, 1], tone[c, 2], tone[c, 3], tone[c, 4], tone[c, 5]
             cb, de, df, ef = _filmic_coeffs(tB, tC, tD, tE, tF)
             _base_row(Yp, X, xy, xx, y, c, wd, ws, F0)
-            F[:] = F0
+            for x in range(w):
+                F[x] = F0[x]
             _add_grain_row(c, n, coef, F)
             for x in range(w):
                 f0 = _filmic(F0[x], tA, tB, cb, de, df, ef)
@@ -504,7 +520,6 @@ def finish(S, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, etas,
         brow = np.empty(blurred.shape[2], dtype=np.float32)
         F = np.empty(w, dtype=np.float32)
         F0 = np.empty(w, dtype=np.float32)
-        Fb = F.view(np.uint32)
         for p in range(P):  # the first rows in flight: those of output row lo's window but its last
             for i in range(lo, lo + 2 * rad):
                 _rho_row(X[p], rmap[i], cmap, ja, jb, gy0, gx0, keys[p], T, dT, gain, cell, frac,
@@ -524,13 +539,14 @@ def finish(S, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, etas,
                 xr = X[c, xy + y, xx : xx + w]
                 for x in range(w):
                     F0[x] = _mixed_base(a, yp[x], bw, xr[x])
-                F[:] = F0
+                for x in range(w):
+                    F[x] = F0[x]
                 _add_grain_row(c, n, coef, F)
                 if mode == 2:
                     t = thresholds[c]
                     st = starts[c]
                     for x in range(w):
-                        out[y, x, c] = _code(F[x], Fb[x], t, st, base, sh, last)
+                        out[y, x, c] = _code(F[x], _bits(F[x]), t, st, base, sh, last)
                 else:
                     tA, tB, tC, tD, tE, tF = tone[c, 0], tone[c, 1], tone[c, 2], tone[c, 3], tone[c, 4], tone[c, 5]
                     cb, de, df, ef = _filmic_coeffs(tB, tC, tD, tE, tF)
@@ -542,4 +558,4 @@ def finish(S, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, etas,
                         for x in range(w):
                             F[x] = _filmic(F[x], tA, tB, cb, de, df, ef)
                     for x in range(w):
-                        out[y, x, c] = _bits_code(F[x], Fb[x], G, gbase, gsh, gscale, steps)
+                        out[y, x, c] = _bits_code(F[x], _bits(F[x]), G, gbase, gsh, gscale, steps)
