@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import dask
 from distributed import Client, LocalCluster
 from distributed.security import Security
 
 from phos_dask.errors import EnvironmentProblem
+
+if TYPE_CHECKING:
+    from phos_dask.settings import Settings
 
 #: Environment of each local worker process, set before it is spawned (glibc reads MALLOC_* at start).
 #: * Single-threaded kernels: the cluster, not numba, provides the parallelism (tasks read
@@ -34,6 +39,8 @@ WORKER_ENV = {
     "MALLOC_ARENA_MAX": "1",  # tasks run in worker threads, whose own arenas would mmap every big array
     "PHOS_DASK_SCRATCH_MB": "0",  # the heap above keeps a render's big arrays: no per-thread scratch too
 }
+#: The environment variable that hands a local worker the job's settings (JSON) to load its kernels for.
+WARM_ENV = "PHOS_DASK_WARM"
 
 
 class ClusterError(EnvironmentProblem, RuntimeError):
@@ -80,13 +87,14 @@ def threads_for(*urls: str) -> int:
 def connect(scheduler: str | None = None, scheduler_file: str | None = None, workers: int | None = None,
             dashboard_address: str = "127.0.0.1:8787", timeout: float = 20.0,
             security: Security | None = None, device: str = "cpu",
-            rmm_pool_size: str | None = None, threads: int = 1) -> Iterator[Client]:
+            rmm_pool_size: str | None = None, threads: int = 1, warm: Settings | None = None) -> Iterator[Client]:
     """A Client: to `scheduler` (tcp:// or tls://host:port) or `scheduler_file` if given, else to a new
     LocalCluster of `workers` processes (default: one per core) of `threads` threads each on 127.0.0.1, its dashboard
     on `dashboard_address` (127.0.0.1 unless another host is named). `security` (see tls_security) is
     for tls:// schedulers; without it Dask's own TLS configuration is used. With device "gpu" the local
     cluster is dask-cuda's LocalCUDACluster: one worker per GPU (`workers` is then ignored), with an RMM
-    pool of `rmm_pool_size` (e.g. "24GB") when given."""
+    pool of `rmm_pool_size` (e.g. "24GB") when given. `warm`: a local CPU cluster's workers load (or compile)
+    the kernels a photograph with these settings needs as they start (phos_dask.worker_setup)."""
     if scheduler or scheduler_file:
         where = scheduler or f"the scheduler file {scheduler_file!r}"
         try:
@@ -105,6 +113,8 @@ def connect(scheduler: str | None = None, scheduler_file: str | None = None, wor
         return
     n = workers or os.cpu_count() or 1
     environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_ENV}
+    if warm is not None and device != "gpu":
+        environ[WARM_ENV] = json.dumps(warm.to_dict())
     preload = [*dask.config.get("distributed.worker.preload", []), "phos_dask.worker_setup"]
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ, "distributed.worker.preload": preload}):
         if device == "gpu":

@@ -157,7 +157,8 @@ def _run(opts: RunOptions, say: Say, progress: Callable[[], Any] | None, warming
         # is imported, the job is planned and the workers start (stopped below if no worker needs them)
         from phos_dask import warmup
 
-        warming.extend(warmup.start(settings))
+        if not warmup.is_warm(settings):
+            warming.extend(warmup.start(settings))
     from phos_dask.cluster import connect, threads_for, tls_security
     from phos_dask.device import DeviceError, choose, probe
     from phos_dask.job import JobSpec, check_spec, dry_run, plan_job, run_job
@@ -191,7 +192,7 @@ def _run(opts: RunOptions, say: Say, progress: Callable[[], Any] | None, warming
                 _stop(warming)  # no local CPU worker will render: nothing to compile for
             with connect(opts.scheduler, opts.scheduler_file, opts.workers, opts.dashboard_address,
                          security=security, device=spec.device, rmm_pool_size=opts.rmm_pool_size,
-                         threads=threads) as client:
+                         threads=threads, warm=settings if plan.todo else None) as client:
                 say(f"dashboard: {client.dashboard_link}")
                 if client.dashboard_link:
                     say(f"job page: {client.dashboard_link.rsplit('/', 1)[0]}/phos")

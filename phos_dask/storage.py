@@ -315,6 +315,14 @@ def _map(fn: Callable[[Any], T], items: list[Any]) -> list[T]:
     return list(_POOL.map(fn, items))
 
 
+def close_pool() -> None:
+    """Stop the shared I/O threads (idle ones; a call waits for work in flight). Used before exiting."""
+    global _POOL
+    if _POOL is not None:
+        _POOL.shutdown(wait=True)
+        _POOL = None
+
+
 def write_atomic(path: str, data: bytes) -> None:
     """Write a local file whole or not at all: a temporary file beside it (folders created), then a rename;
     the temporary file is removed if anything fails."""

@@ -7,11 +7,17 @@ process renders a few tiny images with the job's settings, which compiles (or lo
 tasks use, one kernel at a time under `_cpu.compile_lock`. A worker that needs a kernel meanwhile waits for
 the lock and then loads the kernel from the cache, so each kernel is compiled once on the machine, and the
 compile overlaps the cluster's start-up. When a kernel has to be compiled (not only loaded) it says so on stderr.
+
+A warm-up that ran to its end leaves a marker beside numba's cache (`marker`); while it is there (same
+kernel sources, numba, machine and settings) `run` starts none, since loading cached kernels in two more
+processes would only take CPU from the start-up. The local workers themselves load the kernels a first
+photograph needs as they start (`warm_first`, from phos_dask.worker_setup), while the job is planned.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import subprocess
@@ -21,6 +27,8 @@ import time
 
 import numpy as np
 
+#: The files (under phos_dask/) whose numba kernels the warm-up compiles: a change to one makes it warm again.
+KERNEL_SOURCES = ("film/_cpu.py", "film/_pixel.py", "pyramid.py")
 #: Seconds between looks at whether a kernel had to be compiled (not just loaded from the cache).
 NOTICE_EVERY = 0.2
 
@@ -29,31 +37,73 @@ def warm(settings) -> None:
     """Render what makes every kernel of a job with `settings` compile or load: whole images with scale
     s < 1 (the grain-blend path) and a small region of an image with s > 1, from 8- and 16-bit input, and
     the pyramid of the output dtype; on one kernel thread, as a worker runs them."""
-    import numba
-
-    from phos_dask.engine import render_image as render
-    from phos_dask.engine import render_window
+    from phos_dask.engine import render_image, render_window
     from phos_dask.film.pipeline import make_plan, source_box
-    from phos_dask.pyramid import downsample2
 
-    numba.set_num_threads(1)
-    rng = np.random.default_rng(0)
-    big = (4000, 6000)
-    out_box = (2000, 2016, 3000, 3016)
-    render(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), settings)  # what most photographs need first
-    if np.dtype(settings.dtype).kind in "ui":
-        downsample2(np.zeros((3, 5, 5), settings.dtype))
+    warm_first(settings)
     # the rest (16-bit input, large images) may not be needed soon: yield the cores to the workers' renders
     # (a worker that needs one of these kernels meanwhile waits on the compile lock and uses no CPU)
     with contextlib.suppress(OSError):
         os.nice(10)
-    render(rng.integers(0, 65535, (48, 64, 3), dtype=np.uint16), settings)
+    rng = np.random.default_rng(1)
+    render_image(rng.integers(0, 65535, (48, 64, 3), dtype=np.uint16), settings)
+    big = (4000, 6000)
+    out_box = (2000, 2016, 3000, 3016)
     for dtype, top in ((np.uint8, 255), (np.uint16, 65535)):
         plan = make_plan(settings, big)
         k = (1.0,) * plan.grain_planes if plan.has_grain else None
         y0, y1, x0, x1 = source_box(plan, out_box, big)
         window = rng.integers(0, top, (y1 - y0, x1 - x0, 3), dtype=dtype)
         render_window(window, (y0, x0), big, out_box, settings, grain_k=k)
+
+
+def warm_first(settings) -> None:
+    """Compile or load what most photographs need first, on one kernel thread: the kernels of a whole 8-bit
+    image and the pyramid of the output dtype."""
+    import numba
+
+    from phos_dask.engine import render_image
+    from phos_dask.pyramid import downsample2
+
+    numba.set_num_threads(1)
+    render_image(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8), settings)
+    if np.dtype(settings.dtype).kind in "ui":
+        downsample2(np.zeros((3, 5, 5), settings.dtype))
+
+
+def marker(settings) -> str:
+    """The file that says `warm(settings)` ran to its end on this machine with this numba and these kernel
+    sources, so numba's cache holds every kernel a job with these settings needs (it lives beside that
+    cache: NUMBA_CACHE_DIR, else the kernels' own __pycache__, and goes when the cache is cleared)."""
+    import importlib.metadata
+    import platform
+
+    package = os.path.dirname(os.path.abspath(__file__))
+    stamps = []
+    for name in KERNEL_SOURCES:
+        st = os.stat(os.path.join(package, name))
+        stamps.append((name, st.st_mtime_ns, st.st_size))
+    chosen = {k: v for k, v in settings.to_dict().items() if k not in ("image_key", "seed")}
+    key = json.dumps([stamps, chosen, importlib.metadata.version("numba"), sys.version, platform.node(),
+                      platform.machine()], sort_keys=True, default=str)
+    where = os.environ.get("NUMBA_CACHE_DIR") or os.path.join(package, "film", "__pycache__")
+    return os.path.join(where, f"phos_dask-warm-{hashlib.sha256(key.encode()).hexdigest()[:20]}.done")
+
+
+def is_warm(settings) -> bool:
+    """Whether a finished warm-up with these settings is on record (then `run` starts none)."""
+    try:
+        return os.path.exists(marker(settings))
+    except (OSError, ImportError):
+        return False
+
+
+def _mark(settings) -> None:
+    with contextlib.suppress(OSError):
+        path = marker(settings)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(json.dumps(settings.to_dict()) + "\n")
 
 
 def finish_signature(settings):
@@ -136,6 +186,7 @@ def main(argv: list[str]) -> int:
         warm(settings)
     finally:
         done.set()
+    _mark(settings)
     if told.is_set() or _compiled():
         print(f"kernels: compiled in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     return 0

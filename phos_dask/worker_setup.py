@@ -7,12 +7,19 @@ KeyboardInterrupt traceback on the user's terminal.
 OpenCV's log is silenced in these processes: its complaints about a bad input file would reach the
 terminal, and the job already reports each failed image in one line. (Their environment, including
 OPENCV_IO_MAX_IMAGE_PIXELS, is `phos_dask.cluster.WORKER_ENV`.)
+
+When `run` hands the job's settings over (PHOS_DASK_WARM), a worker loads the kernels a first photograph
+needs in a background thread as it starts, while the client plans the job, instead of in its first task
+(`phos_dask.warmup.warm_first`; after a fresh install it waits for their compile like a task would).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import signal
+import threading
 
 import cv2
 
@@ -22,5 +29,15 @@ with contextlib.suppress(ValueError):  # only the main thread may set handlers
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
-def dask_setup(worker) -> None:  # the hook Dask calls for a preload module; the work is done on import
-    return None
+def dask_setup(worker) -> None:  # the hook Dask calls for a preload module
+    settings = os.environ.get("PHOS_DASK_WARM")
+    if settings:
+        threading.Thread(target=_load_kernels, args=(settings,), name="phos-kernel-load", daemon=True).start()
+
+
+def _load_kernels(settings: str) -> None:
+    from phos_dask.settings import Settings
+    from phos_dask.warmup import warm_first
+
+    with contextlib.suppress(Exception):  # only a head start: a task that needs a kernel loads it anyway
+        warm_first(Settings(**json.loads(settings)))
