@@ -278,3 +278,27 @@ def test_the_default_output_sits_beside_a_remote_source(source: str, out: str) -
 def test_a_bucket_root_without_out_is_one_line_asking_for_out() -> None:
     line = assert_one_line_error(phos("run", "s3://archive/", "--film", "Portra400"))
     assert "bucket's root" in line and "--out" in line
+
+
+def _exit_script(body: str) -> subprocess.CompletedProcess[str]:
+    script = "import atexit, threading, time\nfrom phos_dask.__main__ import leave\n" + body
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+
+
+def test_the_command_exits_with_its_code_after_its_exit_handlers_and_all_its_output() -> None:
+    proc = _exit_script("atexit.register(print, 'handler ran')\n"
+                        "print('partial line', end='')\n"
+                        "leave(3)\n"
+                        "print('not reached')\n")
+    assert proc.returncode == 3
+    assert proc.stdout == "partial linehandler ran\n"
+
+
+def test_the_command_waits_for_a_thread_still_at_work_before_it_exits() -> None:
+    proc = _exit_script("def work():\n"
+                        "    time.sleep(0.5)\n"
+                        "    print('thread finished', flush=True)\n"
+                        "threading.Thread(target=work).start()\n"
+                        "leave(0)\n")
+    assert proc.returncode == 0
+    assert proc.stdout == "thread finished\n"

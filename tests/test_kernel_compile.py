@@ -4,6 +4,8 @@ so when that takes a while."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -105,3 +107,67 @@ def test_the_precompiled_signature_is_the_one_a_small_photo_renders_with(dtype):
         numba.set_num_threads(before)
     assert warmup.finish_signature(settings) in _cpu.finish.serial.signatures
     assert warmup.finish_signature(Settings(film="NC200", dtype="float32")) is None
+
+
+def test_a_finished_warm_up_is_on_record_for_its_settings_and_kernel_sources_only(tmp_path, monkeypatch):
+    from phos_dask import warmup
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "cache"))
+    source = tmp_path / "kernel_source.py"
+    source.write_text("x = 1\n")
+    monkeypatch.setattr(warmup, "KERNEL_SOURCES", (*warmup.KERNEL_SOURCES, str(source)))
+    settings = Settings(film="NC200", dtype="uint8")
+    assert not warmup.is_warm(settings)
+    monkeypatch.setattr(warmup, "warm", lambda s: None)
+    assert warmup.main([json.dumps(settings.to_dict()), "warm"]) == 0
+    assert warmup.is_warm(settings)
+    assert warmup.is_warm(dataclasses.replace(settings, seed=9, image_key="other.jpg"))  # the same kernels
+    assert not warmup.is_warm(Settings(film="NC200", dtype="uint16"))
+    source.write_text("x = 12\n")  # a kernel source edited: numba's cache no longer holds its kernels
+    assert not warmup.is_warm(settings)
+
+
+def test_a_warm_up_that_did_not_finish_is_not_on_record(tmp_path, monkeypatch):
+    from phos_dask import warmup
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "cache"))
+    settings = Settings(film="NC200", dtype="uint8")
+
+    def interrupted(s):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(warmup, "warm", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        warmup.main([json.dumps(settings.to_dict()), "warm"])
+    assert not warmup.is_warm(settings)
+
+
+def test_run_starts_no_warm_up_when_a_finished_one_is_on_record(tmp_path, monkeypatch):
+    from phos_dask import warmup
+    from phos_dask.cli import main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "one.jpg").write_bytes((REPO / "examples" / "coffee.jpg").read_bytes())
+    started = []
+    monkeypatch.setattr(warmup, "start", lambda s: started.append(s.film) or [])
+    for on_record, out in ((True, "o.zarr"), (False, "p.zarr")):
+        monkeypatch.setattr(warmup, "is_warm", lambda s, on_record=on_record: on_record)
+        assert main(["run", str(photos), "--out", str(tmp_path / out), "--film", "Portra400", "--workers", "1",
+                     "--dashboard-address", "127.0.0.1:0"]) == 0
+    assert started == ["Portra400"]  # the second run only
+
+
+def test_local_workers_given_the_settings_load_a_photos_kernels_before_any_task():
+    from phos_dask.cluster import connect
+
+    def loaded() -> int:
+        from phos_dask.film import _cpu
+
+        return sum(len(k.serial.signatures) for k in vars(_cpu).values() if isinstance(k, _cpu.Kernel))
+
+    with connect(workers=1, dashboard_address="127.0.0.1:0", warm=Settings(film="Portra400")) as client:
+        deadline = time.monotonic() + 120
+        while (count := next(iter(client.run(loaded).values()))) < 5 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert count >= 5  # front, cells, blur, compose, finish: loaded (or compiled) with no task submitted
