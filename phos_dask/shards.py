@@ -51,26 +51,32 @@ def encode_shard(block: np.ndarray, origin: tuple[int, ...], array_shape: tuple[
     index = np.full((*grid, 2), EMPTY, dtype="<u8")
     pieces: list[bytes] = []
     offset = 0
-    dtype = block.dtype.newbyteorder("<")
     for coords in chunk_order(grid):
         start = [o + i * c for o, i, c in zip(origin, coords, chunk_shape, strict=True)]
         if any(s >= n for s, n in zip(start, array_shape, strict=True)):
             continue
         local = tuple(slice(s - o, min(s + c, n) - o)
                       for s, o, c, n in zip(start, origin, chunk_shape, array_shape, strict=True))
-        part = block[local]
-        if part.shape == tuple(chunk_shape):
-            chunk = np.ascontiguousarray(part, dtype=dtype)
-        else:
-            chunk = np.full(chunk_shape, fill_value, dtype=dtype)
-            chunk[tuple(slice(0, n) for n in part.shape)] = part
-        data = codec.encode(chunk)
+        data = encode_chunk(block[local], chunk_shape, codec, fill_value)
         index[coords] = (offset, len(data))
         pieces.append(bytes(data))
         offset += len(data)
     index_bytes = index.tobytes()
     crc = np.array([google_crc32c.value(index_bytes)], dtype="<u4").tobytes()
     return b"".join([*pieces, index_bytes, crc])
+
+
+def encode_chunk(part: np.ndarray, chunk_shape: tuple[int, ...], codec: Blosc, fill_value=0) -> bytes:
+    """One chunk's stored bytes (codecs bytes, little-endian, then `codec`), from `part`: the array's values
+    on the chunk's part inside the array, filled with `fill_value` past the array's edge as Zarr does. Also
+    the whole object of a chunk in an array without shards."""
+    dtype = part.dtype.newbyteorder("<")
+    if part.shape == tuple(chunk_shape):
+        chunk = np.ascontiguousarray(part, dtype=dtype)
+    else:
+        chunk = np.full(chunk_shape, fill_value, dtype=dtype)
+        chunk[tuple(slice(0, n) for n in part.shape)] = part
+    return bytes(codec.encode(chunk))
 
 
 def shard_boxes(box: tuple[tuple[int, int], ...], shard_shape: tuple[int, ...],

@@ -256,6 +256,12 @@ class Location:
             return
         retry(lambda: self.fs.pipe({self.path(k): v for k, v in objects.items()}, batch_size=CONCURRENCY))
 
+    def put_made(self, names: Iterable[str], make: Callable[[str], bytes]) -> None:
+        """Write the object `name` = make(name) for every name, several at a time (each made just before it is
+        written, so only a few are in memory at once; local I/O and most encoders release the GIL)."""
+        for _ in _map(lambda name: self.put(name, make(name)), list(names)):
+            pass
+
     def put_json(self, name: str, payload: Any, indent: int | None = 2) -> None:
         self.put(name, json.dumps(payload, indent=indent, default=str).encode())
 

@@ -17,6 +17,7 @@ from phos_dask.device import render_on
 from phos_dask.film.pipeline import add_grain_sums, as_rgb, grain_constants, grain_k_from_sums, grain_sums
 from phos_dask.imageio import ImageReadError, check_pixels, open_region_reader
 from phos_dask.pyramid import downsample2
+from phos_dask.shards import blosc, encode_chunk
 from phos_dask.sources import SourceItem
 from phos_dask.storage import Location, options_for
 from phos_dask.store import METADATA, ImageLayout, fast_compressor, staging_path
@@ -68,24 +69,34 @@ def _grain_k_by_region(item: SourceItem, cfg: JobConfig, ctx: ImageContext) -> l
 
 def prepare_tiles(cfg: JobConfig, item: SourceItem, image: np.ndarray, digest: str, linear: bool, out: Location,
                   t0: float, thumb: bool, source_thumb: np.ndarray | None) -> Staged:
-    """Write the decoded (working-size) input once into the staging area, whole chunks one at a time, and
-    create the image's (empty) output arrays."""
+    """Write the decoded (working-size) input once into the staging area, a Zarr array with a chunk per tile
+    (each chunk encoded here and written whole, several at a time), and create the image's (empty) output
+    arrays."""
     import zarr
 
     ctx = ImageContext.build(cfg, item, image.shape[:2], linear)
     tiling = ctx.tiling
     grain_k = list(grain_constants(image, ctx.model)) if ctx.model.has_grain else []
     guard(cfg)
-    chunks = (tiling.tile, tiling.tile, 3) if image.ndim == 3 else (tiling.tile, tiling.tile)
+    side = tiling.tile
+    chunks = (side, side, 3) if image.ndim == 3 else (side, side)
     staged = zarr.create_array(store=out.url_of(staging_path(item.key)), shape=image.shape, dtype=image.dtype,
                                chunks=chunks, overwrite=True, fill_value=0, compressors=fast_compressor(),
                                storage_options=options_for(cfg.out_url, cfg.storage_options) or None)
+    codec = blosc(**staged.metadata.to_dict()["codecs"][1]["configuration"])
+    boxes = {}
     for tile in tiling:
-        y0, y1, x0, x1 = tile.box
-        staged[y0:y1, x0:x1] = image[y0:y1, x0:x1]
+        coords = (tile.box[0] // side, tile.box[2] // side, 0)[: image.ndim]
+        boxes[f"{staging_path(item.key)}/{staged.metadata.encode_chunk_key(coords)}"] = tile.box
+    out.put_made(boxes, lambda name, image=image: encode_chunk(_part(image, boxes[name]), chunks, codec))
     del image
     _create(cfg, out, ImageLayout(item.key, ctx.model.channels, ctx.shape, ctx.settings.dtype, tiling))
     return _staged(item, ctx, digest, linear, False, t0, thumb, source_thumb, grain_k)
+
+
+def _part(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    y0, y1, x0, x1 = box
+    return image[y0:y1, x0:x1]
 
 
 def _create(cfg: JobConfig, out: Location, layout: ImageLayout) -> None:

@@ -172,6 +172,32 @@ def test_a_tiles_shards_are_the_bytes_zarr_writes():
             assert want and all(ours[name] == data for name, data in want.items())
 
 
+@pytest.mark.parametrize(("shape", "dtype"), [((1100, 1300, 3), "uint8"), ((700, 530), "uint16")])
+def test_a_staged_inputs_chunks_are_the_bytes_zarr_writes(shape, dtype):
+    """The staging area of a tiled image (phos_dask.tiled.prepare_tiles): one chunk per tile, encoded by
+    shards.encode_chunk, interior and edge chunks alike."""
+    from zarr.storage import MemoryStore
+
+    from phos_dask.shards import blosc, encode_chunk
+    from phos_dask.store import fast_compressor
+
+    side = 512
+    chunks = (side, side, 3)[: len(shape)]
+    image = np.random.default_rng(5).integers(0, 200, shape).astype(dtype)
+    image[: shape[0] // 2] = 9
+    objects: dict = {}
+    array = zarr.create_array(MemoryStore(objects), shape=shape, dtype=dtype, chunks=chunks, fill_value=0,
+                              compressors=fast_compressor())
+    array[...] = image
+    codec = blosc(**array.metadata.to_dict()["codecs"][1]["configuration"])
+    names = [k for k in objects if k.startswith("c/")]
+    assert len(names) == -(-shape[0] // side) * -(-shape[1] // side)
+    for name in names:
+        i, j = (int(v) for v in name.split("/")[1:3])
+        part = image[i * side : (i + 1) * side, j * side : (j + 1) * side]
+        assert encode_chunk(part, chunks, codec) == objects[name].to_bytes(), name
+
+
 # ------------------------------------------------------------------------------------------------ a job
 
 
