@@ -12,10 +12,12 @@ from phos_dask.cli import main  # after the environment OpenCV reads as it loads
 
 
 def leave(code: int) -> None:
-    """Exit with `code` once the command is over, without the interpreter's teardown when nothing is left
-    running: after a render, freeing every module and numba's and LLVM's state takes about 0.3 s. The exit
-    handlers (atexit, weakref finalizers) still run and the standard streams are flushed; with a thread
-    still at work (not a daemon) the exit is the ordinary one, which waits for it."""
+    """Exit with `code` once the command is over, without the interpreter's teardown when this process is
+    the command and nothing is left running: after a render, freeing every module and numba's and LLVM's
+    state takes about 0.3 s. The exit handlers (atexit, weakref finalizers) still run and the standard
+    streams are flushed. The exit is the ordinary SystemExit when the module runs inside another program
+    (runpy from a script, a profiler, a tracer: they have work to do after it) or a thread is still at work
+    (not a daemon: the ordinary exit waits for it)."""
     import atexit
     import threading
 
@@ -24,7 +26,8 @@ def leave(code: int) -> None:
         storage.close_pool()
     others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
     run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
-    if others or run_exit_handlers is None:
+    program = bool(sys.argv) and os.path.abspath(sys.argv[0]) == os.path.abspath(__file__)
+    if others or run_exit_handlers is None or not program or sys.gettrace() or sys.getprofile():
         raise SystemExit(code)
     run_exit_handlers()
     for stream in (sys.stdout, sys.stderr):

@@ -281,15 +281,19 @@ def test_a_bucket_root_without_out_is_one_line_asking_for_out() -> None:
 
 
 def _exit_script(body: str) -> subprocess.CompletedProcess[str]:
-    script = "import atexit, threading, time\nfrom phos_dask.__main__ import leave\n" + body
+    """`body` run as `python -m phos_dask` runs its command: this process is the program."""
+    script = ("import atexit, sys, threading, time\n"
+              "import phos_dask.__main__ as m\n"
+              "sys.argv[0] = m.__file__\n"
+              "leave = m.leave\n" + body)
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
 
 
 def test_the_command_exits_with_its_code_after_its_exit_handlers_and_all_its_output() -> None:
     proc = _exit_script("atexit.register(print, 'handler ran')\n"
                         "print('partial line', end='')\n"
-                        "leave(3)\n"
-                        "print('not reached')\n")
+                        "try:\n    leave(3)\n"
+                        "except SystemExit:\n    print('the ordinary exit, with the teardown')\n")
     assert proc.returncode == 3
     assert proc.stdout == "partial linehandler ran\n"
 
@@ -299,6 +303,17 @@ def test_the_command_waits_for_a_thread_still_at_work_before_it_exits() -> None:
                         "    time.sleep(0.5)\n"
                         "    print('thread finished', flush=True)\n"
                         "threading.Thread(target=work).start()\n"
-                        "leave(0)\n")
+                        "try:\n    leave(0)\n"
+                        "except SystemExit:\n    print('the ordinary exit', flush=True)\n")
     assert proc.returncode == 0
-    assert proc.stdout == "thread finished\n"
+    assert proc.stdout == "the ordinary exit\nthread finished\n"
+
+
+def test_the_command_run_inside_another_program_hands_it_back_its_exit() -> None:
+    script = ("import runpy, sys\n"
+              "sys.argv = ['phos_dask', 'films', '--json']\n"
+              "try:\n    runpy.run_module('phos_dask', run_name='__main__')\n"
+              "except SystemExit as e:\n    print('caller resumed with', e.code)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.rstrip().endswith("caller resumed with 0")

@@ -160,7 +160,9 @@ def cells(src, rmap, cmap, f, thr, eta):
     ja, jb = _longest_run(cmap)
     c0 = cmap[ja]
     for j in prange(nr):
-        acc = np.zeros(ncol, dtype=np.float32)
+        acc = np.empty(ncol, dtype=np.float32)
+        for x in range(ncol):
+            acc[x] = zero
         for a in range(f):
             sr = src[rmap[j * f + a]]
             for x in range(ja):
@@ -203,7 +205,9 @@ def blur_valid(src, taps_v, taps_h, radii, out):
     r = (taps_v.shape[1] - 1) // 2
     h, w = src.shape[0] - 2 * r, src.shape[1] - 2 * r
     # rows of src holding any non-zero value: an output row whose window has none is exactly zero
-    nonzero = np.zeros(src.shape[0] + 1, dtype=np.int64)
+    nonzero = np.empty(src.shape[0] + 1, dtype=np.int64)
+    for y in range(src.shape[0] + 1):
+        nonzero[y] = 0
     for y in prange(src.shape[0]):
         for x in range(src.shape[1]):
             if src[y, x] != 0:
@@ -263,7 +267,7 @@ def _blurred_row(blurred, y, rj, rw0, rw1, brow):
 def compose(src, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, eta, out):
     h, w = rj.shape[0], cj.shape[0]
     for y in prange(h):
-        row = np.zeros(blurred.shape[1], dtype=np.float32)
+        row = np.empty(blurred.shape[1], dtype=np.float32)
         up = np.empty(w, dtype=np.float32)
         if has_blur:
             _blurred_row(blurred, y, rj, rw0, rw1, row)
