@@ -18,7 +18,8 @@ moment and hold the lease only if the token read is ours.
   local disks and other stores a plain replace.
 * The read-back after SETTLE remains for stores that ignore the conditions: two runs within that moment of
   each other can then both believe they hold it; the heartbeat finds the loser out and it stops (its tasks
-  fail with "lease lost").
+  fail with "lease lost"). A lease created exclusively on a local disk (a hard link, or O_EXCL) is read back
+  at once: no other run can have created it too.
 """
 
 from __future__ import annotations
@@ -247,6 +248,7 @@ def acquire(url: str, storage_options: dict | None = None) -> Lease:
     lease = Lease(url, storage_options, token, record)
     data = json.dumps(record, indent=2).encode()
     took_over = False
+    certain = False  # created exclusively on a local disk: no other run can believe it holds the lease
     unreadable = False  # the lease object exists (an exclusive create failed) but may not read as a lease
     for _ in range(4):
         holder = read_holder(url, storage_options)
@@ -266,6 +268,7 @@ def acquire(url: str, storage_options: dict | None = None) -> Lease:
             if (where.local and os.path.exists(path)) or not _create(where, data):
                 unreadable = True  # another run was quicker: judge its lease (or replace it if it is torn)
                 continue
+            certain = where.local
             break
         try:
             _replace(where, data, holder)  # dead, or torn
@@ -274,7 +277,8 @@ def acquire(url: str, storage_options: dict | None = None) -> Lease:
             continue
         took_over = holder is not None
         break
-    time.sleep(SETTLE)
+    if not certain:
+        time.sleep(SETTLE)
     holder = read_holder(url, storage_options)
     if holder is None or holder.get("token") != token:
         raise LeaseError(f"output {url!r} was claimed by another run starting at the same moment")

@@ -110,3 +110,19 @@ def test_two_runs_started_together_on_a_local_output(tmp_path: Path):
     for i in range(ROUNDS):
         held, errors = _race(str(tmp_path / f"o{i}.zarr"), None)
         _check_one_winner(held, errors)
+
+
+def test_a_lease_created_exclusively_on_a_local_disk_is_held_without_the_settle(tmp_path: Path, monkeypatch):
+    slept: list[float] = []
+    monkeypatch.setattr(lease.time, "sleep", slept.append)
+    held = lease.acquire(str(tmp_path / "o.zarr"), None)
+    held.release()
+    assert lease.SETTLE not in slept
+
+
+def test_a_lease_on_object_storage_is_read_back_after_the_settle(s3, monkeypatch):
+    slept: list[float] = []
+    monkeypatch.setattr(lease.time, "sleep", slept.append)
+    held = lease.acquire("s3://race/settle.zarr", s3)
+    held.release()
+    assert lease.SETTLE in slept  # a store may ignore If-None-Match: the read-back decides
