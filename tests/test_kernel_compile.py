@@ -171,3 +171,24 @@ def test_local_workers_given_the_settings_load_a_photos_kernels_before_any_task(
         while (count := next(iter(client.run(loaded).values()))) < 5 and time.monotonic() < deadline:
             time.sleep(0.2)
     assert count >= 5  # front, cells, blur, compose, finish: loaded (or compiled) with no task submitted
+
+
+def test_the_cpu_kernels_avoid_what_numba_compiles_slowly():
+    """Slice assignment, array views and np.zeros/ones/full inside a kernel each cost a first compile up to
+    seconds (`_cpu`'s docstring); the kernels copy, clear and read bits in loops instead."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(_cpu))
+    found = []
+    for fn in (n for n in tree.body if isinstance(n, ast.FunctionDef)):
+        compiled = any("njit" in ast.unparse(d) or ast.unparse(d) == "kernel" for d in fn.decorator_list)
+        for node in ast.walk(fn) if compiled else ():
+            if isinstance(node, ast.Assign) and any(
+                    isinstance(t, ast.Subscript) and any(isinstance(s, ast.Slice) for s in ast.walk(t.slice))
+                    for t in node.targets):
+                found.append(f"{fn.name}: {ast.unparse(node)}")
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and (
+                    node.func.attr == "view" or ast.unparse(node.func) in ("np.zeros", "np.ones", "np.full")):
+                found.append(f"{fn.name}: {ast.unparse(node)}")
+    assert not found, found

@@ -8,6 +8,9 @@ raising, which is what lets LLVM vectorise loops that divide (the model never di
 read shifted rows through slices rather than x ± k indexing, which LLVM would not vectorise.
 Rows are split across threads with prange. The per-pixel math lives in `_pixel`, which the GPU kernels
 (`_cuda`) compile too.
+Kernels copy and clear arrays in loops and read float bits with `_bits`: numba compiles a shape-mismatch
+error formatter for each slice assignment (1.5 s of the fused kernel's first compile), and routines for array
+views and np.zeros fills, which a first run after install would wait for.
 """
 
 from __future__ import annotations
