@@ -30,6 +30,15 @@ def blosc(cname: str, clevel: int, shuffle: str, typesize: int, blocksize: int =
     return Blosc(cname=cname, clevel=clevel, shuffle=_SHUFFLE[shuffle], blocksize=blocksize, typesize=typesize)
 
 
+def chunk_codec(codecs) -> Blosc:
+    """The numcodecs Blosc of a Zarr codec list [bytes, blosc] (an unsharded array's codecs, or a shard's
+    inner chunks' codecs), as in the array's zarr.json."""
+    if [c["name"] for c in codecs] != ["bytes", "blosc"]:
+        raise ValueError(f"no direct chunk encoder for the codecs {codecs}")
+    c = codecs[1]["configuration"]
+    return blosc(c["cname"], int(c["clevel"]), c["shuffle"], int(c["typesize"]), int(c.get("blocksize", 0)))
+
+
 @cache
 def chunk_order(grid: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
     """The order of a shard's chunks in its bytes: Zarr's Morton order (its own function when it has it),

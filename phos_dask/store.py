@@ -41,7 +41,7 @@ from phos_dask.film.params import CODE_MAX
 from phos_dask.index import INDEX
 from phos_dask.lease import LEASE
 from phos_dask.pyramid import DOWNSAMPLING, DOWNSAMPLING_METADATA, downsample2
-from phos_dask.shards import blosc, encode_shard, shard_boxes
+from phos_dask.shards import chunk_codec, encode_shard, shard_boxes
 from phos_dask.storage import Location
 from phos_dask.tiles import Tile, TilePlan, assert_one_writer_per_chunk, pyramid_shapes
 
@@ -157,11 +157,9 @@ def _shard_codec(document: bytes):
     `_array_document`: codecs [sharding_indexed: [bytes, blosc]] with the default chunk key encoding."""
     doc = json.loads(document)
     (sharding,) = doc["codecs"]
-    inner = sharding["configuration"]["codecs"]
-    if sharding["name"] != "sharding_indexed" or [c["name"] for c in inner] != ["bytes", "blosc"]:
+    if sharding["name"] != "sharding_indexed":
         raise ValueError(f"no direct shard encoder for the codecs {doc['codecs']}")
-    c = inner[1]["configuration"]
-    codec = blosc(c["cname"], int(c["clevel"]), c["shuffle"], int(c["typesize"]), int(c.get("blocksize", 0)))
+    codec = chunk_codec(sharding["configuration"]["codecs"])
     encoding = doc.get("chunk_key_encoding", {})
     if encoding.get("name", "default") != "default":
         raise ValueError(f"no direct shard encoder for the chunk key encoding {encoding}")

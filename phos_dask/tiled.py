@@ -17,7 +17,7 @@ from phos_dask.device import render_on
 from phos_dask.film.pipeline import add_grain_sums, as_rgb, grain_constants, grain_k_from_sums, grain_sums
 from phos_dask.imageio import ImageReadError, check_pixels, open_region_reader
 from phos_dask.pyramid import downsample2
-from phos_dask.shards import blosc, encode_chunk
+from phos_dask.shards import chunk_codec, encode_chunk
 from phos_dask.sources import SourceItem
 from phos_dask.storage import Location, options_for
 from phos_dask.store import METADATA, ImageLayout, fast_compressor, staging_path
@@ -83,7 +83,7 @@ def prepare_tiles(cfg: JobConfig, item: SourceItem, image: np.ndarray, digest: s
     staged = zarr.create_array(store=out.url_of(staging_path(item.key)), shape=image.shape, dtype=image.dtype,
                                chunks=chunks, overwrite=True, fill_value=0, compressors=fast_compressor(),
                                storage_options=options_for(cfg.out_url, cfg.storage_options) or None)
-    codec = blosc(**staged.metadata.to_dict()["codecs"][1]["configuration"])
+    codec = chunk_codec(staged.metadata.to_dict()["codecs"])
     boxes = {}
     for tile in tiling:
         coords = (tile.box[0] // side, tile.box[2] // side, 0)[: image.ndim]

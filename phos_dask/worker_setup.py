@@ -30,7 +30,9 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
 def dask_setup(worker) -> None:  # the hook Dask calls for a preload module
-    settings = os.environ.get("PHOS_DASK_WARM")
+    from phos_dask.cluster import WARM_ENV
+
+    settings = os.environ.get(WARM_ENV)
     if settings:
         threading.Thread(target=_load_kernels, args=(settings,), name="phos-kernel-load", daemon=True).start()
 

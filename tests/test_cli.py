@@ -280,20 +280,20 @@ def test_a_bucket_root_without_out_is_one_line_asking_for_out() -> None:
     assert "bucket's root" in line and "--out" in line
 
 
-def _exit_script(body: str) -> subprocess.CompletedProcess[str]:
-    """`body` run as `python -m phos_dask` runs its command: this process is the program."""
+def _exit_script(body: str, code: int) -> subprocess.CompletedProcess[str]:
+    """`body`, then leave(code) as `python -m phos_dask` leaves after its command: this process is the
+    program. "the ordinary exit" is printed when leave ends it with SystemExit (and the teardown)."""
     script = ("import atexit, sys, threading, time\n"
               "import phos_dask.__main__ as m\n"
-              "sys.argv[0] = m.__file__\n"
-              "leave = m.leave\n" + body)
+              "sys.argv[0] = m.__file__\n" + body +
+              f"try:\n    m.leave({code})\n"
+              "except SystemExit:\n    print('the ordinary exit', flush=True)\n")
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
 
 
 def test_the_command_exits_with_its_code_after_its_exit_handlers_and_all_its_output() -> None:
     proc = _exit_script("atexit.register(print, 'handler ran')\n"
-                        "print('partial line', end='')\n"
-                        "try:\n    leave(3)\n"
-                        "except SystemExit:\n    print('the ordinary exit, with the teardown')\n")
+                        "print('partial line', end='')\n", 3)
     assert proc.returncode == 3
     assert proc.stdout == "partial linehandler ran\n"
 
@@ -302,9 +302,7 @@ def test_the_command_waits_for_a_thread_still_at_work_before_it_exits() -> None:
     proc = _exit_script("def work():\n"
                         "    time.sleep(0.5)\n"
                         "    print('thread finished', flush=True)\n"
-                        "threading.Thread(target=work).start()\n"
-                        "try:\n    leave(0)\n"
-                        "except SystemExit:\n    print('the ordinary exit', flush=True)\n")
+                        "threading.Thread(target=work).start()\n", 0)
     assert proc.returncode == 0
     assert proc.stdout == "the ordinary exit\nthread finished\n"
 
