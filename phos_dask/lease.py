@@ -100,7 +100,8 @@ class Lease:
     token: str
     record: dict[str, Any]
     lost: threading.Event = field(default_factory=threading.Event)
-    #: set by the job once it submits tasks that carry this lease's token
+    #: set by the job once it submits tasks that carry this lease's token; cleared by `run` once the local
+    #: cluster that ran them has closed (its worker processes joined)
     tasks_started: bool = False
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None

@@ -159,6 +159,8 @@ def _run(opts: RunOptions, say: Say, progress: Callable[[], Any] | None, warming
 
         if not warmup.is_warm(settings):
             warming.extend(warmup.start(settings))
+    from distributed.core import Status
+
     from phos_dask.cluster import connect, threads_for, tls_security
     from phos_dask.device import DeviceError, choose, probe
     from phos_dask.job import JobSpec, check_spec, dry_run, plan_job, run_job
@@ -190,17 +192,26 @@ def _run(opts: RunOptions, say: Say, progress: Callable[[], Any] | None, warming
             threads = opts.threads or threads_for(spec.source, spec.out)
             if external or spec.device != "cpu" or not plan.todo:
                 _stop(warming)  # no local CPU worker will render: nothing to compile for
-            with connect(opts.scheduler, opts.scheduler_file, opts.workers, opts.dashboard_address,
-                         security=security, device=spec.device, rmm_pool_size=opts.rmm_pool_size,
-                         threads=threads, warm=settings if plan.todo else None) as client:
-                say(f"dashboard: {client.dashboard_link}")
-                if client.dashboard_link:
-                    say(f"job page: {client.dashboard_link.rsplit('/', 1)[0]}/phos")
-                if external and opts.device != "cpu":
-                    spec.device, why = _cluster_device(client, opts.device)
-                say(f"device: {spec.device} ({why})")
-                with _performance_report(opts.performance_report, say):
-                    report = run_job(spec, client, progress() if progress else Progress(0), plan, lease, sheet_thumbs)
+            local = None
+            try:
+                with connect(opts.scheduler, opts.scheduler_file, opts.workers, opts.dashboard_address,
+                             security=security, device=spec.device, rmm_pool_size=opts.rmm_pool_size,
+                             threads=threads, warm=settings if plan.todo else None) as client:
+                    local = client.cluster  # None on an external scheduler
+                    say(f"dashboard: {client.dashboard_link}")
+                    if client.dashboard_link:
+                        say(f"job page: {client.dashboard_link.rsplit('/', 1)[0]}/phos")
+                    if external and opts.device != "cpu":
+                        spec.device, why = _cluster_device(client, opts.device)
+                    say(f"device: {spec.device} ({why})")
+                    with _performance_report(opts.performance_report, say):
+                        report = run_job(spec, client, progress() if progress else Progress(0), plan, lease,
+                                         sheet_thumbs)
+            finally:
+                if local is not None and local.status == Status.closed:
+                    # the local cluster closed and joined its worker processes: no task of this run can
+                    # still write, so an interrupted run gives its lease up without the settle
+                    lease.tasks_started = False
             _stop(warming)  # the job that needed it is over; what it compiled so far stays cached
     except OSError as e:  # the output cannot be created or written (permissions, read-only, full disk)
         where = f" {e.filename!r}" if e.filename else ""

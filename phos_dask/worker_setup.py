@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import threading
@@ -32,6 +33,7 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 def dask_setup(worker) -> None:  # the hook Dask calls for a preload module
     from phos_dask.cluster import WARM_ENV
 
+    logging.getLogger("distributed.worker").addFilter(ClosingHeartbeat(worker))
     settings = os.environ.get(WARM_ENV)
     if settings:
         threading.Thread(target=_load_kernels, args=(settings,), name="phos-kernel-load", daemon=True).start()
@@ -43,3 +45,21 @@ def _load_kernels(settings: str) -> None:
 
     with contextlib.suppress(Exception):  # only a head start: a task that needs a kernel loads it anyway
         warm_first(Settings(**json.loads(settings)))
+
+
+class ClosingHeartbeat(logging.Filter):
+    """Drops the error a worker logs, traceback and all, when a heartbeat is still in flight as the worker
+    closes its own connections: a race inside Dask's Worker.close that a Ctrl-C'd run hits now and then. It
+    is part of shutting down, not a failure; the same message from a worker that is running passes."""
+
+    MESSAGE = "Failed to communicate with scheduler during heartbeat"
+
+    def __init__(self, worker) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from distributed.core import Status
+
+        closing = self.worker.status in (Status.closing, Status.closing_gracefully, Status.closed)
+        return not (closing and str(record.msg).startswith(self.MESSAGE))

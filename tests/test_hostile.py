@@ -4,7 +4,9 @@ terminal as one line."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import shutil
 import signal
@@ -303,23 +305,76 @@ def test_a_full_disk_is_one_line_per_image_and_exit_1(tmp_path, small_photo, sma
     assert lines and all("No space left on device" in ln for ln in lines), proc.stderr
 
 
-def test_ctrl_c_is_one_line_and_exit_130(tmp_path, small_photo):
+def test_ctrl_c_is_one_line_and_exit_130_without_waiting_out_the_lease(tmp_path, small_photo):
     src = tmp_path / "src"
     src.mkdir()
     for i in range(12):
         big = cv2.resize(small_photo[i:, i:], (2400, 1600), interpolation=cv2.INTER_CUBIC)
         cv2.imwrite(str(src / f"p{i:02d}.jpg"), cv2.cvtColor(big, cv2.COLOR_RGB2BGR))
+    # a run interrupted while tasks of an external cluster may still run waits this long before it lets
+    # the lease go (phos_dask.lease.CHECK_CACHE); a local cluster's workers are gone once it has closed
+    settle = 120
     proc = subprocess.Popen([sys.executable, "-m", "phos_dask", "run", src, "--out", tmp_path / "o.zarr",
                              "--film", "Portra400", "--workers", "2", "--dashboard-address", "127.0.0.1:0", "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-                            start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**ENV, "PHOS_DASK_LEASE_CACHE": str(settle)}, start_new_session=True)
     assert proc.stdout is not None
     proc.stdout.readline()  # the first image finished: the cluster is busy
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=settle - 30)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert err.strip().splitlines()[-1] == "phos_dask: error: interrupted"
+    assert not (tmp_path / "o.zarr" / "_lease.json").exists()
+
+
+class _Kept(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+async def _heartbeat_cut_off_by_close(set_up_as_phos_dask_does: bool) -> list[str]:
+    """A real scheduler and worker in this process; the scheduler answers heartbeats slowly, so one is in
+    flight when the worker closes. The errors the worker logged."""
+    from distributed import Scheduler, Worker
+
+    from phos_dask import worker_setup
+
+    logger = logging.getLogger("distributed.worker")
+    kept, filters = _Kept(), list(logger.filters)
+    logger.addHandler(kept)
+    try:
+        async with Scheduler(host="127.0.0.1", dashboard_address=":0") as scheduler:
+            answer = scheduler.handlers["heartbeat_worker"]
+
+            async def slow_answer(*args, **kwargs):
+                await asyncio.sleep(0.5)
+                return answer(*args, **kwargs)
+
+            scheduler.handlers["heartbeat_worker"] = slow_answer
+            async with Worker(scheduler.address, host="127.0.0.1", nthreads=1) as worker:
+                if set_up_as_phos_dask_does:
+                    worker_setup.dask_setup(worker)
+                beat = asyncio.create_task(worker.heartbeat())
+                await asyncio.sleep(0.1)
+                await worker.close()
+                await beat
+    finally:
+        logger.removeHandler(kept)
+        for added in [f for f in logger.filters if f not in filters]:
+            logger.removeFilter(added)
+    return [r.getMessage() for r in kept.records if r.levelno >= logging.ERROR]
+
+
+def test_a_heartbeat_cut_off_by_the_workers_own_close_reaches_no_terminal():
+    # the race a Ctrl-C'd run can hit: Dask logs it as an error, with a traceback
+    assert asyncio.run(_heartbeat_cut_off_by_close(False)) == [
+        "Failed to communicate with scheduler during heartbeat."]
+    assert asyncio.run(_heartbeat_cut_off_by_close(True)) == []
 
 
 # --- 8. names that are not one line -----------------------------------------------------------------------
