@@ -7,6 +7,12 @@ if __name__ == "__main__":
     # This process is the program, not a caller's: lift OpenCV's own decode limit (2**30 px, read once when
     # cv2 is loaded) so that `--max-pixels` is the limit that applies.
     os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 40))
+    # NumPy's transparent huge pages off unless asked for, here and in the processes this one starts
+    # (phos_dask.cluster.HUGEPAGE_ENV says why). NumPy read the variable as the package imported it.
+    os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
+    import numpy._core.multiarray
+
+    numpy._core.multiarray._set_madvise_hugepage(os.environ["NUMPY_MADVISE_HUGEPAGE"] != "0")
 
 from phos_dask.cli import main  # after the environment OpenCV reads as it loads
 

@@ -18,6 +18,16 @@ from phos_dask.errors import EnvironmentProblem
 if TYPE_CHECKING:
     from phos_dask.settings import Settings
 
+#: NumPy asks the kernel for transparent huge pages for every array of 4 MB or more. On VMs that hand
+#: freed memory back to their host (virtio-balloon free page reporting, e.g. Firecracker), each huge page
+#: is memory the host must back again: touching a render's arrays for the first time took 1.5-5 s per GB
+#: there, against 0.35 s with ordinary pages, so a worker's first 24 MP image took 2-8 s instead of 0.8 s
+#: (bench/commands.py: `run` of 4 x 24 MP 9.2-11.4 s with them, 5.0-5.2 s without). Once a worker's heap
+#: is touched, huge pages render about 7 % faster. The command line and the local clusters it starts turn
+#: them off (their workers live for one job); deployed workers (deploy/, WORKER_ENV) keep NumPy's default,
+#: as they render many images each. NUMPY_MADVISE_HUGEPAGE=1 in the environment turns them back on.
+HUGEPAGE_ENV = "NUMPY_MADVISE_HUGEPAGE"
+
 #: Environment of each local worker process, set before it is spawned (glibc reads MALLOC_* at start).
 #: * Single-threaded kernels: the cluster, not numba, provides the parallelism (tasks read
 #:   PHOS_DASK_KERNEL_THREADS; NUMBA_NUM_THREADS itself must not differ between processes that share
@@ -112,7 +122,8 @@ def connect(scheduler: str | None = None, scheduler_file: str | None = None, wor
             yield client
         return
     n = workers or os.cpu_count() or 1
-    environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_ENV}
+    environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_ENV,
+               HUGEPAGE_ENV: os.environ.get(HUGEPAGE_ENV, "0")}
     if warm is not None and device != "gpu":
         environ[WARM_ENV] = json.dumps(warm.to_dict())
     preload = [*dask.config.get("distributed.worker.preload", []), "phos_dask.worker_setup"]

@@ -173,6 +173,40 @@ def test_local_workers_given_the_settings_load_a_photos_kernels_before_any_task(
     assert count >= 5  # front, cells, blur, compose, finish: loaded (or compiled) with no task submitted
 
 
+def _huge_pages() -> bool:
+    from numpy._core.multiarray import _get_madvise_hugepage
+
+    return _get_madvise_hugepage()
+
+
+@pytest.mark.parametrize("asked", [None, "1"])
+def test_local_workers_use_numpys_huge_pages_only_when_the_environment_asks(asked, monkeypatch):
+    from phos_dask.cluster import HUGEPAGE_ENV, connect
+
+    if asked is None:
+        monkeypatch.delenv(HUGEPAGE_ENV, raising=False)
+    else:
+        monkeypatch.setenv(HUGEPAGE_ENV, asked)
+    with connect(workers=1, dashboard_address="127.0.0.1:0") as client:
+        assert list(client.run(_huge_pages).values()) == [asked == "1"]
+
+
+def test_the_command_line_turns_numpys_huge_pages_off_unless_asked():
+    script = ("import runpy, sys\n"
+              "sys.argv = ['phos_dask', 'films']\n"
+              "try:\n    runpy.run_module('phos_dask', run_name='__main__')\n"
+              "except SystemExit:\n    pass\n"
+              "from numpy._core.multiarray import _get_madvise_hugepage\n"
+              "print(_get_madvise_hugepage())\n")
+    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    for asked, expected in ((None, "False"), ("1", "True")):
+        run_env = env if asked is None else {**env, "NUMPY_MADVISE_HUGEPAGE": asked}
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=run_env,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip().splitlines()[-1] == expected
+
+
 def test_the_cpu_kernels_avoid_what_numba_compiles_slowly():
     """Slice assignment, array views and np.zeros/ones/full inside a kernel each cost a first compile up to
     seconds (`_cpu`'s docstring); the kernels copy, clear and read bits in loops instead."""
