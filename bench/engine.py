@@ -161,23 +161,33 @@ def machine() -> dict:
         "opencv": cv2.__version__,
         "git": _git_revision(),
         "fresh_memory_s_per_gb": fresh_memory_s_per_gb(),
+        "fresh_huge_page_memory_s_per_gb": fresh_memory_s_per_gb(huge_pages=True),
+        # NumPy's huge pages in the processes timed: "0" off for all of them, "1" on; unset: phos_dask's
+        # command line and local workers off, a baseline revision's and in-process renders NumPy's default
+        "NUMPY_MADVISE_HUGEPAGE": os.environ.get("NUMPY_MADVISE_HUGEPAGE"),
     }
 
 
-def fresh_memory_s_per_gb(mb: int = 256) -> float:
-    """Seconds per GB to touch memory fresh from the kernel, a 4 KiB page at a time. A physical machine
-    takes about 0.1-0.3; a virtual machine whose host backs guest memory lazily, or takes freed memory back,
-    can take many times that, and then every new process's first allocations and every growth of the page
-    cache (files written) pay it: figures from such a machine are noisy, and its fixed costs weigh more."""
-    import mmap
+def fresh_memory_s_per_gb(mb: int = 256, huge_pages: bool = False) -> float:
+    """Seconds per GB to touch a new NumPy array's memory, fresh from the kernel, one byte a page; with
+    `huge_pages`, with NumPy's transparent huge pages on (its default; phos_dask.cluster.HUGEPAGE_ENV),
+    else off. A physical machine takes about 0.1-0.3 (less with huge pages); a virtual machine whose host
+    backs guest memory lazily, or takes freed memory back, can take many times that (with huge pages, 1.5-5
+    on this project's VM at times), and then every new process's first allocations and every growth of the
+    page cache (files written) pay it: figures from such a machine are noisy, and its fixed costs weigh
+    more."""
+    from numpy._core.multiarray import _get_madvise_hugepage, _set_madvise_hugepage
 
-    region = mmap.mmap(-1, mb << 20)
-    pages = np.frombuffer(region, dtype=np.uint8)
-    t0 = time.perf_counter()
-    pages[::4096] = 1
-    seconds = time.perf_counter() - t0
-    del pages
-    region.close()
+    was = _get_madvise_hugepage()
+    _set_madvise_hugepage(huge_pages)
+    try:
+        pages = np.empty(mb << 20, dtype=np.uint8)
+        t0 = time.perf_counter()
+        pages[::4096] = 1
+        seconds = time.perf_counter() - t0
+        del pages
+    finally:
+        _set_madvise_hugepage(was)
     return round(seconds * 1024 / mb, 3)
 
 
