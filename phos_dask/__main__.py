@@ -12,7 +12,9 @@ if __name__ == "__main__":
     os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
     import numpy._core.multiarray
 
-    numpy._core.multiarray._set_madvise_hugepage(os.environ["NUMPY_MADVISE_HUGEPAGE"] != "0")
+    _huge_pages = getattr(numpy._core.multiarray, "_set_madvise_hugepage", None)  # NumPy's switch (private)
+    if _huge_pages is not None:
+        _huge_pages(os.environ["NUMPY_MADVISE_HUGEPAGE"] != "0")
 
 from phos_dask.cli import main  # after the environment OpenCV reads as it loads
 
