@@ -19,7 +19,8 @@ What it does, in one process (the 300 MP job runs in a child process of its own)
    timed end to end (discovery, header probes, decode, model, Zarr writes, report).
    Dask overhead = job seconds per image / loop seconds per image − 1 (negative: the cluster was faster).
 4. Correctness: level 0 of the first image in the job's store, moved to (h, w, c), must equal the
-   in-process render of the same file bit for bit (PASS/FAIL).
+   in-process render of the same file bit for bit (PASS/FAIL). The cluster's start (``startup_s``) and
+   close (``close_s``: the client and cluster closing, worker processes joined) are timed as well.
 5. Big input (``--big``, default on): one 20000×15000 JPEG (quality 90; making it peaks near 2 GB in this
    process: the 900 MB enlargement plus OpenCV's encoder), run as its own job with the default tile size
    and whole-image limit on a fresh cluster in a fresh process. Each worker's peak resident set is read
@@ -324,10 +325,13 @@ def run_jobs(bucket: Path, workdir: Path, source: Path, workers: int, repeats: i
             if r < repeats - 1 or not keep:
                 shutil.rmtree(store, ignore_errors=True)
         workers_mem = client.run(peak_memory)
+        t0 = time.perf_counter()
+    close = time.perf_counter() - t0
     best = min(runs, key=lambda run: run["wall_s"])
     n = max(1, len(best["images"]))
     return {
-        "cluster": {"workers": workers, "threads_per_worker": 1, "startup_s": round(startup, 3)},
+        "cluster": {"workers": workers, "threads_per_worker": 1, "startup_s": round(startup, 3),
+                    "close_s": round(close, 3)},
         "warmup": warm,
         "runs": runs,
         "best_s": best["wall_s"],
@@ -490,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"job:    {job['seconds_per_image']:.3f} s/image, {job['mp_per_s']:.2f} MP/s; "
               f"Dask overhead {overhead:+.1%} vs the model loop, {overhead_same_work:+.1%} vs the same work "
               "in-process", flush=True)
+        print(f"cluster: started in {job['cluster']['startup_s']:.2f} s, closed in {job['cluster']['close_s']:.2f} s",
+              flush=True)
         check = job["check"]
         print(f"check:  {'PASS' if check['equal'] else 'FAIL'} ({check['source']}: store level 0 vs in-process)",
               flush=True)

@@ -191,6 +191,35 @@ def test_local_workers_use_numpys_huge_pages_only_when_the_environment_asks(aske
         assert list(client.run(_huge_pages).values()) == [asked == "1"]
 
 
+def _report_freeze_count_at_exit(path: str) -> None:
+    import atexit
+    import gc
+
+    atexit.register(lambda: Path(path).write_text(str(gc.get_freeze_count())))
+
+
+def test_a_closing_local_worker_leaves_nothing_for_the_collector_to_walk_as_its_process_exits(tmp_path):
+    """A local worker's exit does not wait on a last garbage collection over numba's and LLVM's objects
+    (phos_dask.worker_setup.dask_teardown): by the time its process runs its exit handlers, what it held is
+    frozen. An in-process worker's interpreter goes on, so its objects are left collectable."""
+    import gc
+
+    from phos_dask import worker_setup
+    from phos_dask.cluster import connect
+
+    report = tmp_path / "freeze-count"
+    with connect(workers=1, dashboard_address="127.0.0.1:0") as client:
+        client.run(_report_freeze_count_at_exit, str(report))
+        assert list(client.run(gc.get_freeze_count).values()) == [0]
+    deadline = time.monotonic() + 30
+    while not report.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert int(report.read_text()) > 10_000
+    before = gc.get_freeze_count()
+    worker_setup.dask_teardown(None)
+    assert gc.get_freeze_count() == before
+
+
 def test_the_command_line_turns_numpys_huge_pages_off_unless_asked():
     script = ("import runpy, sys\n"
               "sys.argv = ['phos_dask', 'films']\n"
