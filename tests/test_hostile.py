@@ -328,6 +328,19 @@ def test_ctrl_c_is_one_line_and_exit_130_without_waiting_out_the_lease(tmp_path,
     assert not (tmp_path / "o.zarr" / "_lease.json").exists()
 
 
+def test_the_worker_preload_imported_elsewhere_leaves_ctrl_c_alone():
+    """Only a local worker's own process ignores SIGINT (phos_dask.worker_setup): a test or a program that
+    imports the module keeps its Ctrl-C, and so do the programs it starts (an ignored signal is inherited)."""
+    script = ("import signal, subprocess, sys\n"
+              "import phos_dask.worker_setup\n"
+              "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)\n"
+              "child = 'import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)'\n"
+              "print(subprocess.run([sys.executable, '-c', child], capture_output=True, text=True).stdout.strip())\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "True"]
+
+
 class _Kept(logging.Handler):
     def __init__(self) -> None:
         super().__init__()

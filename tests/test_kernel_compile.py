@@ -191,30 +191,46 @@ def test_local_workers_use_numpys_huge_pages_only_when_the_environment_asks(aske
         assert list(client.run(_huge_pages).values()) == [asked == "1"]
 
 
-def _report_freeze_count_at_exit(path: str) -> None:
+def _hold_objects_and_report_the_unfrozen_at_exit(path: str) -> None:
+    """In a worker: keep 50 000 containers alive (what a job leaves behind: plans, caches, compiled kernels)
+    and, as the process exits, write how many objects the garbage collector would still walk."""
     import atexit
     import gc
 
-    atexit.register(lambda: Path(path).write_text(str(gc.get_freeze_count())))
+    held = [[] for _ in range(50_000)]
+    atexit.register(lambda: Path(path).write_text(str(len(gc.get_objects()) + 0 * len(held))))
 
 
-def test_a_closing_local_worker_leaves_nothing_for_the_collector_to_walk_as_its_process_exits(tmp_path):
-    """A local worker's exit does not wait on a last garbage collection over numba's and LLVM's objects
-    (phos_dask.worker_setup.dask_teardown): by the time its process runs its exit handlers, what it held is
-    frozen. An in-process worker's interpreter goes on, so its objects are left collectable."""
+def _collector() -> tuple[bool, int]:
+    import gc
+
+    return gc.isenabled(), gc.get_freeze_count()
+
+
+def test_a_local_workers_start_up_and_its_exit_cost_no_garbage_collection(tmp_path):
+    """phos_dask.worker_setup: a local worker's process loads its kernels with the collector off, then
+    freezes what the start-up made out of it and turns it on again; as the worker closes, what it holds is
+    frozen as well, so its exit does not wait on a last collection over numba's and LLVM's objects. A
+    worker inside another process (here: the import into the test's) leaves the collector alone."""
     import gc
 
     from phos_dask import worker_setup
     from phos_dask.cluster import connect
 
-    report = tmp_path / "freeze-count"
-    with connect(workers=1, dashboard_address="127.0.0.1:0") as client:
-        client.run(_report_freeze_count_at_exit, str(report))
-        assert list(client.run(gc.get_freeze_count).values()) == [0]
+    report = tmp_path / "unfrozen-at-exit"
+    with connect(workers=1, dashboard_address="127.0.0.1:0", warm=Settings(film="Portra400")) as client:
+        deadline = time.monotonic() + 120
+        while not (state := next(iter(client.run(_collector).values())))[0] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        enabled, at_start = state
+        assert enabled
+        assert at_start > 10_000  # modules, numba's and LLVM's objects
+        client.run(_hold_objects_and_report_the_unfrozen_at_exit, str(report))
     deadline = time.monotonic() + 30
     while not report.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert int(report.read_text()) > 10_000
+    assert int(report.read_text()) < 1000
+    assert gc.isenabled()
     before = gc.get_freeze_count()
     worker_setup.dask_teardown(None)
     assert gc.get_freeze_count() == before
