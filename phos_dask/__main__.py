@@ -15,6 +15,13 @@ if __name__ == "__main__":
     _huge_pages = getattr(numpy._core.multiarray, "_set_madvise_hugepage", None)  # NumPy's switch (private)
     if _huge_pages is not None:
         _huge_pages(os.environ["NUMPY_MADVISE_HUGEPAGE"] != "0")
+    if sys.argv[1:2] == ["preview"]:
+        import gc
+
+        # One image, start to finish: without the garbage collector's passes over the objects the imports
+        # and numba's kernel loads make, the command took 0.12-0.15 s less (median and best of 10). Arrays
+        # are freed by their reference counts either way; the few cycles a preview makes wait for the exit.
+        gc.disable()
 
 from phos_dask.cli import main  # after the environment OpenCV reads as it loads
 

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numba
 import numpy as np
 import pytest
@@ -250,6 +251,25 @@ def test_the_command_line_turns_numpys_huge_pages_off_unless_asked():
                               timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.strip().splitlines()[-1] == expected
+
+
+def test_only_a_preview_runs_without_the_garbage_collector(small_photo, tmp_path):
+    """`python -m phos_dask preview` renders one image and exits: it leaves the collector off (phos_dask's
+    __main__); a command that may work through a whole archive (run, export) keeps it on."""
+    photo = tmp_path / "p.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(small_photo[:64, :96], cv2.COLOR_RGB2BGR))
+    script = ("import gc, runpy, sys\n"
+              "sys.argv = ['phos_dask', *sys.argv[1:]]\n"
+              "try:\n    runpy.run_module('phos_dask', run_name='__main__')\n"
+              "except SystemExit:\n    pass\n"
+              "print(gc.isenabled())\n")
+    preview = ["preview", str(photo), "-o", str(tmp_path / "p.jpg"), "--film", "NC200"]
+    export = ["export", str(tmp_path / "none.zarr"), "--to", str(tmp_path / "x")]
+    for command, enabled in ((preview, "False"), (["films"], "True"), (export, "True")):
+        proc = subprocess.run([sys.executable, "-c", script, *command], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.stdout.strip().splitlines()[-1] == enabled, (command, proc.stdout, proc.stderr)
+    assert (tmp_path / "p.jpg").is_file()
 
 
 def test_the_cpu_kernels_avoid_what_numba_compiles_slowly():
