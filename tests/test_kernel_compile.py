@@ -199,7 +199,7 @@ def _hold_objects_and_report_the_unfrozen_at_exit(path: str) -> None:
     import gc
 
     held = [[] for _ in range(50_000)]
-    atexit.register(lambda: Path(path).write_text(str(len(gc.get_objects()) + 0 * len(held))))
+    atexit.register(lambda held=held: Path(path).write_text(str(len(gc.get_objects()))))
 
 
 def _collector() -> tuple[bool, int]:
@@ -237,20 +237,28 @@ def test_a_local_workers_start_up_and_its_exit_cost_no_garbage_collection(tmp_pa
     assert gc.get_freeze_count() == before
 
 
-def test_the_command_line_turns_numpys_huge_pages_off_unless_asked():
+def _after_the_command(command: list[str], expression: str, env: dict[str, str] | None = None
+                       ) -> tuple[subprocess.CompletedProcess, str]:
+    """Run `python -m phos_dask COMMAND` (its __main__, through runpy) in a fresh interpreter and print
+    `expression` there once the command is over: the process and that last line."""
     script = ("import runpy, sys\n"
-              "sys.argv = ['phos_dask', 'films']\n"
+              "sys.argv = ['phos_dask', *sys.argv[1:]]\n"
               "try:\n    runpy.run_module('phos_dask', run_name='__main__')\n"
               "except SystemExit:\n    pass\n"
-              "from numpy._core.multiarray import _get_madvise_hugepage\n"
-              "print(_get_madvise_hugepage())\n")
+              f"print({expression})\n")
+    proc = subprocess.run([sys.executable, "-c", script, *command], capture_output=True, text=True, env=env,
+                          timeout=120)
+    return proc, proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+
+
+def test_the_command_line_turns_numpys_huge_pages_off_unless_asked():
+    huge_pages = "__import__('numpy._core.multiarray', fromlist=['_'])._get_madvise_hugepage()"
     env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
     for asked, expected in ((None, "False"), ("1", "True")):
         run_env = env if asked is None else {**env, "NUMPY_MADVISE_HUGEPAGE": asked}
-        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=run_env,
-                              timeout=120)
+        proc, last = _after_the_command(["films"], huge_pages, run_env)
         assert proc.returncode == 0, proc.stderr
-        assert proc.stdout.strip().splitlines()[-1] == expected
+        assert last == expected
 
 
 def test_only_a_preview_runs_without_the_garbage_collector(small_photo, tmp_path):
@@ -258,17 +266,11 @@ def test_only_a_preview_runs_without_the_garbage_collector(small_photo, tmp_path
     __main__); a command that may work through a whole archive (run, export) keeps it on."""
     photo = tmp_path / "p.png"
     cv2.imwrite(str(photo), cv2.cvtColor(small_photo[:64, :96], cv2.COLOR_RGB2BGR))
-    script = ("import gc, runpy, sys\n"
-              "sys.argv = ['phos_dask', *sys.argv[1:]]\n"
-              "try:\n    runpy.run_module('phos_dask', run_name='__main__')\n"
-              "except SystemExit:\n    pass\n"
-              "print(gc.isenabled())\n")
     preview = ["preview", str(photo), "-o", str(tmp_path / "p.jpg"), "--film", "NC200"]
     export = ["export", str(tmp_path / "none.zarr"), "--to", str(tmp_path / "x")]
     for command, enabled in ((preview, "False"), (["films"], "True"), (export, "True")):
-        proc = subprocess.run([sys.executable, "-c", script, *command], capture_output=True, text=True,
-                              timeout=120)
-        assert proc.stdout.strip().splitlines()[-1] == enabled, (command, proc.stdout, proc.stderr)
+        proc, last = _after_the_command(command, "__import__('gc').isenabled()")
+        assert last == enabled, (command, proc.stdout, proc.stderr)
     assert (tmp_path / "p.jpg").is_file()
 
 
