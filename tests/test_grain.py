@@ -4,6 +4,7 @@ the look against the original app and across resolutions."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import itertools
 import random
 
@@ -215,7 +216,7 @@ def test_from_scale_one_up_the_single_curve_path_runs(monkeypatch, small_photo):
     modes = []
 
     def finish(*args):  # the fused pass: mode 1 is its after-curve blend
-        modes.append(args[28])
+        modes.append(inspect.signature(fused).bind(*args).arguments["mode"])
         return fused(*args)
 
     monkeypatch.setattr(_cpu, "finish", finish)

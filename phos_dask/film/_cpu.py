@@ -153,34 +153,74 @@ def front_linear(lin, matrix, factors, use_factors, out):
                 out[c, y, x] = _exposure(lin[y, x, 0], lin[y, x, 1], lin[y, x, 2], m0, m1, m2, fac, use_factors)
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _add_excess_row(sr, cmap, ja, jb, thr, acc):
+    """acc[x] += (sr[cmap[x]] − thr)₊ for every x; cmap[ja:jb] is one run of consecutive columns (a slice,
+    so that loop vectorises)."""
+    ncol = cmap.shape[0]
+    for x in range(ja):
+        acc[x] += _excess(sr[cmap[x]], thr)
+    c0 = cmap[ja]
+    mid = sr[c0 : c0 + jb - ja]
+    am = acc[ja:jb]
+    for x in range(jb - ja):
+        am[x] += _excess(mid[x], thr)
+    for x in range(jb, ncol):
+        acc[x] += _excess(sr[cmap[x]], thr)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _cell_means(acc, f, scale, out_row):
+    """out_row[i] = scale · Σ_b acc[i·f + b]: the row's f×f cell sums from its f rows' column sums."""
+    for i in range(out_row.shape[0]):
+        s = _f32(0.0)
+        for b in range(f):
+            s += acc[i * f + b]
+        out_row[i] = s * scale
+
+
 @kernel
 def cells(src, rmap, cmap, f, thr, eta):
     nr, nc = rmap.shape[0] // f, cmap.shape[0] // f
     ncol = cmap.shape[0]
     out = np.empty((nr, nc), dtype=np.float32)
     scale = _f32(eta / (f * f))
-    zero = _f32(0.0)
     ja, jb = _longest_run(cmap)
-    c0 = cmap[ja]
     for j in prange(nr):
         acc = np.empty(ncol, dtype=np.float32)
         for x in range(ncol):
-            acc[x] = zero
+            acc[x] = _f32(0.0)
         for a in range(f):
-            sr = src[rmap[j * f + a]]
-            for x in range(ja):
-                acc[x] += _excess(sr[cmap[x]], thr)
-            mid = sr[c0 : c0 + jb - ja]
-            am = acc[ja:jb]
-            for x in range(jb - ja):
-                am[x] += _excess(mid[x], thr)
-            for x in range(jb, ncol):
-                acc[x] += _excess(sr[cmap[x]], thr)
-        for i in range(nc):
-            s = zero
-            for b in range(f):
-                s += acc[i * f + b]
-            out[j, i] = s * scale
+            _add_excess_row(src[rmap[j * f + a]], cmap, ja, jb, thr, acc)
+        _cell_means(acc, f, scale, out[j])
+    return out
+
+
+@kernel
+def cells_composed(X, xy, xx, bloom, has_bloom, rj, rw0, rw1, cj, cw0, cw1, bthr, beta, rmap, cmap, f, thr, eta):
+    """`cells` of S = the bloom stage's output, clip01(kept(X) + up(bloom)) as `compose` makes it from X
+    (rows and columns offset by xy, xx) and the bloom's blurred cells, without S stored: each row of S that
+    the cells read (rmap, in S's coordinates) is composed as it is read. The same sums, bit for bit."""
+    nr, nc = rmap.shape[0] // f, cmap.shape[0] // f
+    ncol = cmap.shape[0]
+    ws = cj.shape[0]
+    out = np.empty((nr, nc), dtype=np.float32)
+    scale = _f32(eta / (f * f))
+    ja, jb = _longest_run(cmap)
+    for j in prange(nr):
+        acc = np.empty(ncol, dtype=np.float32)
+        brow = np.empty(bloom.shape[1], dtype=np.float32)
+        up = np.empty(ws, dtype=np.float32)
+        sr = np.empty(ws, dtype=np.float32)
+        for x in range(ncol):
+            acc[x] = _f32(0.0)
+        for a in range(f):
+            y = rmap[j * f + a]
+            if has_bloom:
+                _blurred_row(bloom, y, rj, rw0, rw1, brow)
+            _compose_row(X[xy + y, xx : xx + ws], brow, has_bloom, cj, cw0, cw1, bthr, beta, up, sr)
+            _add_excess_row(sr, cmap, ja, jb, thr, acc)
+        _cell_means(acc, f, scale, out[j])
     return out
 
 
@@ -494,6 +534,7 @@ def _composed_row(S, sy, sx, y, c, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1
 
 @kernel
 def finish(S, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, etas,
+           composed, bl, has_bl, brj, brw0, brw1, bcj, bcw0, bcw1, bthr, betas,
            X, xy, xx, rmap, cmap, gy0, gx0, keys, T, dT, taps, coef, nscale, wd, ws,
            mode, tone, r, G, gbase, gshift, gscale, steps, thresholds, starts, base, shift, threads, out):
     """The last blur stage's compose, the grain planes and S6–S8 fused, row by row: what `compose`
@@ -502,7 +543,10 @@ def finish(S, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, etas,
     the same bits, without the full-size Y' and noise planes (filmic codes by `_pixel.bits_code`: G, gbase,
     gshift, gscale from `tone.code_guesses`, steps from `tone.code_tables`). out (h, w, C) codes. Each thread
     takes a run of rows and keeps only the 2r+1 rows of unblurred noise in flight per plane (r the grain
-    radius), so its scratch stays in cache; `threads` sets the number of runs (4 per thread)."""
+    radius), so its scratch stays in cache; `threads` sets the number of runs (4 per thread).
+    `composed`: S is not stored but made row by row where it is read, as `compose` makes the bloom stage's
+    output from X with the blurred cells `bl` (has_bl, interpolation brj, brw0, brw1 over S's rows and bcj,
+    bcw0, bcw1 over its columns, threshold bthr, betas per channel); S itself is then not read."""
     h, w, C = out.shape
     P = keys.shape[0]
     rad = (taps.shape[0] - 1) // 2
@@ -511,6 +555,7 @@ def finish(S, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, etas,
     sh = np.uint32(shift)
     gsh = np.uint32(gshift)
     ja, jb = _longest_run(cmap)
+    bcj_s, bcw0_s, bcw1_s = bcj[sx : sx + w], bcw0[sx : sx + w], bcw1[sx : sx + w]
     chunks = min(h, 4 * threads)
     for ch in prange(chunks):
         lo = ch * h // chunks
@@ -525,6 +570,8 @@ def finish(S, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, etas,
         yp = np.empty(w, dtype=np.float32)
         up = np.empty(w, dtype=np.float32)
         brow = np.empty(blurred.shape[2], dtype=np.float32)
+        bbrow = np.empty(bl.shape[2], dtype=np.float32)
+        srow = np.empty(w, dtype=np.float32)
         F = np.empty(w, dtype=np.float32)
         F0 = np.empty(w, dtype=np.float32)
         for p in range(P):  # the first rows in flight: those of output row lo's window but its last
@@ -540,10 +587,18 @@ def finish(S, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, etas,
                 _hpass(tmp, taps, rad, rad, noise[p, 0])
             _clipped_noise(noise, 0, nscale, n)
             for c in range(C):
-                _composed_row(S, sy, sx, y, c, blurred, has_blur[c], rj, rw0, rw1, cj, cw0, cw1, thr, etas[c],
-                              brow, up, yp)
-                a, bw = wd[c], ws[c]
                 xr = X[c, xy + y, xx : xx + w]
+                if composed:
+                    if has_bl[c]:
+                        _blurred_row(bl[c], sy + y, brj, brw0, brw1, bbrow)
+                    _compose_row(xr, bbrow, has_bl[c], bcj_s, bcw0_s, bcw1_s, bthr, betas[c], up, srow)
+                    if has_blur[c]:
+                        _blurred_row(blurred[c], y, rj, rw0, rw1, brow)
+                    _compose_row(srow, brow, has_blur[c], cj, cw0, cw1, thr, etas[c], up, yp)
+                else:
+                    _composed_row(S, sy, sx, y, c, blurred, has_blur[c], rj, rw0, rw1, cj, cw0, cw1, thr,
+                                  etas[c], brow, up, yp)
+                a, bw = wd[c], ws[c]
                 for x in range(w):
                     F0[x] = _mixed_base(a, yp[x], bw, xr[x])
                 for x in range(w):

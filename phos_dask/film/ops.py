@@ -141,6 +141,21 @@ def cells(src, rmap, cmap, f: int, thr: float, eta: float):
     return v * float(_f32(eta / (f * f)))
 
 
+def cells_composed(X, xy: int, xx: int, bloom, interp_rows, interp_cols, bthr: float, beta: float, rmap, cmap,
+                   f: int, thr: float, eta: float):
+    """NumPy only: `cells` of S = compose(X, xy, xx, bloom, interp_rows, interp_cols, bthr, beta) (the bloom
+    stage's output, bloom None for zeros) at rows rmap and columns cmap of S, without S stored: the same
+    values as `cells` on the composed array."""
+    from phos_dask.film import _cpu
+
+    rj, rw0, rw1 = interp_rows
+    cj, cw0, cw1 = interp_cols
+    has = bloom is not None
+    b = bloom if has else np.zeros((1, 1), np.float32)
+    return _cpu.cells_composed(X, xy, xx, b, has, rj, rw0, rw1, cj, cw0, cw1, _f32(bthr), _f32(beta), rmap, cmap, f,
+                               _f32(thr), _f32(eta))
+
+
 def blur_valid(src, taps_v: np.ndarray, taps_h: np.ndarray, radii: np.ndarray, out=None):
     """Σ_i (taps_v[i] vertically, then taps_h[i] horizontally), 'valid' part: (h-2r, w-2r)."""
     r = (taps_v.shape[1] - 1) // 2
@@ -368,26 +383,33 @@ def mix_encode(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: np.ndar
 
 def finish(S, sy: int, sx: int, blurred: list, interp_rows, interp_cols, thr: float, etas, X, xy: int, xx: int,
            rmap, cmap, origin: tuple[int, int], keys, taps, coef, nscale, wd, ws, tone_, vmax: int, r: float,
-           tables):
+           tables, composed: tuple | None = None):
     """NumPy only: the last blur stage's `compose` on S (one blurred field or None per channel), the grain
     planes (`grain_noise` for each key, plane p on X[p], rows rmap × columns cmap, X's global origin) and
     `mix_filmic_encode` (tables None; r < 1 blends after the curve) or `mix_encode` (tables), fused into
-    one pass over bands of rows: the same codes (h, w, C), without full-size intermediates."""
+    one pass over bands of rows: the same codes (h, w, C), without full-size intermediates.
+    `composed` = (fields, interp_rows, interp_cols, thr, etas): S is None and stands for the bloom stage's
+    output `compose` makes from X with these (one blurred field or None per channel), made row by row as it
+    is read; (sy, sx) is then where the output's first pixel lies in those fields' rows and columns."""
     import numba
 
     from phos_dask.film import _cpu, grain, tone
     from phos_dask.film.tone import BUCKET_BASE, BUCKET_SHIFT
 
-    C = S.shape[0]
+    C = X.shape[0]
     h, w = len(interp_rows[0]), len(interp_cols[0])
     rj, rw0, rw1 = interp_rows
     cj, cw0, cw1 = interp_cols
-    has = np.array([b is not None for b in blurred], np.bool_)
-    shape = next((b.shape for b in blurred if b is not None), (1, 1))
-    stacked = np.zeros((C, *shape), np.float32)
-    for c, b in enumerate(blurred):
-        if b is not None:
-            stacked[c] = b
+    stacked, has = _stacked(blurred, C)
+    if composed is None:
+        bl, has_bl = np.zeros((C, 1, 1), np.float32), np.zeros(C, np.bool_)
+        b_rows, b_cols, bthr, betas = interp_rows, interp_cols, 0.0, etas
+    else:
+        fields, b_rows, b_cols, bthr, betas = composed
+        bl, has_bl = _stacked(fields, C)
+        S = X
+    brj, brw0, brw1 = b_rows
+    bcj, bcw0, bcw1 = b_cols
     T, dT = grain.normal_table()
     keys = np.array(keys, np.uint64)
     taps = np.zeros(1, np.float32) if taps is None else np.ascontiguousarray(taps, np.float32)
@@ -404,7 +426,20 @@ def finish(S, sy: int, sx: int, blurred: list, interp_rows, interp_cols, thr: fl
         thresholds, starts = _table_arrays(tables)
     out = np.empty((h, w, C), np.uint8 if vmax == 255 else np.uint16)
     _cpu.finish(S, sy, sx, stacked, has, rj, rw0, rw1, cj, cw0, cw1, _f32(thr), np.asarray(etas, np.float32),
-                X, xy, xx, np.asarray(rmap, np.int64), np.asarray(cmap, np.int64), origin[0], origin[1], keys, T,
-                dT, taps, coef, _scales(nscale), wd, ws, mode, tone_c, _f32(r), G, gbase, gshift,
-                _f32(2.0**-gshift), steps, thresholds, starts, BUCKET_BASE, BUCKET_SHIFT, numba.get_num_threads(), out)
+                composed is not None, bl, has_bl, brj, brw0, brw1, bcj, bcw0, bcw1, _f32(bthr),
+                np.asarray(betas, np.float32), X, xy, xx, np.asarray(rmap, np.int64), np.asarray(cmap, np.int64),
+                origin[0], origin[1], keys, T, dT, taps, coef, _scales(nscale), wd, ws, mode, tone_c, _f32(r), G,
+                gbase, gshift, _f32(2.0**-gshift), steps, thresholds, starts, BUCKET_BASE, BUCKET_SHIFT,
+                numba.get_num_threads(), out)
     return out
+
+
+def _stacked(fields: list, C: int) -> tuple[np.ndarray, np.ndarray]:
+    """(C, h, w) float32 of per-channel blurred fields (zeros for None) and which channels have one."""
+    has = np.array([b is not None for b in fields], np.bool_)
+    shape = next((b.shape for b in fields if b is not None), (1, 1))
+    stacked = np.zeros((C, *shape), np.float32)
+    for c, b in enumerate(fields):
+        if b is not None:
+            stacked[c] = b
+    return stacked, has

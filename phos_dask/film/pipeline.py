@@ -305,9 +305,11 @@ def _span(idx: np.ndarray) -> tuple[int, int]:
     return int(idx.min()), int(idx.max()) + 1
 
 
-def _blurred(src, origin, out_box: Box, shape, blur: CoarseBlur, thr: float, eta: float):
+def _blurred(src, origin, out_box: Box, shape, blur: CoarseBlur, thr: float, eta: float, made_from=None):
     """The blurred coarse field of eta·(src − thr)₊ that out_box's pixels interpolate (None when nothing in
-    reach exceeds thr), and the row and column interpolation (`CoarseBlur.interpolation`)."""
+    reach exceeds thr), and the row and column interpolation (`CoarseBlur.interpolation`).
+    made_from = (X, (xy, xx), bloom, interp_rows, interp_cols, bthr, beta): src is not stored but is what
+    `ops.compose` makes of X (src's [0, 0] at X's [xy, xx]) with that bloom field (CPU only; `src` is X)."""
     oy, ox = origin
     y0, y1, x0, x1 = out_box
     rows = reflect_index(np.arange(*blur.source_rows(y0, y1)), shape[0]) - oy
@@ -321,7 +323,11 @@ def _blurred(src, origin, out_box: Box, shape, blur: CoarseBlur, thr: float, eta
     # when one of its pixels does), which saves a scan of the source; elsewhere a scan is cheaper.
     cpu = ops._is_cpu(src)
     if cpu or ops.any_above(src, (*ys, *xs), thr):
-        c = ops.cells(src, rows, cols, blur.f, thr, eta)
+        if made_from is None:
+            c = ops.cells(src, rows, cols, blur.f, thr, eta)
+        else:
+            X, (xy, xx), bloom, b_rows, b_cols, bthr, beta = made_from
+            c = ops.cells_composed(X, xy, xx, bloom, b_rows, b_cols, bthr, beta, rows, cols, blur.f, thr, eta)
         if not cpu or c.any():
             blurred = ops.blur_valid(c, blur.taps_v, blur.taps_h, blur.radii)
     return blurred, ry, rx
@@ -415,26 +421,32 @@ def _fused(src, plan: Plan) -> bool:
 
 
 def _render_fused(X, xo: tuple[int, int], y_box: Box, out_box: Box, shape: tuple[int, int], plan: Plan):
-    """`render_region` from S1–S3's X on: the bloom stage into Y on y_box (colour), then the last blur stage
-    (halation on Y, or bloom on X for B&W), the grain and S6–S8 in one fused pass (`ops.finish`)."""
+    """`render_region` from S1–S3's X on: the bloom stage's blurred cells on y_box (colour), then the last
+    blur stage (halation on the bloom stage's output Y, or bloom on X for B&W), the grain and S6–S8 in one
+    fused pass (`ops.finish`). Y is never stored: the halation's cells and the fused pass compose each row
+    of it from X as they read it."""
     C = plan.channels
     thr = plan.stock.threshold
     y0, x0 = out_box[0], out_box[2]
+    composed = None
     if plan.halation is not None:
-        Y = scratch.array("Y", (C, y_box[1] - y_box[0], y_box[3] - y_box[2]))
-        for c in range(C):
-            _blur_stage(X[c, ...], xo, y_box, shape, plan.bloom, thr, plan.etas[c], Y[c, ...])
-        S, so, blur, sthr, etas = Y, (y_box[0], y_box[2]), plan.halation, HALATION_THRESHOLD, plan.halation_k
+        yo = (y_box[0], y_box[2])
+        at = (yo[0] - xo[0], yo[1] - xo[1])
+        bloom = [_blurred(X[c, ...], xo, y_box, shape, plan.bloom, thr, plan.etas[c]) for c in range(C)]
+        fields = [_blurred(X[c, ...], yo, out_box, shape, plan.halation, HALATION_THRESHOLD, plan.halation_k[c],
+                           (X[c, ...], at, *bloom[c], thr, plan.etas[c])) for c in range(C)]
+        composed = ([b[0] for b in bloom], bloom[0][1], bloom[0][2], thr, plan.etas)
+        S, so, sthr, etas = None, yo, HALATION_THRESHOLD, plan.halation_k
     else:
-        S, so, blur, sthr, etas = X, xo, plan.bloom, thr, plan.etas
-    fields = [_blurred(S[c, ...], so, out_box, shape, blur, sthr, etas[c]) for c in range(C)]
+        S, so, sthr, etas = X, xo, thr, plan.etas
+        fields = [_blurred(X[c, ...], xo, out_box, shape, plan.bloom, thr, etas[c]) for c in range(C)]
     ry, rx = fields[0][1], fields[0][2]
     rows, cols = _grain_maps(out_box, shape, xo, plan.grain_radius)
     keys = plan.grain_keys if plan.has_grain else ()
     out = ops.finish(S, y0 - so[0], x0 - so[1], [f[0] for f in fields], ry, rx, sthr, etas, X, y0 - xo[0],
                      x0 - xo[1], rows, cols, xo, keys, plan.grain_taps, plan.grain_coef, plan.grain_nscale,
                      plan.wd, plan.ws, (plan.stock.tone,) * C, plan.vmax, plan.grain_r,
-                     plan.tables if plan.hd is not None else None)
+                     plan.tables if plan.hd is not None else None, composed)
     return out[..., 0] if C == 1 else out
 
 

@@ -1,12 +1,13 @@
 """Scratch arrays that a CPU render reuses from one render to the next in the same thread.
 
-A 24 MP colour render needs two float32 stacks of about 300 MB each (the exposures X and the bloomed Y).
-Fresh memory costs a page fault per page on first touch, which on a virtual machine can take as long as the
-model's own work on it; `render()` called in a loop keeps them instead. Each thread keeps its own (renders in
-different threads never share one), at most `KEEP_BYTES` in all (PHOS_DASK_SCRATCH_MB, default 1024);
-anything larger is allocated for the render and freed after it. The workers of phos_dask's clusters keep
-none (PHOS_DASK_SCRATCH_MB=0 in `phos_dask.cluster.WORKER_ENV`): their allocator already keeps freed memory
-for the next task (its MALLOC_* settings there), and a worker's threads would otherwise hold a stack each.
+A 24 MP colour render needs a float32 stack of about 300 MB (the exposures X; the bloom stage's output is never
+stored, `pipeline._render_fused`). Fresh memory costs a page fault per page on first touch, which on a virtual
+machine can take as long as the model's own work on it; `render()` called in a loop keeps it instead. Each
+thread keeps its own (renders in different threads never share one), at most `KEEP_BYTES` in all
+(PHOS_DASK_SCRATCH_MB, default 1024); anything larger is allocated for the render and freed after it. The
+workers of phos_dask's clusters keep none (PHOS_DASK_SCRATCH_MB=0 in `phos_dask.cluster.WORKER_ENV`): their
+allocator already keeps freed memory for the next task (its MALLOC_* settings there), and a worker's threads
+would otherwise hold one each.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import threading
 
 import numpy as np
 
-#: Most bytes of scratch one thread keeps between renders (a 24 MP colour render needs about 0.6 GB).
+#: Most bytes of scratch one thread keeps between renders (a 24 MP colour render needs about 0.3 GB).
 KEEP_BYTES = int(os.environ.get("PHOS_DASK_SCRATCH_MB", "1024")) << 20
 
 _local = threading.local()
