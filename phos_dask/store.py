@@ -61,7 +61,16 @@ OS_LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", ".directory"})
 
 
 def fast_compressor() -> BloscCodec:
-    """LZ4 with byte shuffle: GB/s both ways, so storage never paces the model."""
+    """The output's codec, LZ4 with bit shuffle: GB/s both ways, so storage never paces the model. On a
+    grainy 24 MP render (uint16, one core) it encodes in half the time byte shuffle took (0.095 vs 0.185 s)
+    and decodes faster (0.057 vs 0.102 s), to a size no larger (ratio 1.16 vs 1.15; 8-bit 1.39 vs 1.31)."""
+    return BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
+
+
+def staging_compressor() -> BloscCodec:
+    """The staged input's codec, LZ4 with byte shuffle: a decoded photograph's bytes are smooth, and tiles
+    decode each staged chunk up to nine times (their windows overlap), where byte shuffle decodes twice as
+    fast as bit shuffle."""
     return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 
 

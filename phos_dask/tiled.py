@@ -20,7 +20,7 @@ from phos_dask.pyramid import downsample2
 from phos_dask.shards import chunk_codec, encode_chunk
 from phos_dask.sources import SourceItem
 from phos_dask.storage import Location, options_for
-from phos_dask.store import METADATA, ImageLayout, fast_compressor, staging_path
+from phos_dask.store import METADATA, ImageLayout, staging_compressor, staging_path
 from phos_dask.taskflow import ImageContext, ImageResult, JobConfig, Staged, Stages, TileDone
 from phos_dask.taskkit import InputError, as_failure, chw, complete, guard, limit_kernel_threads, provenance
 
@@ -81,7 +81,7 @@ def prepare_tiles(cfg: JobConfig, item: SourceItem, image: np.ndarray, digest: s
     side = tiling.tile
     chunks = (side, side, 3) if image.ndim == 3 else (side, side)
     staged = zarr.create_array(store=out.url_of(staging_path(item.key)), shape=image.shape, dtype=image.dtype,
-                               chunks=chunks, overwrite=True, fill_value=0, compressors=fast_compressor(),
+                               chunks=chunks, overwrite=True, fill_value=0, compressors=staging_compressor(),
                                storage_options=options_for(cfg.out_url, cfg.storage_options) or None)
     codec = chunk_codec(staged.metadata.to_dict()["codecs"])
     boxes = {}
