@@ -47,6 +47,7 @@ WORKER_ENV = {
     "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
     "MALLOC_TRIM_THRESHOLD_": str((1 << 31) - 1),
     "MALLOC_ARENA_MAX": "1",  # tasks run in worker threads, whose own arenas would mmap every big array
+    "PHOS_DASK_SCRATCH_MB": "0",  # the heap above keeps a render's big arrays: no per-thread scratch too
 }
 #: The environment variable that hands a local worker the job's settings (JSON) to load its kernels for.
 WARM_ENV = "PHOS_DASK_WARM"

@@ -106,28 +106,27 @@ def _mark(settings) -> None:
             f.write(json.dumps(settings.to_dict()) + "\n")
 
 
-def finish_signature(settings, source=np.uint8):
+def finish_signature(settings):
     """The argument types of the largest kernel a photograph needs (`_cpu.finish`: the last blur stage, grain
-    and encode fused, for integer output), known without running the stages before it, for input decoded
-    to `source` codes (8-bit: JPEGs and most PNGs and TIFFs); None for float output."""
+    and encode fused, for integer output), known without running the stages before it; None for float
+    output."""
     from numba import types as nt
-    from numba.np import numpy_support
 
     if np.dtype(settings.dtype).kind != "u":
         return None
-    f32, i64, b = nt.float32, nt.int64, nt.boolean
+    f32, i64 = nt.float32, nt.int64
 
     def array(dtype, ndim=1):
         return nt.Array(dtype, ndim, "C")
 
     out = nt.uint8 if np.dtype(settings.dtype) == np.uint8 else nt.uint16
     interp = (array(i64), array(f32), array(f32))
-    fields = (array(f32, 3), array(b), *interp, *interp)
-    front = (array(numpy_support.from_dtype(np.dtype(source)), 3), array(f32), array(f32, 2), array(f32), b)
-    return (*front, i64, i64, i64, i64, *fields, f32, array(f32), b, *fields, f32, array(f32),
-            array(i64), array(i64), i64, i64, array(nt.uint64), array(f32), array(f32), array(f32), array(f32, 2),
-            array(f32), array(f32), array(f32), i64, array(f32, 2), f32, array(f32), i64, i64, f32, array(f32),
-            array(f32, 2), array(nt.int32, 2), i64, i64, i64, array(out, 3))
+    return (array(f32, 3), i64, i64, array(f32, 3), array(nt.boolean), *interp, *interp, f32, array(f32),
+            nt.boolean, array(f32, 3), array(nt.boolean), *interp, *interp, f32, array(f32),
+            array(f32, 3), i64, i64, array(i64), array(i64), i64, i64, array(nt.uint64), array(f32), array(f32),
+            array(f32), array(f32, 2), array(f32), array(f32), array(f32), i64, array(f32, 2), f32,
+            array(f32), i64, i64, f32, array(f32), array(f32, 2), array(nt.int32, 2), i64, i64, i64,
+            array(out, 3))
 
 
 def precompile(settings) -> None:

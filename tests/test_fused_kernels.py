@@ -31,8 +31,7 @@ def _both(monkeypatch, fn):
 
 CASES = [
     # film, dtype, grain, hd_curve, (h, w), input: colour and B&W, filmic and H&D-table codes, s < 1 (blend
-    # after the curve) and s ≥ 1, grain on and off; 8- and 16-bit codes and float sRGB or linear input (the
-    # fused passes make X from each kind as `front` does)
+    # after the curve) and s ≥ 1, grain on and off; 8- and 16-bit codes and float sRGB or linear input
     ("Portra400", "uint8", "default", False, (300, 420), np.uint8),
     ("Cinestill800T", "uint16", "coarse", False, (260, 300), np.uint8),
     ("HP5Plus400", "uint8", "default", True, (3000, 3100), np.uint8),
@@ -164,15 +163,39 @@ def test_the_cells_tell_when_nothing_exceeds_the_threshold():
     assert blurred is not None and blurred.max() > 0
 
 
-def test_renders_give_the_same_bits_in_any_order_and_from_several_threads():
-    """Nothing of one render carries over to the next, nor between renders running at once in threads."""
+def test_renders_that_reuse_a_threads_scratch_give_the_same_bits_as_fresh_ones():
+    """A thread keeps its scratch arrays (bounded) from one render to the next; a larger image grows them, a
+    smaller one uses a part; results do not depend on what ran before, nor on other threads' renders."""
     from concurrent.futures import ThreadPoolExecutor
 
-    st = Settings(film="Cinestill800T", seed=5, image_key="order")
+    from phos_dask.film import scratch
+
+    st = Settings(film="Cinestill800T", seed=5, image_key="scratch")
     images = [_image(210, 330, 11), _image(420, 380, 12), _image(150, 170, 13)]
-    first = [render(img, st) for img in images]
-    for img, want in zip(images[::-1], first[::-1], strict=True):
+    scratch.release()
+    fresh = []
+    for img in images:
+        fresh.append(render(img, st))
+        scratch.release()
+    assert scratch.kept_bytes() == 0
+    for img, want in zip(images + images[::-1], fresh + fresh[::-1], strict=True):
         np.testing.assert_array_equal(render(img, st), want)
+    assert 0 < scratch.kept_bytes() <= scratch.KEEP_BYTES
     with ThreadPoolExecutor(3) as pool:
-        for got, want in zip(pool.map(lambda i: render(images[i % 3], st), range(12)), first * 4, strict=True):
+        for got, want in zip(pool.map(lambda i: render(images[i % 3], st), range(12)), fresh * 4, strict=True):
             np.testing.assert_array_equal(got, want)
+    scratch.release()
+    assert scratch.kept_bytes() == 0
+
+
+def test_scratch_past_the_keep_limit_is_not_kept(monkeypatch):
+    from phos_dask.film import scratch
+
+    scratch.release()
+    monkeypatch.setattr(scratch, "KEEP_BYTES", 1000)
+    a = scratch.array("X", (10, 20))  # 800 bytes: kept
+    assert scratch.kept_bytes() == 800
+    b = scratch.array("Y", (10, 20))  # 800 more would pass the limit: used once, not kept
+    assert scratch.kept_bytes() == 800 and not np.shares_memory(a, b)
+    assert np.shares_memory(scratch.array("X", (5, 5)), a)  # a smaller request reuses the kept buffer
+    scratch.release()

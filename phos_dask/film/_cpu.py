@@ -29,7 +29,7 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, prange
 from numba import types as nt
-from numba.extending import intrinsic, overload
+from numba.extending import intrinsic
 
 from phos_dask.film import _pixel
 
@@ -122,49 +122,6 @@ _code = _inline(_pixel.table_code)
 _bits_code = _inline(_pixel.bits_code)
 
 
-def _linear(v, table):
-    """S1 of one input sample: table[v] for integer codes (`colour.input_table`), v itself for float input
-    already made linear (float32). Kernels call it through the overload below, chosen by v's type."""
-    return table[v] if isinstance(v, (int, np.integer)) else v
-
-
-@overload(_linear, inline="always")
-def _linear_overload(v, table):
-    if isinstance(v, nt.Integer):
-        return lambda v, table: table[v]
-    return lambda v, table: v
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def _lin_row(src, table, y, x0, n, lin):
-    """lin[k, j] = S1 of src[y, x0 + j, k] for j < n: the linear r, g, b of a row's run of pixels."""
-    row = src[y]
-    for j in range(n):
-        lin[0, j] = _linear(row[x0 + j, 0], table)
-        lin[1, j] = _linear(row[x0 + j, 1], table)
-        lin[2, j] = _linear(row[x0 + j, 2], table)
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def _exposure_row(lin, matrix, factors, use_factors, c, n, out):
-    """out[j] = X_c, layer c's exposure (S1–S3, as `front_lut` computes it), from lin's first n pixels."""
-    m0, m1, m2 = matrix[c, 0], matrix[c, 1], matrix[c, 2]
-    fac = factors[c]
-    r, g, b = lin[0], lin[1], lin[2]
-    for j in range(n):
-        out[j] = _exposure(r[j], g[j], b[j], m0, m1, m2, fac, use_factors)
-
-
-@njit(cache=True, error_model="numpy")
-def _span_of(cmap):
-    """(lo, hi): the columns a reflected index map reads lie in lo..hi-1."""
-    lo, hi = cmap[0], cmap[0]
-    for v in cmap:
-        lo = min(lo, v)
-        hi = max(hi, v)
-    return lo, hi + 1
-
-
 @kernel
 def front_lut(img, table, matrix, factors, use_factors, out):
     h, w = img.shape[0], img.shape[1]
@@ -240,70 +197,30 @@ def cells(src, rmap, cmap, f, thr, eta):
 
 
 @kernel
-def cells_front(src, table, matrix, factors, use_factors, rmap, cmap, f, thr, etas):
-    """`cells` of every layer c of X (S1–S3 of src, as `front_lut`/`front_linear` make it; etas[c]), without
-    X stored: each row of X the cells read is made from src as it is read. (C, nr, nc), the same sums as
-    `cells` on X[c]."""
-    C = matrix.shape[0]
-    nr, nc = rmap.shape[0] // f, cmap.shape[0] // f
-    ncol = cmap.shape[0]
-    out = np.empty((C, nr, nc), dtype=np.float32)
-    lo, hi = _span_of(cmap)
-    cm = np.empty(ncol, dtype=np.int64)
-    for x in range(ncol):
-        cm[x] = cmap[x] - lo
-    ja, jb = _longest_run(cm)
-    for j in prange(nr):
-        acc = np.empty((C, ncol), dtype=np.float32)
-        lin = np.empty((3, hi - lo), dtype=np.float32)
-        xr = np.empty(hi - lo, dtype=np.float32)
-        for c in range(C):
-            for x in range(ncol):
-                acc[c, x] = _f32(0.0)
-        for a in range(f):
-            _lin_row(src, table, rmap[j * f + a], lo, hi - lo, lin)
-            for c in range(C):
-                _exposure_row(lin, matrix, factors, use_factors, c, hi - lo, xr)
-                _add_excess_row(xr, cm, ja, jb, thr, acc[c])
-        for c in range(C):
-            _cell_means(acc[c], f, _f32(etas[c] / (f * f)), out[c, j])
-    return out
-
-
-@kernel
-def cells_composed(src, table, matrix, factors, use_factors, xy, xx, bloom, has_bloom, rj, rw0, rw1, cj, cw0, cw1,
-                   bthr, betas, rmap, cmap, f, thr, etas):
-    """`cells` of every layer c of S = the bloom stage's output, clip01(kept(X_c) + up(bloom[c])) as
-    `compose` makes it (X from src as in `cells_front`, S's [0, 0] at X's [xy, xx]; has_bloom[c] False for
-    zeros), without X or S stored: each row of S that the cells read (rmap, in S's coordinates) is made
-    from src as it is read. (C, nr, nc), the same sums as `cells` on the stored S[c] with etas[c]."""
-    C = matrix.shape[0]
+def cells_composed(X, xy, xx, bloom, has_bloom, rj, rw0, rw1, cj, cw0, cw1, bthr, beta, rmap, cmap, f, thr, eta):
+    """`cells` of S = the bloom stage's output, clip01(kept(X) + up(bloom)) as `compose` makes it from X
+    (rows and columns offset by xy, xx) and the bloom's blurred cells, without S stored: each row of S that
+    the cells read (rmap, in S's coordinates) is composed as it is read. The same sums, bit for bit."""
     nr, nc = rmap.shape[0] // f, cmap.shape[0] // f
     ncol = cmap.shape[0]
     ws = cj.shape[0]
-    out = np.empty((C, nr, nc), dtype=np.float32)
+    out = np.empty((nr, nc), dtype=np.float32)
+    scale = _f32(eta / (f * f))
     ja, jb = _longest_run(cmap)
     for j in prange(nr):
-        acc = np.empty((C, ncol), dtype=np.float32)
-        brow = np.empty(bloom.shape[2], dtype=np.float32)
-        lin = np.empty((3, ws), dtype=np.float32)
-        xr = np.empty(ws, dtype=np.float32)
+        acc = np.empty(ncol, dtype=np.float32)
+        brow = np.empty(bloom.shape[1], dtype=np.float32)
         up = np.empty(ws, dtype=np.float32)
         sr = np.empty(ws, dtype=np.float32)
-        for c in range(C):
-            for x in range(ncol):
-                acc[c, x] = _f32(0.0)
+        for x in range(ncol):
+            acc[x] = _f32(0.0)
         for a in range(f):
             y = rmap[j * f + a]
-            _lin_row(src, table, xy + y, xx, ws, lin)
-            for c in range(C):
-                _exposure_row(lin, matrix, factors, use_factors, c, ws, xr)
-                if has_bloom[c]:
-                    _blurred_row(bloom[c], y, rj, rw0, rw1, brow)
-                _compose_row(xr, brow, has_bloom[c], cj, cw0, cw1, bthr, betas[c], up, sr)
-                _add_excess_row(sr, cmap, ja, jb, thr, acc[c])
-        for c in range(C):
-            _cell_means(acc[c], f, _f32(etas[c] / (f * f)), out[c, j])
+            if has_bloom:
+                _blurred_row(bloom, y, rj, rw0, rw1, brow)
+            _compose_row(X[xy + y, xx : xx + ws], brow, has_bloom, cj, cw0, cw1, bthr, beta, up, sr)
+            _add_excess_row(sr, cmap, ja, jb, thr, acc)
+        _cell_means(acc, f, scale, out[j])
     return out
 
 
@@ -414,20 +331,20 @@ def _longest_run(cmap):
 
 
 @njit(cache=True, error_model="numpy")
-def _rho_row(xr, row, cmap, coff, ja, jb, gy0, gx0, k, T, dT, gain, cell, frac, dst):
+def _rho_row(Xp, row, cmap, ja, jb, gy0, gx0, k, T, dT, gain, cell, frac, dst):
     """a(X)·u of one row of a grain plane (`_rho` per element) over the columns cmap into dst, in loops
-    that vectorise: the gains (columns ja..jb-1 are one contiguous slice of the row), the hash, the lookup.
-    xr: the plane's X on that row (row `row` of X, global row row + gy0), xr[i] at X's column i + coff."""
+    that vectorise: the gains (columns ja..jb-1 are one contiguous slice of the row), the hash, the lookup."""
     nc = cmap.shape[0]
+    xr = Xp[row]
     for j in range(ja):
-        gain[j] = _signal_gain(xr[cmap[j] - coff])
-    c0 = cmap[ja] - ja - coff
+        gain[j] = _signal_gain(xr[cmap[j]])
+    c0 = cmap[ja] - ja
     mid = xr[c0 + ja : c0 + jb]
     g = gain[ja:jb]
     for j in range(jb - ja):
         g[j] = _signal_gain(mid[j])
     for j in range(jb, nc):
-        gain[j] = _signal_gain(xr[cmap[j] - coff])
+        gain[j] = _signal_gain(xr[cmap[j]])
     for j in range(nc):
         cell[j], frac[j] = _grain_cell(row + gy0, cmap[j] + gx0, k)
     for j in range(nc):
@@ -471,7 +388,7 @@ def grain_noise(X, rmap, cmap, y0, x0, key, T, dT, taps, out):
         cell = np.empty(nc, dtype=np.int64)
         frac = np.empty(nc, dtype=np.float32)
         for i in range(hi - lo + 2 * r):
-            _rho_row(X[rmap[lo + i]], rmap[lo + i], cmap, 0, ja, jb, y0, x0, k, T, dT, gain, cell, frac, buf[i])
+            _rho_row(X, rmap[lo + i], cmap, ja, jb, y0, x0, k, T, dT, gain, cell, frac, buf[i])
         tmp = np.empty(nc, dtype=np.float32)
         for y in range(hi - lo):
             _vpass(buf, y + r, taps, r, tmp)  # buf holds every row in flight: slot i is row i
@@ -605,10 +522,20 @@ def k_sums_lut(sub, table, m, fac, use_factors):
     return total, sub.shape[0] * sub.shape[1]
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _composed_row(S, sy, sx, y, c, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, eta, brow, up, out):
+    """Row y of channel c of the last blur stage, clip01(kept(S) + up(blurred)), into out (w,): per element
+    the float32 operations of `compose` (brow, up: scratch rows)."""
+    w = out.shape[0]
+    if has_blur:
+        _blurred_row(blurred[c], y, rj, rw0, rw1, brow)
+    _compose_row(S[c, sy + y, sx : sx + w], brow, has_blur, cj, cw0, cw1, thr, eta, up, out)
+
+
 @kernel
-def finish(src, table, matrix, factors, use_factors, xy, xx, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1,
-           thr, etas, composed, bl, has_bl, brj, brw0, brw1, bcj, bcw0, bcw1, bthr, betas,
-           rmap, cmap, gy0, gx0, keys, T, dT, taps, coef, nscale, wd, ws,
+def finish(S, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, etas,
+           composed, bl, has_bl, brj, brw0, brw1, bcj, bcw0, bcw1, bthr, betas,
+           X, xy, xx, rmap, cmap, gy0, gx0, keys, T, dT, taps, coef, nscale, wd, ws,
            mode, tone, r, G, gbase, gshift, gscale, steps, thresholds, starts, base, shift, threads, out):
     """The last blur stage's compose, the grain planes and S6–S8 fused, row by row: what `compose`
     (on S, with each channel's blurred field), `grain_noise` (one plane per key, plane p on X[p]) and then
@@ -617,12 +544,9 @@ def finish(src, table, matrix, factors, use_factors, xy, xx, sy, sx, blurred, ha
     gshift, gscale from `tone.code_guesses`, steps from `tone.code_tables`). out (h, w, C) codes. Each thread
     takes a run of rows and keeps only the 2r+1 rows of unblurred noise in flight per plane (r the grain
     radius), so its scratch stays in cache; `threads` sets the number of runs (4 per thread).
-    X (S1–S3) is never stored: every row of it read is made from src (`_lin_row`, `_exposure_row`: as
-    `front_lut`/`front_linear` make it); output row y is X's row xy + y from column xx on. S, the last blur
-    stage's input, is X itself (B&W; (sy, sx) = (xy, xx)), or, `composed`, the bloom stage's output as
-    `compose` makes it from X with the blurred cells `bl` (has_bl, interpolation brj, brw0, brw1 over S's rows
-    and bcj, bcw0, bcw1 over its columns, threshold bthr, betas per channel), output row y on S's row sy + y
-    from column sx on."""
+    `composed`: S is not stored but made row by row where it is read, as `compose` makes the bloom stage's
+    output from X with the blurred cells `bl` (has_bl, interpolation brj, brw0, brw1 over S's rows and bcj,
+    bcw0, bcw1 over its columns, threshold bthr, betas per channel); S itself is then not read."""
     h, w, C = out.shape
     P = keys.shape[0]
     rad = (taps.shape[0] - 1) // 2
@@ -631,7 +555,6 @@ def finish(src, table, matrix, factors, use_factors, xy, xx, sy, sx, blurred, ha
     sh = np.uint32(shift)
     gsh = np.uint32(gshift)
     ja, jb = _longest_run(cmap)
-    glo, ghi = _span_of(cmap)
     bcj_s, bcw0_s, bcw1_s = bcj[sx : sx + w], bcw0[sx : sx + w], bcw1[sx : sx + w]
     chunks = min(h, 4 * threads)
     for ch in prange(chunks):
@@ -642,10 +565,6 @@ def finish(src, table, matrix, factors, use_factors, xy, xx, sy, sx, blurred, ha
         cell = np.empty(nc, dtype=np.int64)
         frac = np.empty(nc, dtype=np.float32)
         tmp = np.empty(nc, dtype=np.float32)
-        glin = np.empty((3, ghi - glo), dtype=np.float32)
-        gx = np.empty(ghi - glo, dtype=np.float32)
-        lin = np.empty((3, w), dtype=np.float32)
-        xr = np.empty(w, dtype=np.float32)
         noise = np.empty((P, 1, w), dtype=np.float32)
         n = np.empty((P, w), dtype=np.float32)
         yp = np.empty(w, dtype=np.float32)
@@ -655,37 +574,30 @@ def finish(src, table, matrix, factors, use_factors, xy, xx, sy, sx, blurred, ha
         srow = np.empty(w, dtype=np.float32)
         F = np.empty(w, dtype=np.float32)
         F0 = np.empty(w, dtype=np.float32)
-        for i in range(lo, lo + 2 * rad):  # the first rows in flight: those of output row lo's window but its last
-            if P:
-                _lin_row(src, table, rmap[i], glo, ghi - glo, glin)
-            for p in range(P):
-                _exposure_row(glin, matrix, factors, use_factors, p, ghi - glo, gx)
-                _rho_row(gx, rmap[i], cmap, glo, ja, jb, gy0, gx0, keys[p], T, dT, gain, cell, frac,
+        for p in range(P):  # the first rows in flight: those of output row lo's window but its last
+            for i in range(lo, lo + 2 * rad):
+                _rho_row(X[p], rmap[i], cmap, ja, jb, gy0, gx0, keys[p], T, dT, gain, cell, frac,
                          ring[p, i % (2 * rad + 1)])
         for y in range(lo, hi):
-            i = y + 2 * rad
-            if P:
-                _lin_row(src, table, rmap[i], glo, ghi - glo, glin)
             for p in range(P):
-                _exposure_row(glin, matrix, factors, use_factors, p, ghi - glo, gx)
-                _rho_row(gx, rmap[i], cmap, glo, ja, jb, gy0, gx0, keys[p], T, dT, gain, cell, frac,
+                i = y + 2 * rad
+                _rho_row(X[p], rmap[i], cmap, ja, jb, gy0, gx0, keys[p], T, dT, gain, cell, frac,
                          ring[p, i % (2 * rad + 1)])
                 _vpass(ring[p], y + rad, taps, rad, tmp)
                 _hpass(tmp, taps, rad, rad, noise[p, 0])
             _clipped_noise(noise, 0, nscale, n)
-            _lin_row(src, table, xy + y, xx, w, lin)
             for c in range(C):
-                _exposure_row(lin, matrix, factors, use_factors, c, w, xr)
+                xr = X[c, xy + y, xx : xx + w]
                 if composed:
                     if has_bl[c]:
                         _blurred_row(bl[c], sy + y, brj, brw0, brw1, bbrow)
                     _compose_row(xr, bbrow, has_bl[c], bcj_s, bcw0_s, bcw1_s, bthr, betas[c], up, srow)
+                    if has_blur[c]:
+                        _blurred_row(blurred[c], y, rj, rw0, rw1, brow)
+                    _compose_row(srow, brow, has_blur[c], cj, cw0, cw1, thr, etas[c], up, yp)
                 else:
-                    for x in range(w):
-                        srow[x] = xr[x]
-                if has_blur[c]:
-                    _blurred_row(blurred[c], y, rj, rw0, rw1, brow)
-                _compose_row(srow, brow, has_blur[c], cj, cw0, cw1, thr, etas[c], up, yp)
+                    _composed_row(S, sy, sx, y, c, blurred, has_blur[c], rj, rw0, rw1, cj, cw0, cw1, thr,
+                                  etas[c], brow, up, yp)
                 a, bw = wd[c], ws[c]
                 for x in range(w):
                     F0[x] = _mixed_base(a, yp[x], bw, xr[x])

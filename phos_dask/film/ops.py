@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import warnings
 from functools import cache
-from typing import NamedTuple
 
 import numpy as np
 
@@ -142,51 +141,19 @@ def cells(src, rmap, cmap, f: int, thr: float, eta: float):
     return v * float(_f32(eta / (f * f)))
 
 
-class Front(NamedTuple):
-    """S1–S3 as the fused CPU kernels make X from the input row by row instead of reading it stored:
-    `front`'s arguments on the CPU. src (h, w, 3): integer codes (uint8/uint16, linearised through `table`)
-    or float32 values already made linear (`table` unused)."""
-
-    src: np.ndarray
-    table: np.ndarray
-    matrix: np.ndarray
-    factors: np.ndarray
-    use_factors: bool
-
-    @classmethod
-    def of(cls, img: np.ndarray, matrix: np.ndarray, factors: np.ndarray | None, linear_input: bool = False):
-        fac = np.ones(matrix.shape[0], np.float32) if factors is None else factors.astype(np.float32)
-        if img.dtype in (np.uint8, np.uint16):
-            return cls(np.ascontiguousarray(img), colour.input_table(img.dtype, linear_input), matrix, fac,
-                       factors is not None)
-        lin = np.ascontiguousarray(colour.linearise(np, img, linear_input), dtype=np.float32)
-        return cls(lin, np.zeros(1, np.float32), matrix, fac, factors is not None)
-
-    @property
-    def channels(self) -> int:
-        return self.matrix.shape[0]
-
-
-def cells_front(front: Front, rmap, cmap, f: int, thr: float, etas) -> np.ndarray:
-    """NumPy only: `cells` of every layer c of X = `front`'s S1–S3 (etas[c]) at rows rmap and columns cmap,
-    (C, nr, nc), without X stored."""
-    from phos_dask.film import _cpu
-
-    return _cpu.cells_front(*front, rmap, cmap, f, _f32(thr), np.asarray(etas, np.float32))
-
-
-def cells_composed(front: Front, xy: int, xx: int, bloom: list, interp_rows, interp_cols, bthr: float, betas,
-                   rmap, cmap, f: int, thr: float, etas) -> np.ndarray:
-    """NumPy only: `cells` (etas[c]) of every layer c of S = compose(X_c, xy, xx, bloom[c], interp_rows,
-    interp_cols, bthr, betas[c]), the bloom stage's output (bloom[c] None for zeros), at rows rmap and
-    columns cmap of S, (C, nr, nc), without X or S stored: the same values as `cells` on the composed arrays."""
+def cells_composed(X, xy: int, xx: int, bloom, interp_rows, interp_cols, bthr: float, beta: float, rmap, cmap,
+                   f: int, thr: float, eta: float):
+    """NumPy only: `cells` of S = compose(X, xy, xx, bloom, interp_rows, interp_cols, bthr, beta) (the bloom
+    stage's output, bloom None for zeros) at rows rmap and columns cmap of S, without S stored: the same
+    values as `cells` on the composed array."""
     from phos_dask.film import _cpu
 
     rj, rw0, rw1 = interp_rows
     cj, cw0, cw1 = interp_cols
-    stacked, has = _stacked(bloom, front.channels)
-    return _cpu.cells_composed(*front, xy, xx, stacked, has, rj, rw0, rw1, cj, cw0, cw1, _f32(bthr),
-                               np.asarray(betas, np.float32), rmap, cmap, f, _f32(thr), np.asarray(etas, np.float32))
+    has = bloom is not None
+    b = bloom if has else np.zeros((1, 1), np.float32)
+    return _cpu.cells_composed(X, xy, xx, b, has, rj, rw0, rw1, cj, cw0, cw1, _f32(bthr), _f32(beta), rmap, cmap, f,
+                               _f32(thr), _f32(eta))
 
 
 def blur_valid(src, taps_v: np.ndarray, taps_h: np.ndarray, radii: np.ndarray, out=None):
@@ -414,23 +381,22 @@ def mix_encode(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: np.ndar
     return xp.stack(out, axis=-1)
 
 
-def finish(front: Front, xy: int, xx: int, sy: int, sx: int, blurred: list, interp_rows, interp_cols, thr: float,
-           etas, rmap, cmap, origin: tuple[int, int], keys, taps, coef, nscale, wd, ws, tone_, vmax: int,
-           r: float, tables, composed: tuple | None = None):
+def finish(S, sy: int, sx: int, blurred: list, interp_rows, interp_cols, thr: float, etas, X, xy: int, xx: int,
+           rmap, cmap, origin: tuple[int, int], keys, taps, coef, nscale, wd, ws, tone_, vmax: int, r: float,
+           tables, composed: tuple | None = None):
     """NumPy only: the last blur stage's `compose` on S (one blurred field or None per channel), the grain
     planes (`grain_noise` for each key, plane p on X[p], rows rmap × columns cmap, X's global origin) and
     `mix_filmic_encode` (tables None; r < 1 blends after the curve) or `mix_encode` (tables), fused into
-    one pass over bands of rows: the same codes (h, w, C), without full-size intermediates. X (S1–S3) is
-    made from `front` row by row; the output's first pixel is X's [xy, xx]. S is X ((sy, sx) = (xy, xx)), or,
-    with `composed` = (fields, interp_rows, interp_cols, thr, etas), the bloom stage's output `compose`
-    makes from X with these (one blurred field or None per channel), also made row by row as it is read;
-    (sy, sx) is then where the output's first pixel lies in those fields' rows and columns."""
+    one pass over bands of rows: the same codes (h, w, C), without full-size intermediates.
+    `composed` = (fields, interp_rows, interp_cols, thr, etas): S is None and stands for the bloom stage's
+    output `compose` makes from X with these (one blurred field or None per channel), made row by row as it
+    is read; (sy, sx) is then where the output's first pixel lies in those fields' rows and columns."""
     import numba
 
     from phos_dask.film import _cpu, grain, tone
     from phos_dask.film.tone import BUCKET_BASE, BUCKET_SHIFT
 
-    C = front.channels
+    C = X.shape[0]
     h, w = len(interp_rows[0]), len(interp_cols[0])
     rj, rw0, rw1 = interp_rows
     cj, cw0, cw1 = interp_cols
@@ -441,6 +407,7 @@ def finish(front: Front, xy: int, xx: int, sy: int, sx: int, blurred: list, inte
     else:
         fields, b_rows, b_cols, bthr, betas = composed
         bl, has_bl = _stacked(fields, C)
+        S = X
     brj, brw0, brw1 = b_rows
     bcj, bcw0, bcw1 = b_cols
     T, dT = grain.normal_table()
@@ -458,9 +425,9 @@ def finish(front: Front, xy: int, xx: int, sy: int, sx: int, blurred: list, inte
         G, gbase, gshift, steps = np.zeros(2, np.float32), 0, 0, np.zeros(2, np.float32)
         thresholds, starts = _table_arrays(tables)
     out = np.empty((h, w, C), np.uint8 if vmax == 255 else np.uint16)
-    _cpu.finish(*front, xy, xx, sy, sx, stacked, has, rj, rw0, rw1, cj, cw0, cw1, _f32(thr),
-                np.asarray(etas, np.float32), composed is not None, bl, has_bl, brj, brw0, brw1, bcj, bcw0, bcw1,
-                _f32(bthr), np.asarray(betas, np.float32), np.asarray(rmap, np.int64), np.asarray(cmap, np.int64),
+    _cpu.finish(S, sy, sx, stacked, has, rj, rw0, rw1, cj, cw0, cw1, _f32(thr), np.asarray(etas, np.float32),
+                composed is not None, bl, has_bl, brj, brw0, brw1, bcj, bcw0, bcw1, _f32(bthr),
+                np.asarray(betas, np.float32), X, xy, xx, np.asarray(rmap, np.int64), np.asarray(cmap, np.int64),
                 origin[0], origin[1], keys, T, dT, taps, coef, _scales(nscale), wd, ws, mode, tone_c, _f32(r), G,
                 gbase, gshift, _f32(2.0**-gshift), steps, thresholds, starts, BUCKET_BASE, BUCKET_SHIFT,
                 numba.get_num_threads(), out)

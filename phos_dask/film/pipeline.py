@@ -16,7 +16,7 @@ from functools import cache
 
 import numpy as np
 
-from phos_dask.film import colour, grain, ops, psf, tone
+from phos_dask.film import colour, grain, ops, psf, scratch, tone
 from phos_dask.film.coarse import CoarseBlur, reflect_index
 from phos_dask.film.params import CODE_MAX, FILM_FORMATS, FilmParams
 from phos_dask.film.stocks import HDCurve, Stock
@@ -305,44 +305,32 @@ def _span(idx: np.ndarray) -> tuple[int, int]:
     return int(idx.min()), int(idx.max()) + 1
 
 
-def _cell_maps(origin, out_box: Box, shape, blur: CoarseBlur):
-    """The rows and columns of a source (global `origin`) whose cells out_box's blurred field needs, under
-    the border rule, and the row and column interpolation (`CoarseBlur.interpolation`)."""
+def _blurred(src, origin, out_box: Box, shape, blur: CoarseBlur, thr: float, eta: float, made_from=None):
+    """The blurred coarse field of eta·(src − thr)₊ that out_box's pixels interpolate (None when nothing in
+    reach exceeds thr), and the row and column interpolation (`CoarseBlur.interpolation`).
+    made_from = (X, (xy, xx), bloom, interp_rows, interp_cols, bthr, beta): src is not stored but is what
+    `ops.compose` makes of X (src's [0, 0] at X's [xy, xx]) with that bloom field (CPU only; `src` is X)."""
     oy, ox = origin
     y0, y1, x0, x1 = out_box
     rows = reflect_index(np.arange(*blur.source_rows(y0, y1)), shape[0]) - oy
     cols = reflect_index(np.arange(*blur.source_rows(x0, x1)), shape[1]) - ox
-    return rows, cols, blur.interpolation(y0, y1), blur.interpolation(x0, x1)
-
-
-def _blurred(src, origin, out_box: Box, shape, blur: CoarseBlur, thr: float, eta: float):
-    """The blurred coarse field of eta·(src − thr)₊ that out_box's pixels interpolate (None when nothing in
-    reach exceeds thr), and the row and column interpolation (`CoarseBlur.interpolation`)."""
-    rows, cols, ry, rx = _cell_maps(origin, out_box, shape, blur)
+    ry, rx = blur.interpolation(y0, y1), blur.interpolation(x0, x1)
+    ys, xs = _span(rows), _span(cols)
     blurred = None
     if eta <= 0:
         return blurred, ry, rx
     # On the CPU the cells themselves say whether anything exceeds thr (a cell holds a positive sum exactly
     # when one of its pixels does), which saves a scan of the source; elsewhere a scan is cheaper.
     cpu = ops._is_cpu(src)
-    if cpu or ops.any_above(src, (*_span(rows), *_span(cols)), thr):
-        c = ops.cells(src, rows, cols, blur.f, thr, eta)
+    if cpu or ops.any_above(src, (*ys, *xs), thr):
+        if made_from is None:
+            c = ops.cells(src, rows, cols, blur.f, thr, eta)
+        else:
+            X, (xy, xx), bloom, b_rows, b_cols, bthr, beta = made_from
+            c = ops.cells_composed(X, xy, xx, bloom, b_rows, b_cols, bthr, beta, rows, cols, blur.f, thr, eta)
         if not cpu or c.any():
             blurred = ops.blur_valid(c, blur.taps_v, blur.taps_h, blur.radii)
     return blurred, ry, rx
-
-
-def _blurred_all(cells_of, origin, out_box: Box, shape, blur: CoarseBlur, etas) -> tuple[list, tuple, tuple]:
-    """`_blurred` for every channel c (etas[c]) at once, on the CPU, from cells_of(rows, cols): the cells of
-    every channel, (C, nr, nc). ([field or None per channel], row interpolation, column interpolation)."""
-    rows, cols, ry, rx = _cell_maps(origin, out_box, shape, blur)
-    fields: list = [None] * len(etas)
-    if any(eta > 0 for eta in etas):
-        cells = cells_of(rows, cols)
-        for c, eta in enumerate(etas):
-            if eta > 0 and cells[c].any():
-                fields[c] = ops.blur_valid(cells[c], blur.taps_v, blur.taps_h, blur.radii)
-    return fields, ry, rx
 
 
 def _blur_stage(src, origin, out_box: Box, shape, blur: CoarseBlur, thr: float, eta: float, out):
@@ -385,13 +373,14 @@ def render_region(window, window_origin: tuple[int, int], shape: tuple[int, int]
     src = window[x_box[0] - wy : x_box[1] - wy, x_box[2] - wx : x_box[3] - wx, ...]
     if isinstance(src, np.ndarray):
         src = np.ascontiguousarray(src)
+    fused = _fused(src, plan)
+    X = ops.front(src, plan.matrix, plan.factors, plan.params.linear_input,
+                  scratch.array("X", (plan.channels, *src.shape[:2])) if fused else None)
     xo = (x_box[0], x_box[2])
-    if _fused(src, plan):
-        return _render_fused(ops.Front.of(src, plan.matrix, plan.factors, plan.params.linear_input), xo, y_box,
-                             out_box, shape, plan)
-    X = ops.front(src, plan.matrix, plan.factors, plan.params.linear_input)
     thr = plan.stock.threshold
     C = plan.channels
+    if fused:
+        return _render_fused(X, xo, y_box, out_box, shape, plan)
     Y = xp.empty((C, y_box[1] - y_box[0], y_box[3] - y_box[2]), dtype=xp.float32)
     for c in range(C):
         Y[c, ...] = _blur_stage(X[c, ...], xo, y_box, shape, plan.bloom, thr, plan.etas[c], Y[c, ...])
@@ -431,43 +420,33 @@ def _fused(src, plan: Plan) -> bool:
     return plan.hd is None or (plan.tables is not None and plan.grain_r >= 1.0)
 
 
-def _render_fused(front: ops.Front, xo: tuple[int, int], y_box: Box, out_box: Box, shape: tuple[int, int],
-                  plan: Plan):
-    """`render_region` in fused CPU passes, from the input `front` covers (global origin xo): the bloom
-    stage's blurred cells on y_box (colour), then those of the last blur stage (halation on the bloom
-    stage's output Y, or bloom on X for B&W), then the last blur stage, the grain and S6–S8 in one pass
-    (`ops.finish`). Neither the exposures X nor Y are stored: each pass makes the rows it reads from the
-    input (X) and the bloom cells (Y) as it reads them."""
+def _render_fused(X, xo: tuple[int, int], y_box: Box, out_box: Box, shape: tuple[int, int], plan: Plan):
+    """`render_region` from S1–S3's X on: the bloom stage's blurred cells on y_box (colour), then the last
+    blur stage (halation on the bloom stage's output Y, or bloom on X for B&W), the grain and S6–S8 in one
+    fused pass (`ops.finish`). Y is never stored: the halation's cells and the fused pass compose each row
+    of it from X as they read it."""
     C = plan.channels
     thr = plan.stock.threshold
     y0, x0 = out_box[0], out_box[2]
-
-    def x_cells(blur: CoarseBlur, thr: float, etas):
-        return lambda rows, cols: ops.cells_front(front, rows, cols, blur.f, thr, etas)
-
     composed = None
     if plan.halation is not None:
         yo = (y_box[0], y_box[2])
-        bloom, b_rows, b_cols = _blurred_all(x_cells(plan.bloom, thr, plan.etas), xo, y_box, shape, plan.bloom,
-                                             plan.etas)
-
-        def y_cells(rows, cols):
-            return ops.cells_composed(front, yo[0] - xo[0], yo[1] - xo[1], bloom, b_rows, b_cols, thr, plan.etas,
-                                      rows, cols, plan.halation.f, HALATION_THRESHOLD, plan.halation_k)
-
-        fields, ry, rx = _blurred_all(y_cells, yo, out_box, shape, plan.halation, plan.halation_k)
-        composed = (bloom, b_rows, b_cols, thr, plan.etas)
-        so, sthr, etas = yo, HALATION_THRESHOLD, plan.halation_k
+        at = (yo[0] - xo[0], yo[1] - xo[1])
+        bloom = [_blurred(X[c, ...], xo, y_box, shape, plan.bloom, thr, plan.etas[c]) for c in range(C)]
+        fields = [_blurred(X[c, ...], yo, out_box, shape, plan.halation, HALATION_THRESHOLD, plan.halation_k[c],
+                           (X[c, ...], at, *bloom[c], thr, plan.etas[c])) for c in range(C)]
+        composed = ([b[0] for b in bloom], bloom[0][1], bloom[0][2], thr, plan.etas)
+        S, so, sthr, etas = None, yo, HALATION_THRESHOLD, plan.halation_k
     else:
-        fields, ry, rx = _blurred_all(x_cells(plan.bloom, thr, plan.etas), xo, out_box, shape, plan.bloom,
-                                      plan.etas)
-        so, sthr, etas = xo, thr, plan.etas
+        S, so, sthr, etas = X, xo, thr, plan.etas
+        fields = [_blurred(X[c, ...], xo, out_box, shape, plan.bloom, thr, etas[c]) for c in range(C)]
+    ry, rx = fields[0][1], fields[0][2]
     rows, cols = _grain_maps(out_box, shape, xo, plan.grain_radius)
     keys = plan.grain_keys if plan.has_grain else ()
-    out = ops.finish(front, y0 - xo[0], x0 - xo[1], y0 - so[0], x0 - so[1], fields, ry, rx, sthr, etas, rows, cols,
-                     xo, keys, plan.grain_taps, plan.grain_coef, plan.grain_nscale, plan.wd, plan.ws,
-                     (plan.stock.tone,) * C, plan.vmax, plan.grain_r, plan.tables if plan.hd is not None else None,
-                     composed)
+    out = ops.finish(S, y0 - so[0], x0 - so[1], [f[0] for f in fields], ry, rx, sthr, etas, X, y0 - xo[0],
+                     x0 - xo[1], rows, cols, xo, keys, plan.grain_taps, plan.grain_coef, plan.grain_nscale,
+                     plan.wd, plan.ws, (plan.stock.tone,) * C, plan.vmax, plan.grain_r,
+                     plan.tables if plan.hd is not None else None, composed)
     return out[..., 0] if C == 1 else out
 
 
