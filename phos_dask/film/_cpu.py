@@ -10,7 +10,10 @@ Rows are split across threads with prange. The per-pixel math lives in `_pixel`,
 (`_cuda`) compile too.
 Kernels copy and clear arrays in loops and read float bits with `_bits`: numba compiles a shape-mismatch
 error formatter for each slice assignment (1.5 s of the fused kernel's first compile), and routines for array
-views and np.zeros fills, which a first run after install would wait for.
+views and np.zeros fills, which a first run after install would wait for. Row helpers that several kernels
+call (`_compose_row`, `_blurred_row`, `_add_excess_row`, `_cell_means`) are compiled once as functions of
+their own rather than inlined at every call: their loops vectorise just the same, and the fused kernel
+compiles in 2.6-2.8 s instead of 5.2-5.7 (all kernels of a photograph: 5.8-6.2 s instead of 9.5).
 """
 
 from __future__ import annotations
@@ -153,7 +156,7 @@ def front_linear(lin, matrix, factors, use_factors, out):
                 out[c, y, x] = _exposure(lin[y, x, 0], lin[y, x, 1], lin[y, x, 2], m0, m1, m2, fac, use_factors)
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def _add_excess_row(sr, cmap, ja, jb, thr, acc):
     """acc[x] += (sr[cmap[x]] − thr)₊ for every x; cmap[ja:jb] is one run of consecutive columns (a slice,
     so that loop vectorises)."""
@@ -169,7 +172,7 @@ def _add_excess_row(sr, cmap, ja, jb, thr, acc):
         acc[x] += _excess(sr[cmap[x]], thr)
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def _cell_means(acc, f, scale, out_row):
     """out_row[i] = scale · Σ_b acc[i·f + b]: the row's f×f cell sums from its f rows' column sums."""
     for i in range(out_row.shape[0]):
@@ -279,7 +282,7 @@ def blur_valid(src, taps_v, taps_h, radii, out):
                 out[y, x] += acc[x]
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def _compose_row(s, brow, has_blur, cj, cw0, cw1, thr, eta, up, out):
     """out = clip01(kept(s) + up(brow)) for one row (brow: the row's vertically interpolated blurred cells;
     up: scratch), the float32 operations of `compose` per element, in loops over slices."""
@@ -295,7 +298,7 @@ def _compose_row(s, brow, has_blur, cj, cw0, cw1, thr, eta, up, out):
             out[x] = _clip01(_kept(s[x], thr, eta))
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def _blurred_row(blurred, y, rj, rw0, rw1, brow):
     """The blurred cells (rows of `blurred`, 2D) interpolated to output row y: brow = w0·cells[j] +
     w1·cells[j+1] for y's lower cell row j and weights (rj, rw0, rw1)."""
