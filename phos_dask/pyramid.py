@@ -11,15 +11,6 @@ from numba import prange
 
 from phos_dask.film._cpu import kernel
 
-#: The pyramid's downsampling method, as OME-Zarr's multiscales "type" and "metadata" record it.
-DOWNSAMPLING = "mean"
-DOWNSAMPLING_METADATA = {
-    "description": "each level is the 2x2 box mean of the level above (ceil-halved: odd edges average the "
-                   "pixels there; integer codes round half up)",
-    "method": "phos_dask.pyramid.downsample2",
-    "kwargs": {"factor": 2},
-}
-
 
 @kernel
 def _halve_int(block, out):

@@ -40,7 +40,6 @@ from phos_dask.errors import PhosError
 from phos_dask.film.params import CODE_MAX
 from phos_dask.index import INDEX
 from phos_dask.lease import LEASE
-from phos_dask.pyramid import DOWNSAMPLING, DOWNSAMPLING_METADATA, downsample2
 from phos_dask.shards import chunk_codec, encode_shard, shard_boxes
 from phos_dask.storage import Location
 from phos_dask.tiles import Tile, TilePlan, assert_one_writer_per_chunk, pyramid_shapes
@@ -53,6 +52,16 @@ THUMBS = f"{JOB_FILES}/thumbs"
 REPORT = f"{JOB_FILES}/report.json"
 COMPLETE = "complete"
 METADATA = "zarr.json"
+#: The pyramid's downsampling method (`phos_dask.pyramid.downsample2`, imported where levels are made: it
+#: brings numba, which the job's client does not need), as OME-Zarr's multiscales "type" and "metadata"
+#: record it.
+DOWNSAMPLING = "mean"
+DOWNSAMPLING_METADATA = {
+    "description": "each level is the 2x2 box mean of the level above (ceil-halved: odd edges average the "
+                   "pixels there; integer codes round half up)",
+    "method": "phos_dask.pyramid.downsample2",
+    "kwargs": {"factor": 2},
+}
 #: Names an image key never is (nor does it start with '_' or '.'): the root's zarr.json, and the contact
 #: sheet's name in stores of earlier versions, which kept it there (so that keys never change).
 RESERVED_NAMES = frozenset({METADATA, "contact.jpg"})
@@ -236,6 +245,8 @@ class ImageLayout:
     def tile_objects(self, tile: Tile, block: np.ndarray) -> dict[str, bytes]:
         """The shards a tile owns: its (C, h, w) output at level 0 and its block of each next tile-written
         level (each the 2×2 mean of the one before): one object per level."""
+        from phos_dask.pyramid import downsample2
+
         out: dict[str, bytes] = {}
         for level in range(self.tile_levels):
             if level:
@@ -263,6 +274,8 @@ class ImageLayout:
         """Levels `first`, first + 1, … of a pyramid whose level `first` is `image` (C, h, w), each one
         shard: its object and its metadata; and the smallest level. Level k + 1 is the 2×2 mean of level k,
         exactly what the tiles of a tiled render write for the levels they own."""
+        from phos_dask.pyramid import downsample2
+
         out: dict[str, bytes] = {}
         for level in range(first, len(self.levels)):
             if level > first:

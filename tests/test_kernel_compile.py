@@ -293,3 +293,19 @@ def test_the_cpu_kernels_avoid_what_numba_compiles_slowly():
                     node.func.attr == "view" or ast.unparse(node.func) in ("np.zeros", "np.ones", "np.full")):
                 found.append(f"{fn.name}: {ast.unparse(node)}")
     assert not found, found
+
+
+def test_the_jobs_client_imports_no_numba():
+    """A job's client plans, submits and reports; numba (about 0.2 s to import, more on a cold disk) and the
+    kernels are its workers' business."""
+    code = ("import sys\n"
+            "from phos_dask.runner import run\n"
+            "from phos_dask.cluster import connect\n"
+            "from phos_dask.device import choose, probe\n"
+            "from phos_dask.job import JobSpec, check_spec, plan_job, run_job\n"
+            "from phos_dask.store import ImageLayout\n"
+            "probe()\n"
+            "print(sorted(m for m in ('numba', 'llvmlite', 'phos_dask.film._cpu') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
+    assert out.strip() == "[]"
