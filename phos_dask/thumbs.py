@@ -31,12 +31,23 @@ QUALITY = 88
 
 
 def fit(image: np.ndarray, thumb: int = THUMB) -> np.ndarray:
-    """(h, w[, c]) → fitted into thumb×thumb keeping the aspect ratio (area averaging when shrinking)."""
+    """(h, w[, c]) → fitted into thumb×thumb keeping the aspect ratio (area averaging when shrinking).
+
+    A large image is first shrunk by a whole factor k (k×k box means, OpenCV's fast path for an integer
+    ratio; the last h mod k rows and w mod k columns are left out, under a quarter of a thumbnail pixel), to
+    at least four times the thumbnail's size, then area-averaged to it: 0.27-0.30 s instead of 0.95 s for
+    a 300 MP input, 0.028 s instead of 0.064-0.072 s for 24 MP (one core), within a code of the one-step result on
+    average on photographs (0.9 and 0.2); hard patterns near the thumbnail's resolution differ more."""
     h, w = image.shape[:2]
     s = min(thumb / h, thumb / w)
     size = (max(1, round(w * s)), max(1, round(h * s)))
-    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
-    return cv2.resize(np.ascontiguousarray(image), size, interpolation=interp)
+    if s >= 1:
+        return cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_LINEAR)
+    image = np.ascontiguousarray(image)
+    k = max(1, min(w // (4 * size[0]), h // (4 * size[1])))
+    if k > 1:  # OpenCV reads the cropped view in place (its rows keep the image's stride)
+        image = cv2.resize(image[: h // k * k, : w // k * k], (w // k, h // k), interpolation=cv2.INTER_AREA)
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 def rgb8(image: np.ndarray) -> np.ndarray:
