@@ -211,7 +211,7 @@ def test_bloom_stage_kernels_match_the_cpu_kernels(tiny, film):
     blur, rows, cols, (rj, rw0, rw1), (cj, cw0, cw1) = _blur_inputs(plan, X)
     thr, eta = np.float32(plan.stock.threshold), np.float32(plan.etas[0])
     src = np.ascontiguousarray(X[0])
-    c_cpu = _cpu.cells(src, rows, cols, blur.f, thr, eta)
+    c_cpu = ops.cells(src, rows, cols, blur.f, thr, eta)
     c_gpu = k.cells(src, rows, cols, blur.f, thr, eta, np.empty_like(c_cpu))
     _close(c_gpu, c_cpu)
     assert c_cpu.max() > 0  # the photograph has highlights: the blur below is not all zeros

@@ -183,27 +183,13 @@ def _cell_means(acc, f, scale, out_row):
 
 
 @kernel
-def cells(src, rmap, cmap, f, thr, eta):
-    nr, nc = rmap.shape[0] // f, cmap.shape[0] // f
-    ncol = cmap.shape[0]
-    out = np.empty((nr, nc), dtype=np.float32)
-    scale = _f32(eta / (f * f))
-    ja, jb = _longest_run(cmap)
-    for j in prange(nr):
-        acc = np.empty(ncol, dtype=np.float32)
-        for x in range(ncol):
-            acc[x] = _f32(0.0)
-        for a in range(f):
-            _add_excess_row(src[rmap[j * f + a]], cmap, ja, jb, thr, acc)
-        _cell_means(acc, f, scale, out[j])
-    return out
-
-
-@kernel
-def cells_composed(X, xy, xx, bloom, has_bloom, rj, rw0, rw1, cj, cw0, cw1, bthr, beta, rmap, cmap, f, thr, eta):
-    """`cells` of S = the bloom stage's output, clip01(kept(X) + up(bloom)) as `compose` makes it from X
-    (rows and columns offset by xy, xx) and the bloom's blurred cells, without S stored: each row of S that
-    the cells read (rmap, in S's coordinates) is composed as it is read. The same sums, bit for bit."""
+def cells(src, rmap, cmap, f, thr, eta, composed, xy, xx, bloom, has_bloom, rj, rw0, rw1, cj, cw0, cw1, bthr, beta):
+    """Means over f×f cells of eta·(S − thr)₊ at rows rmap and columns cmap of S: src itself, or, `composed`,
+    the bloom stage's output clip01(kept(src) + up(bloom)) as `compose` makes it from src (S's [0, 0] at
+    src's [xy, xx]; the bloom's blurred cells, has_bloom False for zeros, interpolated by rj, rw0, rw1 over
+    S's rows and cj, cw0, cw1 over its columns; threshold bthr, share beta), without S stored: each row of
+    S that the cells read is composed as it is read. The same sums as on a stored S, bit for bit. (One
+    kernel for both: one compile after an install instead of two.)"""
     nr, nc = rmap.shape[0] // f, cmap.shape[0] // f
     ncol = cmap.shape[0]
     ws = cj.shape[0]
@@ -219,10 +205,13 @@ def cells_composed(X, xy, xx, bloom, has_bloom, rj, rw0, rw1, cj, cw0, cw1, bthr
             acc[x] = _f32(0.0)
         for a in range(f):
             y = rmap[j * f + a]
-            if has_bloom:
-                _blurred_row(bloom, y, rj, rw0, rw1, brow)
-            _compose_row(X[xy + y, xx : xx + ws], brow, has_bloom, cj, cw0, cw1, bthr, beta, up, sr)
-            _add_excess_row(sr, cmap, ja, jb, thr, acc)
+            if composed:
+                if has_bloom:
+                    _blurred_row(bloom, y, rj, rw0, rw1, brow)
+                _compose_row(src[xy + y, xx : xx + ws], brow, has_bloom, cj, cw0, cw1, bthr, beta, up, sr)
+                _add_excess_row(sr, cmap, ja, jb, thr, acc)
+            else:
+                _add_excess_row(src[y], cmap, ja, jb, thr, acc)
         _cell_means(acc, f, scale, out[j])
     return out
 

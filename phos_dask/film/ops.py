@@ -128,7 +128,9 @@ def cells(src, rmap, cmap, f: int, thr: float, eta: float):
     if _is_cpu(src):
         from phos_dask.film import _cpu
 
-        return _cpu.cells(src, rmap, cmap, f, _f32(thr), _f32(eta))
+        i, w = np.zeros(1, np.int64), np.zeros(1, np.float32)  # no composing: unused interpolation
+        return _cpu.cells(src, rmap, cmap, f, _f32(thr), _f32(eta), False, 0, 0, np.zeros((1, 1), np.float32), False,
+                          i, w, w, i, w, w, _f32(0.0), _f32(0.0))
     k = _gpu(src)
     if k is not None:
         out = k.empty_like_kind(src, (len(rmap) // f, len(cmap) // f))
@@ -152,8 +154,8 @@ def cells_composed(X, xy: int, xx: int, bloom, interp_rows, interp_cols, bthr: f
     cj, cw0, cw1 = interp_cols
     has = bloom is not None
     b = bloom if has else np.zeros((1, 1), np.float32)
-    return _cpu.cells_composed(X, xy, xx, b, has, rj, rw0, rw1, cj, cw0, cw1, _f32(bthr), _f32(beta), rmap, cmap, f,
-                               _f32(thr), _f32(eta))
+    return _cpu.cells(X, rmap, cmap, f, _f32(thr), _f32(eta), True, xy, xx, b, has, rj, rw0, rw1, cj, cw0, cw1,
+                      _f32(bthr), _f32(beta))
 
 
 def blur_valid(src, taps_v: np.ndarray, taps_h: np.ndarray, radii: np.ndarray, out=None):
