@@ -101,32 +101,39 @@ def test_codes_guessed_from_the_bit_pattern_are_the_exact_srgb_codes(vmax):
     cells = np.int64(guess.shape[0] - 1)
     scale = np.float32(2.0**-shift)
     want = np.array([_pixel.srgb_code(f, guess, steps, cells) for f in F[:5000]], np.int64)
-    got_py = np.array([_pixel.bits_code(f, f.view(np.uint32), G, np.int64(base), np.uint32(shift), scale, steps)
-                       for f in F[:5000]], np.int64)
+    got_py = np.array([_bits_code(f, G, base, shift, scale, steps) for f in F[:5000]], np.int64)
     np.testing.assert_array_equal(got_py, want)
     got, expect = _bits_and_guess(F, G, base, shift, scale, guess, steps)
     np.testing.assert_array_equal(got, expect)
     assert got.min() == 0 and got.max() == vmax
 
 
+def _bits_code(f, G, base, shift, scale, steps):
+    """The code `_cpu.finish` computes for f in its three loops, as plain Python on NumPy scalars."""
+    b, t = _pixel.code_bucket(f.view(np.uint32), np.int32(base), np.uint32(shift), scale, np.int32(G.shape[0] - 2))
+    return _pixel.settled_code(f, _pixel.guessed_code(G, b, t), steps)
+
+
 def _bits_and_guess(F, G, base, shift, scale, guess, steps):
     from numba import njit
 
-    bits_code = njit(_pixel.bits_code)
+    bucket, guessed, settled = (njit(fn) for fn in (_pixel.code_bucket, _pixel.guessed_code, _pixel.settled_code))
     srgb = njit(_pixel.srgb_code)
 
     @njit
     def both(F, G, base, shift, scale, guess, steps):
         Fb = F.view(np.uint32)
         cells = np.int64(guess.shape[0] - 1)
+        last = np.int32(G.shape[0] - 2)
         a = np.empty(F.shape[0], np.int64)
         b = np.empty(F.shape[0], np.int64)
         for i in range(F.shape[0]):
-            a[i] = bits_code(F[i], Fb[i], G, base, shift, scale, steps)
+            cell, t = bucket(Fb[i], base, shift, scale, last)
+            a[i] = settled(F[i], guessed(G, cell, t), steps)
             b[i] = srgb(F[i], guess, steps, cells)
         return a, b
 
-    return both(F, G, np.int64(base), np.uint32(shift), scale, guess, steps)
+    return both(F, G, np.int32(base), np.uint32(shift), scale, guess, steps)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])

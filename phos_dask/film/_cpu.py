@@ -122,7 +122,9 @@ _filmic = _inline(_pixel.filmic)
 _blend = _inline(_pixel.blend)
 _srgb_code = _inline(_pixel.srgb_code)
 _code = _inline(_pixel.table_code)
-_bits_code = _inline(_pixel.bits_code)
+_code_bucket = _inline(_pixel.code_bucket)
+_guessed_code = _inline(_pixel.guessed_code)
+_settled_code = _inline(_pixel.settled_code)
 
 
 @kernel
@@ -532,8 +534,9 @@ def finish(S, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, etas,
     """The last blur stage's compose, the grain planes and S6–S8 fused, row by row: what `compose`
     (on S, with each channel's blurred field), `grain_noise` (one plane per key, plane p on X[p]) and then
     `mix_filmic_encode` (mode 0), `mix_filmic_blend_encode` (mode 1, r < 1) or `mix_encode` (mode 2) compute,
-    the same bits, without the full-size Y' and noise planes (filmic codes by `_pixel.bits_code`: G, gbase,
-    gshift, gscale from `tone.code_guesses`, steps from `tone.code_tables`). out (h, w, C) codes. Each thread
+    the same bits, without the full-size Y' and noise planes (filmic codes by `_pixel.code_bucket`,
+    `guessed_code` and `settled_code`, one loop each, so the first vectorises: G, gbase, gshift, gscale from
+    `tone.code_guesses`, steps from `tone.code_tables`). out (h, w, C) codes. Each thread
     takes a run of rows and keeps only the 2r+1 rows of unblurred noise in flight per plane (r the grain
     radius), so its scratch stays in cache; `threads` sets the number of runs (4 per thread).
     `composed`: S is not stored but made row by row where it is read, as `compose` makes the bloom stage's
@@ -546,6 +549,8 @@ def finish(S, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, etas,
     last = starts.shape[1] - 2
     sh = np.uint32(shift)
     gsh = np.uint32(gshift)
+    gb = np.int32(gbase)
+    glast = np.int32(G.shape[0] - 2)
     ja, jb = _longest_run(cmap)
     bcj_s, bcw0_s, bcw1_s = bcj[sx : sx + w], bcw0[sx : sx + w], bcw1[sx : sx + w]
     chunks = min(h, 4 * threads)
@@ -566,6 +571,9 @@ def finish(S, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, etas,
         srow = np.empty(w, dtype=np.float32)
         F = np.empty(w, dtype=np.float32)
         F0 = np.empty(w, dtype=np.float32)
+        bucket = np.empty(w, dtype=np.int32)
+        pos = np.empty(w, dtype=np.float32)
+        guessed = np.empty(w, dtype=np.int32)
         for p in range(P):  # the first rows in flight: those of output row lo's window but its last
             for i in range(lo, lo + 2 * rad):
                 _rho_row(X[p], rmap[i], cmap, ja, jb, gy0, gx0, keys[p], T, dT, gain, cell, frac,
@@ -612,4 +620,8 @@ def finish(S, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, etas,
                         for x in range(w):
                             F[x] = _filmic(F[x], tA, tB, cb, de, df, ef)
                     for x in range(w):
-                        out[y, x, c] = _bits_code(F[x], _bits(F[x]), G, gbase, gsh, gscale, steps)
+                        bucket[x], pos[x] = _code_bucket(_bits(F[x]), gb, gsh, gscale, glast)
+                    for x in range(w):
+                        guessed[x] = _guessed_code(G, bucket[x], pos[x])
+                    for x in range(w):
+                        out[y, x, c] = _settled_code(F[x], guessed[x], steps)

@@ -151,17 +151,28 @@ def srgb_code(f, guess, steps, cells):
     return k - (f < steps[k]) + (f >= steps[k + 1])
 
 
-def bits_code(f, fb, G, base, shift, scale, steps):
-    """The sRGB code of linear f in [0, 1] from its float32 bit pattern fb (uint32): a guess interpolated in
-    `tone.code_guesses`' table G (base np.int64, shift np.uint32, scale = 2^-shift as np.float32) by the
-    pattern's low bits, rounded, then settled against the code's thresholds `steps` (`tone.code_tables`);
-    the code `srgb_code` gives."""
+def code_bucket(fb, base, shift, scale, last):
+    """The first step of coding a linear f in [0, 1] by its float32 bit pattern fb (uint32): (b, t), the
+    bucket b of `tone.code_guesses`' table (np.int32: the pattern's high bits less base, clipped to
+    [0, last]; base, last np.int32, shift np.uint32) and f's position t in it (float32: the low bits
+    × scale = 2^-shift). `guessed_code` and `settled_code` finish the code."""
     bits = fb & _ABS
-    b = min(max(np.int64(bits >> shift) - base, np.int64(0)), np.int64(G.shape[0] - 2))
+    b = min(max(np.int32(bits >> shift) - base, np.int32(0)), last)
     t = np.float32(bits & ((np.uint32(1) << shift) - np.uint32(1))) * scale
+    return b, t
+
+
+def guessed_code(G, b, t):
+    """The code guessed for bucket b at position t: G[b] + t·(G[b+1] − G[b]) (float32, within 0.05 of the
+    exact code) rounded, np.int32."""
     g = G[b] + t * (G[b + 1] - G[b])
-    k = np.int64(g + _HALF)
-    return k - (f < steps[k]) + (f >= steps[k + 1])
+    return np.int32(g + _HALF)
+
+
+def settled_code(f, k, steps):
+    """The sRGB code of linear f from its guess k (±1): settled against the code's thresholds `steps`
+    (`tone.code_tables`), one compare each way; the code `srgb_code` gives."""
+    return k - np.int32(f < steps[k]) + np.int32(f >= steps[k + 1])
 
 
 def table_code(v, vb, t, start, base, shift, last):
