@@ -5,6 +5,12 @@ measured in the same run: ``preview -o x.jpg``, ``preview -o x.tif`` (uint16) on
 Usage (from the repository root):
 
     .venv/bin/python bench/commands.py [--baseline ec0ed1b] [--rounds 2] [--film Portra400] [--workdir DIR]
+                                       [--python PYTHON]
+
+``--python``: the interpreter the commands run with (default: the one running this script). The README's
+install (``pip install -e .``, no test extras) has no SciPy; the test extras bring it, and numba then imports
+scipy.linalg in every process that loads a kernel (~0.2 s per process on a 2-core machine), so a user's
+commands start faster than the same commands run from the test environment. The report records which.
 
 The photographs are bench/archive.py's variants of ``../shared/parity/coffee_3000x2000.jpg`` at 6000×4000,
 JPEG quality 92. Each side (the working tree, and the package at ``--baseline`` checked out into a temporary
@@ -50,12 +56,11 @@ TARGETS = {"run_per_image": 15.0, "preview_jpg": 10.0}
 IMAGES = 4
 
 
-def _command(tree: Path, args: list[str]) -> float:
+def _command(tree: Path, args: list[str], python: str) -> float:
     """Seconds for `python -m phos_dask ARGS` importing the package from `tree`; raises on failure."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "phos_dask", *args], cwd=tree, env=env, capture_output=True,
-                          text=True)
+    proc = subprocess.run([python, "-m", "phos_dask", *args], cwd=tree, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed in {tree}: {proc.stderr.strip()[-2000:]}")
@@ -71,14 +76,24 @@ def _commands(work: Path, film: str) -> dict[str, list[str]]:
     }
 
 
-def _one_round(tree: Path, work: Path, film: str) -> dict[str, float]:
+def _one_round(tree: Path, work: Path, film: str, python: str) -> dict[str, float]:
     times = {}
     for name, args in _commands(work, film).items():
         if name == "run":
             shutil.rmtree(work / "out.zarr", ignore_errors=True)
-        times[name] = _command(tree, args)
+        times[name] = _command(tree, args, python)
     times["run_per_image"] = times.pop("run") / IMAGES
     return times
+
+
+def _environment(python: str) -> dict[str, Any]:
+    """What in the commands' environment changes their start-up: whether SciPy is installed (numba imports
+    scipy.linalg, ~0.2 s, in every process that loads a kernel when it is; a `pip install` of this package
+    does not bring it, its test extras do) and how many packages there are."""
+    code = ("import importlib.util, importlib.metadata as m; "
+            "print(importlib.util.find_spec('scipy') is not None, len(list(m.distributions())))")
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    return {"scipy_installed": out[0] == "True", "distributions": int(out[1])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", type=Path, default=None)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--out-dir", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--python", default=sys.executable,
+                        help="interpreter the commands run with (default: this one); e.g. a virtual environment "
+                             "made as the README's quick start makes it, without the test extras")
     args = parser.parse_args(argv)
+    environment = _environment(args.python)
+    print(f"commands run with {args.python}: {environment}")
 
     started = dt.datetime.now(dt.UTC)
     source = args.image or _default_source()
@@ -100,10 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             sides = {"current": REPO, **({"baseline": base_tree} if base_tree else {})}
             runs: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
             for tree in sides.values():  # warm-up: kernels compiled or loaded into each tree's cache
-                _one_round(tree, tmp, args.film)
+                _one_round(tree, tmp, args.film, args.python)
             for _ in range(args.rounds):
                 for side, tree in sides.items():
-                    runs[side].append(_one_round(tree, tmp, args.film))
+                    runs[side].append(_one_round(tree, tmp, args.film, args.python))
                     print(f"{side:<9} " + "  ".join(f"{k} {v:.2f} s" for k, v in runs[side][-1].items()),
                           flush=True)
     finally:
@@ -132,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
                    "fastest per side counts; vs_original = 27.4 s / issue 14's seconds at ec0ed1b × speed-up"),
         "issue_seconds_at_baseline": ISSUE_SECONDS,
         "baseline": args.baseline or None,
+        "python": args.python,
+        "environment": environment,
         "runs": runs,
         "comparison": comparison,
     }
