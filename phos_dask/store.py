@@ -400,15 +400,6 @@ def ome_attributes(key: str, channels: int, shape: tuple[int, int], dtype: str,
     return ome
 
 
-def import_metadata_models() -> None:
-    """Import what `ome_attributes` builds and validates documents with (ome-zarr-models and pydantic: about
-    0.3 s on a 2-core machine), ahead of a worker's first image (phos_dask.worker_setup, as a worker starts)."""
-    import importlib
-
-    for name in ("ome_zarr_models.v05.axes", "ome_zarr_models.v05.image", "pydantic_zarr.v3"):
-        importlib.import_module(name)
-
-
 @functools.lru_cache(maxsize=64)
 def _ome_validated(channels: int, shape: tuple[int, int], dtype: str, arrays_json: str) -> dict[str, Any]:
     arrays = json.loads(arrays_json)

@@ -11,9 +11,7 @@ OPENCV_IO_MAX_IMAGE_PIXELS, is `phos_dask.cluster.WORKER_ENV`.)
 
 When `run` hands the job's settings over (PHOS_DASK_WARM), a worker loads the kernels a first photograph
 needs in a background thread as it starts, while the client plans the job, instead of in its first task
-(`phos_dask.warmup.warm_first`; after a fresh install it waits for their compile like a task would). That
-thread then imports the modules that write an image's metadata (ome-zarr-models and pydantic, ~0.3 s, which
-the first image otherwise imported as it finished), on every worker, with or without settings.
+(`phos_dask.warmup.warm_first`; after a fresh install it waits for their compile like a task would).
 
 The garbage collector: a worker's own process starts with it off, and once its kernels are loaded, what
 the start-up made (modules, numba's and LLVM's objects: ~170 000, and fewer than a thousand of them
@@ -59,8 +57,11 @@ def dask_setup(worker) -> None:  # the hook Dask calls for a preload module
     from phos_dask.cluster import WARM_ENV
 
     logging.getLogger("distributed.worker").addFilter(ClosingHeartbeat(worker))
-    threading.Thread(target=_load_ahead, args=(os.environ.get(WARM_ENV),), name="phos-load-ahead",
-                     daemon=True).start()
+    settings = os.environ.get(WARM_ENV)
+    if settings:
+        threading.Thread(target=_load_kernels, args=(settings,), name="phos-kernel-load", daemon=True).start()
+    else:
+        _started()
 
 
 def dask_teardown(worker) -> None:  # Dask calls it as the worker closes
@@ -68,21 +69,13 @@ def dask_teardown(worker) -> None:  # Dask calls it as the worker closes
         gc.freeze()
 
 
-def _load_ahead(settings: str | None) -> None:
-    """What a worker's first image needs, loaded before it comes: the kernels for `settings` (JSON, when the
-    job handed them over), then the modules that write its metadata. Only a head start: a task that needs
-    one of them loads it anyway."""
+def _load_kernels(settings: str) -> None:
+    from phos_dask.settings import Settings
+    from phos_dask.warmup import warm_first
+
     try:
-        if settings:
-            from phos_dask.settings import Settings
-            from phos_dask.warmup import warm_first
-
-            with contextlib.suppress(Exception):
-                warm_first(Settings(**json.loads(settings)))
-        with contextlib.suppress(Exception):
-            from phos_dask.store import import_metadata_models
-
-            import_metadata_models()
+        with contextlib.suppress(Exception):  # only a head start: a task that needs a kernel loads it anyway
+            warm_first(Settings(**json.loads(settings)))
     finally:
         _started()
 

@@ -198,25 +198,6 @@ def test_local_workers_given_the_settings_load_a_photos_kernels_before_any_task(
     assert count >= 4  # front, cells (of X and of Y), blur, finish: loaded (or compiled) with no task submitted
 
 
-def _metadata_models_imported() -> bool:
-    import sys
-
-    return "ome_zarr_models.v05.image" in sys.modules and "pydantic_zarr.v3" in sys.modules
-
-
-@pytest.mark.parametrize("warm", [Settings(film="Portra400"), None])
-def test_local_workers_import_the_metadata_modules_before_their_first_image(warm):
-    """The modules that write an image's OME metadata (~0.3 s to import) are imported by the worker's start-up
-    thread, with or without a job's settings, not by its first image's task."""
-    from phos_dask.cluster import connect
-
-    with connect(workers=1, dashboard_address="127.0.0.1:0", warm=warm) as client:
-        deadline = time.monotonic() + 120
-        while not (done := next(iter(client.run(_metadata_models_imported).values()))) and time.monotonic() < deadline:
-            time.sleep(0.1)
-    assert done
-
-
 def _huge_pages() -> bool:
     from numpy._core.multiarray import _get_madvise_hugepage
 
