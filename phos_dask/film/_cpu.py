@@ -52,22 +52,22 @@ class Kernel:
                                     fn.__closure__)
         serial.__qualname__ = f"{fn.__qualname__}_serial"  # its own cache files
         self.serial = njit(cache=True, nogil=True, error_model="numpy")(serial)
-        self.built: set[tuple] = set()  # `_shapes` of the arguments the dispatchers have a build for
+        self.built: set[tuple] = set()  # `_kind`s of the arguments the dispatchers have a build for
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args):
         dispatcher = self.serial if numba.get_num_threads() == 1 else self.parallel
-        shapes = (dispatcher is self.serial, *map(_shape, args))
-        if shapes not in self.built:  # numba.typeof takes ~14 µs an argument: only until the build is there
+        kinds = (dispatcher is self.serial, *map(_kind, args))
+        if kinds not in self.built:  # numba.typeof takes ~14 µs an argument: only until the build is there
             types_ = tuple(numba.typeof(a) for a in args)
             if types_ not in dispatcher.overloads:  # compile (or load from the cache) once per machine at a time
                 with compile_lock(dispatcher.py_func.__qualname__):
                     dispatcher.compile(types_)
-            self.built.add(shapes)
+            self.built.add(kinds)
         return dispatcher(*args)
 
 
-def _shape(a) -> tuple | type:
+def _kind(a) -> tuple | type:
     """What numba types an argument by, cheaply: an array's dtype, dimensions, layout and writability; a
     scalar's type."""
     if isinstance(a, np.ndarray):
