@@ -121,7 +121,10 @@ def _say(line: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from phos_dask.cluster import quiet_interrupts
     from phos_dask.progress import Progress
+
+    quiet_interrupts()
 
     bar = not args.json and sys.stderr.isatty()
     result = runner.run(runner.options_from(args), say=_say,
