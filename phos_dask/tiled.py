@@ -23,6 +23,7 @@ from phos_dask.storage import Location, options_for
 from phos_dask.store import METADATA, ImageLayout, staging_compressor, staging_path
 from phos_dask.taskflow import ImageContext, ImageResult, JobConfig, Staged, Stages, TileDone
 from phos_dask.taskkit import InputError, as_failure, chw, complete, guard, limit_kernel_threads, provenance
+from phos_dask.tiles import staging_chunk
 
 
 def _staged(item: SourceItem, ctx: ImageContext, digest: str, linear: bool, direct: bool, t0: float,
@@ -69,25 +70,28 @@ def _grain_k_by_region(item: SourceItem, cfg: JobConfig, ctx: ImageContext) -> l
 
 def prepare_tiles(cfg: JobConfig, item: SourceItem, image: np.ndarray, digest: str, linear: bool, out: Location,
                   t0: float, thumb: bool, source_thumb: np.ndarray | None) -> Staged:
-    """Write the decoded (working-size) input once into the staging area, a Zarr array with a chunk per tile
-    (each chunk encoded here and written whole, several at a time), and create the image's (empty) output
-    arrays."""
+    """Write the decoded (working-size) input once into the staging area, a Zarr array in chunks of half a
+    tile (`tiles.staging_chunk`; each chunk encoded here and written whole, several at a time), and create
+    the image's (empty) output arrays."""
     import zarr
 
     ctx = ImageContext.build(cfg, item, image.shape[:2], linear)
     tiling = ctx.tiling
     grain_k = list(grain_constants(image, ctx.model)) if ctx.model.has_grain else []
     guard(cfg)
-    side = tiling.tile
+    side = staging_chunk(tiling.tile)
     chunks = (side, side, 3) if image.ndim == 3 else (side, side)
     staged = zarr.create_array(store=out.url_of(staging_path(item.key)), shape=image.shape, dtype=image.dtype,
                                chunks=chunks, overwrite=True, fill_value=0, compressors=staging_compressor(),
                                storage_options=options_for(cfg.out_url, cfg.storage_options) or None)
     codec = chunk_codec(staged.metadata.to_dict()["codecs"])
+    H, W = image.shape[:2]
     boxes = {}
-    for tile in tiling:
-        coords = (tile.box[0] // side, tile.box[2] // side, 0)[: image.ndim]
-        boxes[f"{staging_path(item.key)}/{staged.metadata.encode_chunk_key(coords)}"] = tile.box
+    for y in range(0, H, side):
+        for x in range(0, W, side):
+            coords = (y // side, x // side, 0)[: image.ndim]
+            boxes[f"{staging_path(item.key)}/{staged.metadata.encode_chunk_key(coords)}"] = (
+                y, min(y + side, H), x, min(x + side, W))
     out.put_made(boxes, lambda name, image=image: encode_chunk(_part(image, boxes[name]), chunks, codec))
     del image
     _create(cfg, out, ImageLayout(item.key, ctx.model.channels, ctx.shape, ctx.settings.dtype, tiling))

@@ -35,6 +35,15 @@ def effective_tile(requested: int, halo: int) -> int:
     return math.ceil(side / TILE_ALIGN) * TILE_ALIGN
 
 
+def staging_chunk(tile: int) -> int:
+    """Side of the staged input's chunks (px) for tiles of side `tile` (a multiple of TILE_ALIGN): half a
+    tile. A tile's window reaches a halo h past its box on each side, so it decodes whole chunks spanning
+    tile + 2·ceil(h/c)·c px per axis: with c = tile that is 3 tiles for any halo; with c = tile/2 it is 2
+    tiles when h ≤ tile/2 (the usual case: tiles grow towards 4× the halo), never more than with whole
+    tiles. Smaller chunks would cut little more and cost a request (and Zarr's overhead) each."""
+    return tile // 2
+
+
 def pyramid_shapes(shape: tuple[int, int], max_side: int = PYRAMID_MAX_SIDE) -> list[tuple[int, int]]:
     """(rows, cols) of each pyramid level: level 0 is the image, each next one ceil-halved, down to the
     first level whose long side is ≤ max_side."""

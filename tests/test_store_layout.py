@@ -174,7 +174,7 @@ def test_a_tiles_shards_are_the_bytes_zarr_writes():
 
 @pytest.mark.parametrize(("shape", "dtype"), [((1100, 1300, 3), "uint8"), ((700, 530), "uint16")])
 def test_a_staged_inputs_chunks_are_the_bytes_zarr_writes(shape, dtype):
-    """The staging area of a tiled image (phos_dask.tiled.prepare_tiles): one chunk per tile, encoded by
+    """The staging area of a tiled image (phos_dask.tiled.prepare_tiles): chunks of half a tile, encoded by
     shards.encode_chunk, interior and edge chunks alike."""
     from zarr.storage import MemoryStore
 

@@ -16,6 +16,7 @@ from phos_dask.tiles import (
     assert_one_writer_per_chunk,
     effective_tile,
     pyramid_shapes,
+    staging_chunk,
 )
 
 SHAPES = [(1, 1), (255, 257), (777, 1013), (2000, 3001), (4096, 4096), (15000, 20000)]
@@ -65,6 +66,28 @@ def test_tiles_grow_towards_four_halos_within_the_memory_bound():
     grown = effective_tile(256, 700)
     assert 700 < grown < 4 * 700 and (grown + 2 * 700) ** 2 <= MAX_WINDOW_PX * 1.05
     assert all(effective_tile(t, h) % TILE_ALIGN == 0 for t in range(1, 3000, 97) for h in (0, 50, 333))
+
+
+def _decoded_span(window: tuple[int, int], chunk: int) -> int:
+    """px along one axis of the whole chunks a window [a, b) decodes."""
+    a, b = window
+    return -(-b // chunk) * chunk - a // chunk * chunk
+
+
+@pytest.mark.parametrize(("shape", "tile", "halo"), [((15000, 20000), 2048, 840), ((9000, 12000), 2048, 420),
+                                                      ((6000, 9000), 1024, 170), ((5000, 5000), 256, 300)])
+def test_a_tile_decodes_less_of_the_staged_input_than_with_chunks_of_a_whole_tile(shape, tile, halo):
+    plan = TilePlan.build(shape, effective_tile(tile, halo), halo)
+    side = plan.tile
+    chunk = staging_chunk(side)
+    assert side % chunk == 0 and chunk % (TILE_ALIGN // 2) == 0
+    for t in plan:
+        wy0, wy1, wx0, wx1 = t.window
+        for window, n in (((wy0, wy1), shape[0]), ((wx0, wx1), shape[1])):
+            half, whole = _decoded_span(window, chunk), _decoded_span(window, side)
+            assert window[1] - window[0] <= half <= whole
+            if 0 < window[0] and window[1] < n and halo <= chunk:  # an interior window: 2 tiles, not 3
+                assert (half, whole) == (2 * side, 3 * side)
 
 
 def test_pyramid_goes_down_to_1024_px_on_the_long_side():
