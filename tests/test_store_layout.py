@@ -262,6 +262,35 @@ def test_ome_metadata_records_the_downsampling_and_half_pixel_translations(store
     assert group.attrs["ome"]["omero"]["rdefs"]["model"] == "color"
 
 
+@pytest.mark.parametrize(("channels", "shape", "dtype"), [(3, (4000, 6000), "uint16"), (1, (700, 530), "uint8"),
+                                                      (3, (15000, 20000), "float32"), (1, (1, 1), "uint16")])
+def test_the_ome_attributes_are_what_ome_zarr_models_builds_key_for_key(channels, shape, dtype):
+    """The store writes its OME attributes as plain JSON (no pydantic in a worker); ome-zarr-models' own
+    `Image.new`, given the image's arrays, builds the same document, in the same key order, and validates it."""
+    import json
+
+    from ome_zarr_models.v05.axes import Axis
+    from ome_zarr_models.v05.image import Image
+    from pydantic_zarr.v3 import ArraySpec
+
+    from phos_dask.store import DOWNSAMPLING, DOWNSAMPLING_METADATA, ome_attributes
+
+    layout = ImageLayout("photo.jpg", channels, shape, dtype, None)
+    arrays = [ArraySpec(**json.loads(layout.array_document(k))) for k in range(len(layout.levels))]
+    factors = [float(2**k) for k in range(len(layout.levels))]
+    image = Image.new(array_specs=arrays, paths=[str(k) for k in range(len(factors))],
+                      axes=[Axis(name="c", type="channel"), Axis(name="y", type="space"), Axis(name="x", type="space")],
+                      scales=[[1.0, f, f] for f in factors],
+                      translations=[[0.0, (f - 1) / 2, (f - 1) / 2] for f in factors],
+                      name="photo.jpg", multiscale_type=DOWNSAMPLING, metadata=DOWNSAMPLING_METADATA)
+    theirs = image.attributes.ome.model_dump(mode="json", by_alias=True, exclude_none=True)
+    ours = ome_attributes("photo.jpg", channels, shape, dtype)
+    omero = ours.pop("omero")
+    assert json.dumps(ours) == json.dumps(theirs)
+    assert [c["label"] for c in omero["channels"]] == (["red", "green", "blue"] if channels == 3 else ["grey"])
+    Image(members=image.members, attributes={"ome": {**ours, "omero": omero}})  # raises if invalid
+
+
 def test_the_roots_listing_holds_only_zarr_nodes(stores):
     out = stores["tiled"]
     assert (out / "_phos" / "report.json").is_file()

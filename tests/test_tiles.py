@@ -86,7 +86,7 @@ def test_a_tile_decodes_less_of_the_staged_input_than_with_chunks_of_a_whole_til
         for window, n in (((wy0, wy1), shape[0]), ((wx0, wx1), shape[1])):
             half, whole = _decoded_span(window, chunk), _decoded_span(window, side)
             assert window[1] - window[0] <= half <= whole
-            if 0 < window[0] and window[1] < n and halo <= chunk:  # an interior window: 2 tiles, not 3
+            if window[0] > 0 and window[1] < n and halo <= chunk:  # an interior window: 2 tiles, not 3
                 assert (half, whole) == (2 * side, 3 * side)
 
 
