@@ -541,6 +541,9 @@ def _interrupt_before_the_call_starts(set_up_as_the_command_does: bool) -> list[
     logger.addHandler(kept)
     runner = LoopRunner(asynchronous=False)
     runner.start()
+    # Python's own Ctrl-C, as in the command's process (an earlier test may have imported a library that
+    # installs its own handler: dask_jobqueue's runner exits on SIGINT)
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if set_up_as_the_command_does:
             cluster.quiet_interrupts()
@@ -554,6 +557,7 @@ def _interrupt_before_the_call_starts(set_up_as_the_command_does: bool) -> list[
             sync(runner.loop, call)
         time.sleep(1.0)  # the loop runs the call's start, then its cancel
     finally:
+        signal.signal(signal.SIGINT, handler)
         runner.stop()
         logger.removeHandler(kept)
         for added in [f for f in logger.filters if f not in filters]:
