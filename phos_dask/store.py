@@ -385,6 +385,7 @@ def write_json(url: str, name: str, payload: Any, storage_options: dict | None =
     """A JSON document in the store (e.g. REPORT), replaced atomically where the filesystem allows."""
     Location.of(url, storage_options).put_json(name, payload)
 
+
 def ome_attributes(key: str, channels: int, shape: tuple[int, int], dtype: str) -> dict[str, Any]:
     """The image's `ome` attributes (OME-Zarr 0.5): axes (c, y, x); per level k a scale of 2^k px and a
     translation of (2^k − 1)/2 px on y and x (a level-k pixel is the mean of a 2^k-px block, centred on that
