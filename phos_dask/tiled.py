@@ -17,7 +17,7 @@ from phos_dask.device import render_on
 from phos_dask.film.pipeline import add_grain_sums, as_rgb, grain_constants, grain_k_from_sums, grain_sums
 from phos_dask.imageio import ImageReadError, check_pixels, open_region_reader
 from phos_dask.pyramid import downsample2
-from phos_dask.shards import chunk_codec, encode_chunk
+from phos_dask.shards import chunk_codec, encode_chunk, shard_boxes
 from phos_dask.sources import SourceItem
 from phos_dask.storage import Location, options_for
 from phos_dask.store import METADATA, ImageLayout, staging_compressor, staging_path
@@ -85,22 +85,17 @@ def prepare_tiles(cfg: JobConfig, item: SourceItem, image: np.ndarray, digest: s
                                chunks=chunks, overwrite=True, fill_value=0, compressors=staging_compressor(),
                                storage_options=options_for(cfg.out_url, cfg.storage_options) or None)
     codec = chunk_codec(staged.metadata.to_dict()["codecs"])
-    H, W = image.shape[:2]
-    boxes = {}
-    for y in range(0, H, side):
-        for x in range(0, W, side):
-            coords = (y // side, x // side, 0)[: image.ndim]
-            boxes[f"{staging_path(item.key)}/{staged.metadata.encode_chunk_key(coords)}"] = (
-                y, min(y + side, H), x, min(x + side, W))
-    out.put_made(boxes, lambda name, image=image: encode_chunk(_part(image, boxes[name]), chunks, codec))
+    origins = {f"{staging_path(item.key)}/{staged.metadata.encode_chunk_key(coords)}": origin
+               for coords, origin in shard_boxes(tuple((0, n) for n in image.shape), chunks, image.shape)}
+    out.put_made(origins, lambda name, image=image: encode_chunk(_part(image, origins[name], chunks), chunks, codec))
     del image
     _create(cfg, out, ImageLayout(item.key, ctx.model.channels, ctx.shape, ctx.settings.dtype, tiling))
     return _staged(item, ctx, digest, linear, False, t0, thumb, source_thumb, grain_k)
 
 
-def _part(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    y0, y1, x0, x1 = box
-    return image[y0:y1, x0:x1]
+def _part(image: np.ndarray, origin: tuple[int, ...], chunks: tuple[int, ...]) -> np.ndarray:
+    """The chunk at `origin` of `image`: up to `chunks` long on each axis (less at the image's edges)."""
+    return image[tuple(slice(o, o + c) for o, c in zip(origin, chunks, strict=True))]
 
 
 def _create(cfg: JobConfig, out: Location, layout: ImageLayout) -> None:
