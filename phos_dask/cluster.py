@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -174,15 +175,56 @@ def _start_cuda(dashboard_address: str, rmm_pool_size: str | None):
 
 
 def _start_local(workers: int, dashboard_address: str, threads: int = 1, attempts: int = 2) -> LocalCluster:
-    """A LocalCluster, started again once if a worker process dies while it starts (e.g. killed)."""
+    """A LocalCluster, started again once if a worker process dies while it starts (e.g. killed).
+
+    Its scheduler starts without Dask's Bokeh dashboard, whose import (1.0-1.2 s of this process's CPU on a
+    2-core machine) would otherwise run before any worker process is spawned: the worker processes are
+    started first, the dashboard is imported while they start, and it is attached to the scheduler's HTTP
+    server (same address, same pages) once they run (`_attach_dashboard`)."""
+    from distributed.worker_memory import parse_memory_limit
+
+    memory = parse_memory_limit("auto", 1, workers, logger=logging.getLogger("distributed.deploy.local"))
     for attempt in range(1, attempts + 1):
+        # silence_logs: only errors reach the terminal; the job reports each failed image itself
+        cluster = LocalCluster(n_workers=0, threads_per_worker=threads, processes=True, host="127.0.0.1",
+                               silence_logs=logging.ERROR, dashboard_address=dashboard_address,
+                               scheduler_kwargs={"dashboard": False}, memory_limit=memory)
         try:
-            # silence_logs: only errors reach the terminal; the job reports each failed image itself
-            return LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, host="127.0.0.1",
-                                silence_logs=logging.ERROR,
-                                dashboard_address=dashboard_address)
+            for _ in range(workers):
+                cluster.worker_spec.update(cluster.new_worker_spec())
+            # what LocalCluster(n_workers=…) waits for, started on the cluster's loop and awaited below
+            starting = asyncio.run_coroutine_threadsafe(cluster._correct_state_internal(), cluster.loop.asyncio_loop)
+            _import_dashboard()
+            starting.result()
+            _attach_dashboard(cluster)
+            return cluster
         except RuntimeError as e:  # "Nanny failed to start."
+            cluster.close()
             if attempt == attempts:
                 cause = e.__cause__ or e
                 raise ClusterError(f"the local Dask cluster failed to start: {cause}") from None
+        except BaseException:
+            cluster.close()
+            raise
     raise AssertionError("unreachable")
+
+
+def _import_dashboard() -> None:
+    with contextlib.suppress(ImportError):
+        import distributed.dashboard.scheduler  # noqa: F401
+
+
+def _attach_dashboard(cluster: LocalCluster) -> None:
+    """Dask's Bokeh dashboard (/status, …) on the running scheduler's HTTP server, as the scheduler adds it
+    when it starts with one; nothing when Bokeh cannot be imported (the job's own page, /phos, needs no
+    Bokeh)."""
+    try:
+        import distributed.dashboard.scheduler as board
+    except ImportError:
+        return
+    scheduler = cluster.scheduler
+
+    async def attach() -> None:
+        board.connect(scheduler.http_application, scheduler.http_server, scheduler, prefix="/")
+
+    cluster.sync(attach)

@@ -187,6 +187,22 @@ def test_dry_run_plans_without_computing(bucket, tmp_path):
     assert not out.exists()  # a dry run creates nothing
 
 
+def test_the_local_cluster_is_what_localcluster_would_start_with_the_dashboard_attached_after_its_workers(client):
+    """connect() starts the workers before Dask's dashboard is imported, then attaches it: the cluster still
+    has the asked-for single-threaded workers, each with LocalCluster's own per-worker memory limit, and
+    the scheduler's HTTP server serves the Bokeh pages beside its plain routes."""
+    from distributed.worker_memory import parse_memory_limit
+
+    workers = client.scheduler_info()["workers"].values()
+    assert [w["nthreads"] for w in workers] == [1, 1]
+    expected = parse_memory_limit("auto", 1, 2, logger=None)
+    assert {w["memory_limit"] for w in workers} == {expected}
+    base = client.dashboard_link.rsplit("/", 1)[0]
+    for page in ("status", "workers", "health"):
+        with urllib.request.urlopen(f"{base}/{page}", timeout=10) as r:
+            assert r.status == 200, page
+
+
 def test_the_dashboard_is_served_and_lists_the_job_tasks(client, bucket, tmp_path):
     run_job(JobSpec(str(bucket), str(tmp_path / "dash.zarr"), Settings(), tile=512, whole_limit_mp=0.0), client)
     base = client.dashboard_link.rsplit("/", 1)[0]
