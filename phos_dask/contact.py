@@ -121,7 +121,9 @@ def write_contact_sheet(out: str, storage_options: dict | None = None, path: str
         raise ExportError(f"contact sheet: max_images must be >= 1 and thumb >= 16, got {max_images}, {thumb}")
     from phos_dask.store import complete_image
 
-    root = open_store(out, storage_options)
+    # the job that just ran names its images (`keys`): the store is then opened (Zarr imported: 0.3 s) only
+    # for an image without thumbnails
+    root = open_store(out, storage_options) if keys is None else None
     found = []
     for key in keys if keys is not None else image_keys(root):
         c = complete_image(root, key) if keys is None else (None, {"source": {"relpath": (labels or {}).get(key, key)}})
@@ -147,7 +149,10 @@ def write_contact_sheet(out: str, storage_options: dict | None = None, path: str
             source, rendered = (thumbs.fit(p, thumb) for p in pairs[key])
         else:  # no stored thumbnails: the result from the store, the input as a placeholder
             try:
-                rendered = _rendered_thumb(group if group is not None else root[key], thumb)
+                if group is None:
+                    root = root if root is not None else open_store(out, storage_options)
+                    group = root[key]
+                rendered = _rendered_thumb(group, thumb)
             except Exception:
                 rendered = None
         shape = (rendered if rendered is not None else np.empty((thumb, thumb))).shape[:2]

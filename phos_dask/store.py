@@ -29,12 +29,9 @@ import os
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import zarr
-from zarr.codecs import BloscCodec
-from zarr.storage import MemoryStore
 
 from phos_dask.errors import PhosError
 from phos_dask.film.params import CODE_MAX
@@ -43,6 +40,10 @@ from phos_dask.lease import LEASE
 from phos_dask.shards import chunk_codec, encode_shard, shard_boxes
 from phos_dask.storage import Location
 from phos_dask.tiles import Tile, TilePlan, assert_one_writer_per_chunk, pyramid_shapes
+
+if TYPE_CHECKING:
+    import zarr
+    from zarr.codecs import BloscCodec
 
 OME_VERSION = "0.5"
 #: The job's own files, in one Zarr group beside the images.
@@ -69,17 +70,26 @@ RESERVED_NAMES = frozenset({METADATA, "contact.jpg"})
 OS_LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", ".directory"})
 
 
+#: The output's codec, LZ4 with bit shuffle: GB/s both ways, so storage never paces the model. On a grainy
+#: 24 MP render (uint16, one core) it encodes in half the time byte shuffle took (0.095 vs 0.185 s) and
+#: decodes faster (0.057 vs 0.102 s), to a size no larger (ratio 1.16 vs 1.15; 8-bit 1.39 vs 1.31). As Zarr's
+#: BloscCodec configuration (`typesize` is the array's item size, set per array).
+OUTPUT_BLOSC = {"cname": "lz4", "clevel": 5, "shuffle": "bitshuffle", "blocksize": 0}
+
+
 def fast_compressor() -> BloscCodec:
-    """The output's codec, LZ4 with bit shuffle: GB/s both ways, so storage never paces the model. On a
-    grainy 24 MP render (uint16, one core) it encodes in half the time byte shuffle took (0.095 vs 0.185 s)
-    and decodes faster (0.057 vs 0.102 s), to a size no larger (ratio 1.16 vs 1.15; 8-bit 1.39 vs 1.31)."""
-    return BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
+    """The output's codec (OUTPUT_BLOSC) as Zarr's BloscCodec."""
+    from zarr.codecs import BloscCodec
+
+    return BloscCodec(cname=OUTPUT_BLOSC["cname"], clevel=OUTPUT_BLOSC["clevel"], shuffle=OUTPUT_BLOSC["shuffle"])
 
 
 def staging_compressor() -> BloscCodec:
     """The staged input's codec, LZ4 with byte shuffle: a decoded photograph's bytes are smooth, and tiles
     decode each staged chunk up to nine times (their windows overlap), where byte shuffle decodes twice as
     fast as bit shuffle."""
+    from zarr.codecs import BloscCodec
+
     return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 
 
@@ -118,16 +128,16 @@ def unique_keys(relpaths: list[str]) -> dict[str, str]:
     return keys
 
 
-def _document(make) -> bytes:
-    """The zarr.json that Zarr writes for the node `make(store)` creates (in memory)."""
-    objects: dict[str, Any] = {}
-    make(MemoryStore(objects))
-    return objects[METADATA].to_bytes()
+def _json(document: dict[str, Any]) -> bytes:
+    """A zarr.json's bytes as Zarr writes them (its default `json_indent` of 2)."""
+    return json.dumps(document, indent=2, allow_nan=True).encode()
 
 
 def group_document(attributes: dict[str, Any]) -> bytes:
-    """A Zarr v3 group's zarr.json with these attributes."""
-    return _document(lambda store: zarr.create_group(store, attributes=attributes))
+    """A Zarr v3 group's zarr.json with these attributes, byte for byte what `zarr.create_group` writes
+    (written here so that neither the job's client nor a worker imports Zarr for it: 0.2-0.3 s of CPU
+    each, at the start of every `run`)."""
+    return _json({"attributes": attributes, "zarr_format": 3, "node_type": "group"})
 
 
 #: Inner chunk side, px: what a viewer fetches at a time. 256 px: a colour uint16 chunk is 384 KiB before
@@ -161,12 +171,32 @@ def _axis(side: int, footprint: int | None) -> tuple[int, int]:
 @functools.lru_cache(maxsize=256)
 def _array_document(channels: int, shape: tuple[int, int], dtype: str, chunks: tuple[int, int, int],
                     shards: tuple[int, int, int]) -> bytes:
-    """The zarr.json of a level's array (made by Zarr, in memory)."""
-    objects: dict[str, Any] = {}
-    zarr.create_array(MemoryStore(objects), shape=(channels, *shape), dtype=dtype, chunks=chunks, shards=shards,
-                      compressors=fast_compressor(), dimension_names=("c", "y", "x"), fill_value=0,
-                      config={"write_empty_chunks": True})
-    return objects[METADATA].to_bytes()
+    """The zarr.json of a level's array: sharded (c, y, x) in `shards`, inner `chunks` of little-endian
+    `dtype` under OUTPUT_BLOSC, index little-endian with CRC32C at the shard's end, fill value 0; byte for
+    byte what `zarr.create_array` writes for the same arguments (tests/test_store_layout.py holds them
+    equal)."""
+    blosc = {"name": "blosc", "configuration": {"typesize": np.dtype(dtype).itemsize, **OUTPUT_BLOSC}}
+    little = {"name": "bytes", "configuration": {"endian": "little"}}
+    if np.dtype(dtype).itemsize == 1:
+        little = {"name": "bytes"}
+    sharding = {"name": "sharding_indexed",
+                "configuration": {"chunk_shape": list(chunks), "codecs": [little, blosc],
+                                  "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
+                                                   {"name": "crc32c"}],
+                                  "index_location": "end"}}
+    return _json({
+        "shape": [channels, *shape],
+        "data_type": np.dtype(dtype).name,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(shards)}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": 0.0 if np.dtype(dtype).kind == "f" else 0,
+        "codecs": [sharding],
+        "attributes": {},
+        "dimension_names": ["c", "y", "x"],
+        "zarr_format": 3,
+        "node_type": "array",
+        "storage_transformers": [],
+    })
 
 
 @functools.lru_cache(maxsize=64)
@@ -306,6 +336,8 @@ def image_state(out: Location, key: str) -> dict[str, Any] | None:
 def complete_image(root: zarr.Group, key: str) -> tuple[zarr.Group, dict[str, Any]] | None:
     """(the image's group, its `phos` attributes) of a finished image in an opened store, or None when the
     image is absent or incomplete (for readers that hold the store open through Zarr)."""
+    import zarr
+
     try:
         group = root[key]
         phos = dict(group.attrs).get("phos")

@@ -339,6 +339,11 @@ def test_incomplete_images_missing_sources_and_changed_sources(colour16: Path, s
     # placeholder the shape of the result (64×48)
     y0 = 12 + (64 - 48) // 2
     assert np.abs(grid[y0 + 2:y0 + 46, 14:74] - 128).max() <= 6
+    # as the job names its images (keys): the store is opened for plain.png's result all the same
+    named = write_contact_sheet(str(store), path=str(tmp_path / "named.jpg"), thumb=64,
+                                keys=["plain.png", "rotated.jpg"])
+    with Image.open(named) as im:
+        assert np.abs(np.asarray(im.convert("RGB")).astype(int) - grid).mean() < 2
 
 
 def _drop_thumbnails(store: Path, key: str) -> None:

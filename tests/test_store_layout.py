@@ -156,6 +156,78 @@ def test_shards_are_the_bytes_zarr_writes_for_a_whole_image(channels, dtype, sha
         assert want and all(ours[name] == data for name, data in want.items()), f"level {level}"
 
 
+@pytest.mark.parametrize(("channels", "dtype", "shape", "tile"),
+                         [(3, "uint16", (4000, 6000), None), (1, "uint8", (250, 375), None),
+                          (3, "float16", (511, 3), None), (1, "float32", (1100, 2600), 512),
+                          (3, "uint8", (1100, 2600), 512)])
+def test_every_levels_zarr_json_is_the_bytes_zarr_writes_for_it(channels, dtype, shape, tile):
+    """The package writes each level's zarr.json itself (neither the job's client nor a worker imports
+    Zarr for it); it is byte for byte what zarr.create_array writes for the level's shape, chunks, shards,
+    codec, fill value and dimension names."""
+    from zarr.storage import MemoryStore
+
+    from phos_dask.store import METADATA, fast_compressor
+
+    layout = ImageLayout("k", channels, shape, dtype, None if tile is None else TilePlan.build(shape, tile, 0))
+    for level in range(len(layout.levels)):
+        objects: dict = {}
+        zarr.create_array(MemoryStore(objects), shape=(channels, *layout.levels[level]), dtype=dtype,
+                          chunks=layout.chunks(level), shards=layout.shards(level), compressors=fast_compressor(),
+                          dimension_names=("c", "y", "x"), fill_value=0)
+        assert layout.array_document(level) == objects[METADATA].to_bytes(), f"level {level}"
+
+
+@pytest.mark.parametrize("grid", [(1, 16, 24), (3, 1, 1), (1, 1, 1), (2, 3, 5), (1, 33, 7), (4, 4, 4), (1, 17, 1)])
+def test_a_shards_chunks_are_in_zarrs_morton_order(grid):
+    from zarr.core.indexing import morton_order_iter
+
+    from phos_dask.shards import chunk_order
+
+    assert chunk_order(grid) == tuple(tuple(int(v) for v in c) for c in morton_order_iter(grid))
+
+
+@pytest.mark.parametrize("attributes", [{}, {"phos": {"status": "complete", "note": "é ☃", "n": [1, 2.5, None]}}])
+def test_a_groups_zarr_json_is_the_bytes_zarr_writes_for_it(attributes):
+    from zarr.storage import MemoryStore
+
+    from phos_dask.store import METADATA, group_document
+
+    objects: dict = {}
+    zarr.create_group(MemoryStore(objects), attributes=attributes)
+    assert group_document(attributes) == objects[METADATA].to_bytes()
+
+
+def test_the_job_client_and_a_whole_image_task_run_without_importing_zarr(tmp_path):
+    """Zarr costs 0.2-0.3 s of CPU to import; the job's client (planning, lease, root, index, report, the
+    contact sheet from the job's thumbnails) and a task rendering an image whole never need it. Checked in a
+    fresh interpreter."""
+    import subprocess
+    import sys
+
+    photo = tmp_path / "p.png"
+    cv2.imwrite(str(photo), np.full((60, 90, 3), 120, np.uint8))
+    code = f"""
+import sys
+from distributed import Client, LocalCluster
+from phos_dask import Settings
+from phos_dask.job import JobSpec, run_job
+from phos_dask.sources import SourceItem
+from phos_dask.taskflow import JobConfig
+from phos_dask.tasks import process_image
+spec = JobSpec({str(tmp_path)!r}, {str(tmp_path / "out.zarr")!r}, Settings(film="Portra400"))
+from phos_dask.contact import write_contact_sheet
+pairs = {{}}
+with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
+    report = run_job(spec, client, sheet_thumbs=pairs)
+assert report["counts"]["done"] == 1, report
+assert write_contact_sheet(spec.out, keys=["p.png"], pairs=pairs)
+print("zarr" in sys.modules)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "False"
+
+
 def test_a_tiles_shards_are_the_bytes_zarr_writes():
     shape = (1100, 2600)
     plan = TilePlan.build(shape, 512, 0)
