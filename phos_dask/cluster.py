@@ -174,6 +174,12 @@ def _start_cuda(dashboard_address: str, rmm_pool_size: str | None):
         raise ClusterError(f"the local CUDA cluster failed to start: {e.__cause__ or e}") from None
 
 
+#: Whether this distributed has the coroutine LocalCluster(n_workers=…) awaits to start its workers
+#: (`SpecCluster._correct_state_internal`, private): `_start_local` uses it to import the dashboard while the
+#: workers start, and starts the cluster the plain way without it.
+WORKERS_FIRST = hasattr(LocalCluster, "_correct_state_internal")
+
+
 def _start_local(workers: int, dashboard_address: str, threads: int = 1, attempts: int = 2) -> LocalCluster:
     """A LocalCluster, started again once if a worker process dies while it starts (e.g. killed).
 
@@ -185,28 +191,34 @@ def _start_local(workers: int, dashboard_address: str, threads: int = 1, attempt
 
     memory = parse_memory_limit("auto", 1, workers, logger=logging.getLogger("distributed.deploy.local"))
     for attempt in range(1, attempts + 1):
-        # silence_logs: only errors reach the terminal; the job reports each failed image itself
-        cluster = LocalCluster(n_workers=0, threads_per_worker=threads, processes=True, host="127.0.0.1",
-                               silence_logs=logging.ERROR, dashboard_address=dashboard_address,
-                               scheduler_kwargs={"dashboard": False}, memory_limit=memory)
         try:
-            for _ in range(workers):
-                cluster.worker_spec.update(cluster.new_worker_spec())
-            # what LocalCluster(n_workers=…) waits for, started on the cluster's loop and awaited below
-            starting = asyncio.run_coroutine_threadsafe(cluster._correct_state_internal(), cluster.loop.asyncio_loop)
-            _import_dashboard()
-            starting.result()
-            _attach_dashboard(cluster)
-            return cluster
+            return _local_cluster(workers, dashboard_address, threads, memory)
         except RuntimeError as e:  # "Nanny failed to start."
-            cluster.close()
             if attempt == attempts:
                 cause = e.__cause__ or e
                 raise ClusterError(f"the local Dask cluster failed to start: {cause}") from None
-        except BaseException:
-            cluster.close()
-            raise
     raise AssertionError("unreachable")
+
+
+def _local_cluster(workers: int, dashboard_address: str, threads: int, memory: int | None) -> LocalCluster:
+    # silence_logs: only errors reach the terminal; the job reports each failed image itself
+    options = {"threads_per_worker": threads, "processes": True, "host": "127.0.0.1", "silence_logs": logging.ERROR,
+               "dashboard_address": dashboard_address, "memory_limit": memory}
+    if not WORKERS_FIRST:
+        return LocalCluster(n_workers=workers, **options)
+    cluster = LocalCluster(n_workers=0, scheduler_kwargs={"dashboard": False}, **options)
+    try:
+        for _ in range(workers):
+            cluster.worker_spec.update(cluster.new_worker_spec())
+        # what LocalCluster(n_workers=…) waits for, started on the cluster's loop and awaited below
+        starting = asyncio.run_coroutine_threadsafe(cluster._correct_state_internal(), cluster.loop.asyncio_loop)
+        _import_dashboard()
+        starting.result()
+        _attach_dashboard(cluster)
+    except BaseException:
+        cluster.close()
+        raise
+    return cluster
 
 
 def _import_dashboard() -> None:

@@ -203,6 +203,22 @@ def test_the_local_cluster_is_what_localcluster_would_start_with_the_dashboard_a
             assert r.status == 200, page
 
 
+def test_without_the_private_start_hook_the_local_cluster_starts_the_plain_way(monkeypatch):
+    """A distributed without `SpecCluster._correct_state_internal` gets LocalCluster(n_workers=…) with the
+    dashboard in its scheduler: the same workers, memory limit and pages."""
+    from distributed.worker_memory import parse_memory_limit
+
+    from phos_dask import cluster
+
+    monkeypatch.setattr(cluster, "WORKERS_FIRST", False)
+    with connect(workers=1, dashboard_address="127.0.0.1:0") as client:
+        (worker,) = client.scheduler_info()["workers"].values()
+        assert worker["nthreads"] == 1 and worker["memory_limit"] == parse_memory_limit("auto", 1, 1, logger=None)
+        with urllib.request.urlopen(client.dashboard_link, timeout=10) as r:
+            assert r.status == 200 and "bokeh" in r.read().decode().lower()
+        assert client.submit(sum, [1, 2]).result() == 3
+
+
 def test_the_dashboard_is_served_and_lists_the_job_tasks(client, bucket, tmp_path):
     run_job(JobSpec(str(bucket), str(tmp_path / "dash.zarr"), Settings(), tile=512, whole_limit_mp=0.0), client)
     base = client.dashboard_link.rsplit("/", 1)[0]
