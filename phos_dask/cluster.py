@@ -212,28 +212,22 @@ def _local_cluster(workers: int, dashboard_address: str, threads: int, memory: i
             cluster.worker_spec.update(cluster.new_worker_spec())
         # what LocalCluster(n_workers=…) waits for, started on the cluster's loop and awaited below
         starting = asyncio.run_coroutine_threadsafe(cluster._correct_state_internal(), cluster.loop.asyncio_loop)
-        _import_dashboard()
+        try:  # imported while the workers start
+            import distributed.dashboard.scheduler as board
+        except ImportError:  # no Bokeh: no Dask dashboard (the job's own page, /phos, needs none)
+            board = None
         starting.result()
-        _attach_dashboard(cluster)
+        if board is not None:
+            _attach_dashboard(cluster, board)
     except BaseException:
         cluster.close()
         raise
     return cluster
 
 
-def _import_dashboard() -> None:
-    with contextlib.suppress(ImportError):
-        import distributed.dashboard.scheduler  # noqa: F401
-
-
-def _attach_dashboard(cluster: LocalCluster) -> None:
-    """Dask's Bokeh dashboard (/status, …) on the running scheduler's HTTP server, as the scheduler adds it
-    when it starts with one; nothing when Bokeh cannot be imported (the job's own page, /phos, needs no
-    Bokeh)."""
-    try:
-        import distributed.dashboard.scheduler as board
-    except ImportError:
-        return
+def _attach_dashboard(cluster: LocalCluster, board) -> None:
+    """Dask's Bokeh dashboard (/status, …; `board` is distributed.dashboard.scheduler) on the running
+    scheduler's HTTP server, as the scheduler adds it when it starts with one."""
     scheduler = cluster.scheduler
 
     async def attach() -> None:

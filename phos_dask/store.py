@@ -81,7 +81,7 @@ def fast_compressor() -> BloscCodec:
     """The output's codec (OUTPUT_BLOSC) as Zarr's BloscCodec."""
     from zarr.codecs import BloscCodec
 
-    return BloscCodec(cname=OUTPUT_BLOSC["cname"], clevel=OUTPUT_BLOSC["clevel"], shuffle=OUTPUT_BLOSC["shuffle"])
+    return BloscCodec(**OUTPUT_BLOSC)
 
 
 def staging_compressor() -> BloscCodec:
@@ -175,21 +175,19 @@ def _array_document(channels: int, shape: tuple[int, int], dtype: str, chunks: t
     `dtype` under OUTPUT_BLOSC, index little-endian with CRC32C at the shard's end, fill value 0; byte for
     byte what `zarr.create_array` writes for the same arguments (tests/test_store_layout.py holds them
     equal)."""
-    blosc = {"name": "blosc", "configuration": {"typesize": np.dtype(dtype).itemsize, **OUTPUT_BLOSC}}
+    dt = np.dtype(dtype)
     little = {"name": "bytes", "configuration": {"endian": "little"}}
-    if np.dtype(dtype).itemsize == 1:
-        little = {"name": "bytes"}
+    blosc = {"name": "blosc", "configuration": {"typesize": dt.itemsize, **OUTPUT_BLOSC}}
     sharding = {"name": "sharding_indexed",
-                "configuration": {"chunk_shape": list(chunks), "codecs": [little, blosc],
-                                  "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
-                                                   {"name": "crc32c"}],
-                                  "index_location": "end"}}
+                "configuration": {"chunk_shape": list(chunks),
+                                  "codecs": [{"name": "bytes"} if dt.itemsize == 1 else little, blosc],
+                                  "index_codecs": [little, {"name": "crc32c"}], "index_location": "end"}}
     return _json({
         "shape": [channels, *shape],
-        "data_type": np.dtype(dtype).name,
+        "data_type": dt.name,
         "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(shards)}},
         "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-        "fill_value": 0.0 if np.dtype(dtype).kind == "f" else 0,
+        "fill_value": 0.0 if dt.kind == "f" else 0,
         "codecs": [sharding],
         "attributes": {},
         "dimension_names": ["c", "y", "x"],

@@ -210,12 +210,9 @@ def test_the_job_client_and_a_whole_image_task_run_without_importing_zarr(tmp_pa
 import sys
 from distributed import Client, LocalCluster
 from phos_dask import Settings
-from phos_dask.job import JobSpec, run_job
-from phos_dask.sources import SourceItem
-from phos_dask.taskflow import JobConfig
-from phos_dask.tasks import process_image
-spec = JobSpec({str(tmp_path)!r}, {str(tmp_path / "out.zarr")!r}, Settings(film="Portra400"))
 from phos_dask.contact import write_contact_sheet
+from phos_dask.job import JobSpec, run_job
+spec = JobSpec({str(tmp_path)!r}, {str(tmp_path / "out.zarr")!r}, Settings(film="Portra400"))
 pairs = {{}}
 with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
     report = run_job(spec, client, sheet_thumbs=pairs)
