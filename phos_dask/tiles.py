@@ -21,17 +21,23 @@ PYRAMID_MAX_SIDE = 1024
 Box = tuple[int, int, int, int]
 
 
-#: A tile's padded window is kept under this many px (≈ 0.75 GB of working memory for a colour render).
-MAX_WINDOW_PX = 16_000_000
+#: A tile's padded window is kept under this many px: 32 MP, the largest image a task renders whole
+#: (phos_dask.taskflow.WHOLE_LIMIT_MP), so a tile task peaks no higher than a whole-image task (≈ 1.5 GB for a
+#: colour render).
+MAX_WINDOW_PX = 32_000_000
+#: Tiles grow towards this many halos a side: the recomputed halo is then at most (1 + 2/8)² ≈ 1.56× a tile's
+#: own pixels (at 4 halos, the least design.md allows, 2.25×).
+GROW_TO_HALOS = 8
 
 
 def effective_tile(requested: int, halo: int) -> int:
-    """The tile side actually used, rounded up to a multiple of 64: at least MIN_TILE and the halo, and
-    grown towards 4× the halo (so recomputed halo stays ≤ ~2× the tile's own work) as far as the padded
-    window stays under MAX_WINDOW_PX."""
+    """The tile side actually used, rounded to a multiple of 64: at least MIN_TILE and the halo, and grown
+    towards GROW_TO_HALOS × the halo as far as the padded window stays under MAX_WINDOW_PX (where the halo
+    itself is that large, the window may pass it by the rounding)."""
     side = max(int(requested), MIN_TILE, halo)
-    if side < 4 * halo:
-        side = max(side, min(4 * halo, math.isqrt(MAX_WINDOW_PX) - 2 * halo))
+    target = min(GROW_TO_HALOS * halo, math.isqrt(MAX_WINDOW_PX) - 2 * halo)
+    if side < target:
+        side = max(side, target // TILE_ALIGN * TILE_ALIGN)
     return math.ceil(side / TILE_ALIGN) * TILE_ALIGN
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
 
 from phos_dask.tiles import (
+    GROW_TO_HALOS,
     MAX_WINDOW_PX,
     MIN_SHARD,
     MIN_TILE,
@@ -57,14 +59,19 @@ def test_small_tiles_grow_to_the_minimum_and_the_halo_aligned():
     assert effective_tile(2048, 170) == 2048
 
 
-def test_tiles_grow_towards_four_halos_within_the_memory_bound():
-    assert effective_tile(256, 100) == 448  # 4 × halo, aligned
-    assert effective_tile(2048, 500) == 2048  # halo overhead (3048/2048)² ≈ 2.2×
-    assert effective_tile(1024, 400) == 1600  # grown to 4 × halo
-    assert effective_tile(2048, 1700) == 2048  # s = 10: memory wins over the 4× rule (no growth)
-    assert effective_tile(256, 1700) == 1728  # but never below the halo
-    grown = effective_tile(256, 700)
-    assert 700 < grown < 4 * 700 and (grown + 2 * 700) ** 2 <= MAX_WINDOW_PX * 1.05
+def test_tiles_grow_towards_eight_halos_within_the_memory_bound():
+    assert effective_tile(256, 100) == 768  # 8 × halo, aligned down
+    assert effective_tile(2048, 170) == 2048  # 8 × halo is less than asked: not shrunk
+    assert effective_tile(1024, 400) == 3200  # grown to 8 × halo: window (4000/3200)² ≈ 1.56× the tile
+    assert effective_tile(2048, 840) == 3968  # 300 MP: memory wins over 8 × halo
+    assert MAX_WINDOW_PX >= (3968 + 2 * 840) ** 2  # the window of that tile
+    assert effective_tile(2048, 1700) == 2240  # s ≈ 20: little room past the halo
+    assert effective_tile(256, 2900) == 2944  # the window passes the bound: never below the halo
+    for halo in range(0, 2000, 37):
+        grown = effective_tile(256, halo)
+        assert grown >= max(halo, MIN_TILE) and grown % TILE_ALIGN == 0
+        assert grown + 2 * halo <= math.isqrt(MAX_WINDOW_PX) or grown < halo + TILE_ALIGN
+        assert grown <= max(GROW_TO_HALOS * halo, MIN_TILE)
     assert all(effective_tile(t, h) % TILE_ALIGN == 0 for t in range(1, 3000, 97) for h in (0, 50, 333))
 
 
