@@ -20,7 +20,7 @@ from phos_dask.film.pipeline import Plan, make_plan
 from phos_dask.imageio import DEFAULT_MAX_PIXELS
 from phos_dask.settings import Settings
 from phos_dask.sources import SourceItem
-from phos_dask.tiles import DEFAULT_TILE, TilePlan
+from phos_dask.tiles import DEFAULT_TILE, MAX_WINDOW_PX, TilePlan
 
 #: Images up to this many megapixels (after working size) run as one task: no halo is recomputed and
 #: nothing is staged. A 32 MP render peaks near 1.6 GB.
@@ -58,9 +58,17 @@ class JobConfig:
     def fingerprint(self) -> str:
         return self.settings.fingerprint()
 
+    @property
+    def max_window_px(self) -> int:
+        """The most px a tile's padded window grows to: those of the largest image a task renders whole
+        (`whole_limit_mp`, which a GPU job sizes from the GPUs' free memory), at most tiles.MAX_WINDOW_PX;
+        MAX_WINDOW_PX when every image is tiled (whole_limit_mp 0)."""
+        limit = int(self.whole_limit_mp * 1e6)
+        return min(MAX_WINDOW_PX, limit) if limit > 0 else MAX_WINDOW_PX
+
     def runs_whole(self, shape: tuple[int, int]) -> bool:
         """Whether an image of this (working-size) shape is one task rather than staged tiles."""
-        tiling = TilePlan.build(shape, self.tile, 0)
+        tiling = TilePlan.build(shape, self.tile, 0, self.max_window_px)
         return tiling.count == 1 or shape[0] * shape[1] <= self.whole_limit_mp * 1e6
 
 
@@ -81,7 +89,7 @@ class ImageContext:
         model = make_plan(st, shape)
         if grain_k is not None and model.has_grain:
             model = model.with_grain_k(tuple(grain_k))
-        return cls(st, model, TilePlan.build(shape, cfg.tile, model.halo))
+        return cls(st, model, TilePlan.build(shape, cfg.tile, model.halo, cfg.max_window_px))
 
     @property
     def shape(self) -> tuple[int, int]:

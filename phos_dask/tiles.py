@@ -30,12 +30,12 @@ MAX_WINDOW_PX = 32_000_000
 GROW_TO_HALOS = 8
 
 
-def effective_tile(requested: int, halo: int) -> int:
+def effective_tile(requested: int, halo: int, max_window_px: int = MAX_WINDOW_PX) -> int:
     """The tile side actually used, rounded to a multiple of 64: at least MIN_TILE and the halo, and grown
-    towards GROW_TO_HALOS × the halo as far as the padded window stays under MAX_WINDOW_PX (where the halo
+    towards GROW_TO_HALOS × the halo as far as the padded window stays under `max_window_px` (where the halo
     itself is that large, the window may pass it by the rounding)."""
     side = max(int(requested), MIN_TILE, halo)
-    target = min(GROW_TO_HALOS * halo, math.isqrt(MAX_WINDOW_PX) - 2 * halo)
+    target = min(GROW_TO_HALOS * halo, math.isqrt(max(0, int(max_window_px))) - 2 * halo)
     if side < target:
         side = max(side, target // TILE_ALIGN * TILE_ALIGN)
     return math.ceil(side / TILE_ALIGN) * TILE_ALIGN
@@ -78,8 +78,9 @@ class TilePlan:
     halo: int
 
     @classmethod
-    def build(cls, shape: tuple[int, int], requested_tile: int, halo: int) -> TilePlan:
-        return cls(tuple(shape), effective_tile(requested_tile, halo), halo)  # type: ignore[arg-type]
+    def build(cls, shape: tuple[int, int], requested_tile: int, halo: int,
+              max_window_px: int = MAX_WINDOW_PX) -> TilePlan:
+        return cls(tuple(shape), effective_tile(requested_tile, halo, max_window_px), halo)  # type: ignore[arg-type]
 
     @property
     def grid(self) -> tuple[int, int]:

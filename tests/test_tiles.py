@@ -119,3 +119,24 @@ def test_chunks_that_straddle_tiles_are_caught():
         assert_one_writer_per_chunk(plan, [(256, 256)])
     with pytest.raises(AssertionError, match="not one chunk"):
         assert_one_writer_per_chunk(plan, [(640, 640)])
+
+
+def test_a_tile_window_grows_no_larger_than_the_jobs_whole_image_task():
+    import dataclasses
+
+    from phos_dask.settings import Settings
+    from phos_dask.sources import SourceItem
+    from phos_dask.taskflow import ImageContext, JobConfig
+
+    item = SourceItem("/nowhere/big.jpg", "big.jpg", "big.jpg", 1)
+    cfg = JobConfig("/nowhere/out.zarr", Settings(film="Portra400"))
+    assert cfg.max_window_px == MAX_WINDOW_PX == cfg.whole_limit_mp * 1e6
+    big = ImageContext.build(cfg, item, (15000, 20000))
+    assert big.tiling.halo == 840 and big.tiling.tile == 3968
+    # a job whose whole-image tasks are capped lower (--whole-limit, or a GPU's free memory) tiles no larger
+    capped = dataclasses.replace(cfg, whole_limit_mp=16.0)
+    assert capped.max_window_px == 16_000_000
+    tiling = ImageContext.build(capped, item, (15000, 20000)).tiling
+    assert tiling.tile == 2304
+    assert max((t.window[1] - t.window[0]) * (t.window[3] - t.window[2]) for t in tiling) <= 16e6
+    assert dataclasses.replace(cfg, whole_limit_mp=0.0).max_window_px == MAX_WINDOW_PX  # always tiled
