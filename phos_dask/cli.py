@@ -62,6 +62,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 from phos_dask import __version__, runner
 from phos_dask.errors import EXIT_FAILED, PhosError
@@ -70,6 +71,7 @@ from phos_dask.imageio import check_writable, read_image, write_image
 from phos_dask.options import CLIError, parse_storage_options
 from phos_dask.render import render
 from phos_dask.stocks import all_stocks
+from phos_dask.warmup import warm_in_background
 
 __all__ = ["CLIError", "add_render_arguments", "build_parser", "main", "parse_storage_options",
            "settings_from_args"]
@@ -103,6 +105,7 @@ def _preview(args: argparse.Namespace) -> int:
         raise CLIError(f"output {str(out)!r} is the input file; choose another output path")
     settings = settings_from_args(args, image_key=src.name, dtype=dtype)
     t0 = time.perf_counter()
+    warm_in_background(settings, np.uint16 if src.suffix.lower() in (".tif", ".tiff") else np.uint8)
     image = read_image(src)
     result = render(image, settings)
     try:

@@ -71,6 +71,24 @@ def warm_first(settings) -> None:
         downsample2(np.zeros((3, 5, 5), settings.dtype))
 
 
+def warm_in_background(settings, input_dtype=np.uint8) -> threading.Thread:
+    """Load (or compile) the kernels a render with `settings` of an `input_dtype` image takes, in a daemon
+    thread with this process's kernel threads, so that numba's import and its first kernel loads (about a
+    second of CPU) overlap what the caller does meanwhile: `preview` decodes its input, and OpenCV's
+    decoders release the GIL. A render that needs a kernel the thread is still loading waits for numba's
+    compile lock; a failure here is left for that render to meet."""
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            from phos_dask.engine import render_image
+
+            top = np.iinfo(input_dtype).max
+            render_image(np.random.default_rng(0).integers(0, top, (48, 64, 3), dtype=input_dtype), settings)
+
+    thread = threading.Thread(target=load, name="phos-warm", daemon=True)
+    thread.start()
+    return thread
+
+
 def marker(settings) -> str:
     """The file that says `warm(settings)` ran to its end on this machine with this numba and these kernel
     sources, so numba's cache holds every kernel a job with these settings needs (it lives beside that

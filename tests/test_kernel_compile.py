@@ -333,3 +333,35 @@ def test_the_jobs_client_imports_no_numba():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize(("film", "dtype", "input_dtype"), [("Portra400", "uint8", "uint8"),
+                                                             ("HP5Plus400", "uint16", "uint16")])
+def test_a_background_warm_up_loads_every_kernel_the_render_after_it_takes(tmp_path, film, dtype, input_dtype):
+    """`preview` loads its kernels in a thread while it decodes the input (warmup.warm_in_background): in a
+    fresh interpreter, once that thread is done, rendering a photograph-sized image loads or builds nothing
+    more."""
+    code = f"""
+import numpy as np
+from phos_dask.engine import render_image
+from phos_dask.film import _cpu
+from phos_dask.settings import Settings
+from phos_dask.warmup import warm_in_background
+
+settings = Settings(film="{film}", dtype="{dtype}")
+warm_in_background(settings, np.{input_dtype}).join()
+kernels = [k for k in vars(_cpu).values() if isinstance(k, _cpu.Kernel)]
+def builds():
+    return sorted((k.__name__, n) for k in kernels for n, d in (("serial", k.serial), ("parallel", k.parallel))
+                  for _ in d.overloads)
+before = builds()
+top = np.iinfo(np.{input_dtype}).max
+image = np.random.default_rng(5).integers(0, top, (700, 1000, 3), dtype=np.{input_dtype})
+render_image(image, settings)
+print(len(before), before == builds())
+"""
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    loaded, same = proc.stdout.split()
+    assert int(loaded) >= 4 and same == "True", proc.stdout
