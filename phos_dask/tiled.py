@@ -16,7 +16,6 @@ from phos_dask import thumbs
 from phos_dask.device import render_on
 from phos_dask.film.pipeline import add_grain_sums, as_rgb, grain_constants, grain_k_from_sums, grain_sums
 from phos_dask.imageio import ImageReadError, check_pixels, open_region_reader
-from phos_dask.pyramid import downsample2
 from phos_dask.shards import chunk_codec, encode_chunk, shard_boxes
 from phos_dask.sources import SourceItem
 from phos_dask.storage import Location, options_for
@@ -203,6 +202,8 @@ def _finalize(cfg: JobConfig, item: SourceItem, staged: Staged, *tiles: TileDone
     if staged.thumb or last + 1 < len(layout.levels):
         smallest = zarr.open_array(store=out.url_of(f"{item.key}/{last}"), mode="r", storage_options=so)[...]
     if last + 1 < len(layout.levels):
+        from phos_dask.pyramid import downsample2  # numba: a worker's, not the job client's (graph imports this)
+
         objects, smallest = layout.levels_objects(downsample2(smallest), first=last + 1)
     if staged.thumb:
         source_thumb = thumbs.decode_pair(staged.source_thumb)[0] if staged.source_thumb else None

@@ -321,12 +321,13 @@ def test_the_cpu_kernels_avoid_what_numba_compiles_slowly():
 
 def test_the_jobs_client_imports_no_numba():
     """A job's client plans, submits and reports; numba (about 0.2 s to import, more on a cold disk) and the
-    kernels are its workers' business."""
+    kernels are its workers' business. (phos_dask.graph is what run_job imports as it starts.)"""
     code = ("import sys\n"
             "from phos_dask.runner import run\n"
             "from phos_dask.cluster import connect\n"
             "from phos_dask.device import choose, probe\n"
             "from phos_dask.job import JobSpec, check_spec, plan_job, run_job\n"
+            "from phos_dask.graph import Todo, submit_job\n"
             "from phos_dask.store import ImageLayout\n"
             "probe()\n"
             "print(sorted(m for m in ('numba', 'llvmlite', 'phos_dask.film._cpu') if m in sys.modules))\n")
