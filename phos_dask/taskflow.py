@@ -68,7 +68,7 @@ class JobConfig:
 
     def runs_whole(self, shape: tuple[int, int]) -> bool:
         """Whether an image of this (working-size) shape is one task rather than staged tiles."""
-        tiling = TilePlan.build(shape, self.tile, 0, self.max_window_px)
+        tiling = TilePlan.build(shape, self.tile, 0)
         return tiling.count == 1 or shape[0] * shape[1] <= self.whole_limit_mp * 1e6
 
 

@@ -37,7 +37,7 @@ def warm(settings) -> None:
     """Render what makes every kernel of a job with `settings` compile or load: whole images with scale
     s < 1 (the grain-blend path) and a small region of an image with s > 1, from 8- and 16-bit input, and
     the pyramid of the output dtype; on one kernel thread, as a worker runs them."""
-    from phos_dask.engine import render_image, render_window
+    from phos_dask.engine import render_window
     from phos_dask.film.pipeline import make_plan, source_box
 
     warm_first(settings)
@@ -45,8 +45,8 @@ def warm(settings) -> None:
     # (a worker that needs one of these kernels meanwhile waits on the compile lock and uses no CPU)
     with contextlib.suppress(OSError):
         os.nice(10)
+    render_small(settings, np.uint16)
     rng = np.random.default_rng(1)
-    render_image(rng.integers(0, 65535, (48, 64, 3), dtype=np.uint16), settings)
     big = (4000, 6000)
     out_box = (2000, 2016, 3000, 3016)
     for dtype, top in ((np.uint8, 255), (np.uint16, 65535)):
@@ -62,13 +62,21 @@ def warm_first(settings) -> None:
     image and the pyramid of the output dtype."""
     import numba
 
-    from phos_dask.engine import render_image
     from phos_dask.pyramid import downsample2
 
     numba.set_num_threads(1)
-    render_image(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8), settings)
+    render_small(settings, np.uint8)
     if np.dtype(settings.dtype).kind in "ui":
         downsample2(np.zeros((3, 5, 5), settings.dtype))
+
+
+def render_small(settings, input_dtype=np.uint8) -> None:
+    """Render a small whole image of random `input_dtype` codes with `settings`: what loads (or compiles) the
+    kernels a whole image of that input type takes, in the calling thread's kernel-thread setting."""
+    from phos_dask.engine import render_image
+
+    top = np.iinfo(input_dtype).max
+    render_image(np.random.default_rng(0).integers(0, top, (48, 64, 3), dtype=input_dtype), settings)
 
 
 def warm_in_background(settings, input_dtype=np.uint8) -> threading.Thread:
@@ -79,10 +87,7 @@ def warm_in_background(settings, input_dtype=np.uint8) -> threading.Thread:
     compile lock; a failure here is left for that render to meet."""
     def load() -> None:
         with contextlib.suppress(Exception):
-            from phos_dask.engine import render_image
-
-            top = np.iinfo(input_dtype).max
-            render_image(np.random.default_rng(0).integers(0, top, (48, 64, 3), dtype=input_dtype), settings)
+            render_small(settings, input_dtype)
 
     thread = threading.Thread(target=load, name="phos-warm", daemon=True)
     thread.start()
