@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 import dask
 from distributed import Client, LocalCluster
 from distributed.security import Security
+from tornado import web
 
 from phos_dask.errors import EnvironmentProblem
 
@@ -174,19 +176,13 @@ def _start_cuda(dashboard_address: str, rmm_pool_size: str | None):
         raise ClusterError(f"the local CUDA cluster failed to start: {e.__cause__ or e}") from None
 
 
-#: Whether this distributed has the coroutine LocalCluster(n_workers=…) awaits to start its workers
-#: (`SpecCluster._correct_state_internal`, private): `_start_local` uses it to import the dashboard while the
-#: workers start, and starts the cluster the plain way without it.
-WORKERS_FIRST = hasattr(LocalCluster, "_correct_state_internal")
-
-
 def _start_local(workers: int, dashboard_address: str, threads: int = 1, attempts: int = 2) -> LocalCluster:
     """A LocalCluster, started again once if a worker process dies while it starts (e.g. killed).
 
-    Its scheduler starts without Dask's Bokeh dashboard, whose import (1.0-1.2 s of this process's CPU on a
-    2-core machine) would otherwise run before any worker process is spawned: the worker processes are
-    started first, the dashboard is imported while they start, and it is attached to the scheduler's HTTP
-    server (same address, same pages) once they run (`_attach_dashboard`)."""
+    Its scheduler starts without Dask's Bokeh dashboard, whose import costs this process 0.9-1.5 s of CPU on a
+    2-core machine, taken from the workers' start and their first images: the dashboard is attached to the
+    scheduler's HTTP server (same address, same pages) when its first page is asked for (`defer_dashboard`).
+    The scheduler's plain routes (/phos, /metrics, /health, /info, …) are there from the start."""
     from distributed.worker_memory import parse_memory_limit
 
     memory = parse_memory_limit("auto", 1, workers, logger=logging.getLogger("distributed.deploy.local"))
@@ -202,35 +198,61 @@ def _start_local(workers: int, dashboard_address: str, threads: int = 1, attempt
 
 def _local_cluster(workers: int, dashboard_address: str, threads: int, memory: int | None) -> LocalCluster:
     # silence_logs: only errors reach the terminal; the job reports each failed image itself
-    options = {"threads_per_worker": threads, "processes": True, "host": "127.0.0.1", "silence_logs": logging.ERROR,
-               "dashboard_address": dashboard_address, "memory_limit": memory}
-    if not WORKERS_FIRST:
-        return LocalCluster(n_workers=workers, **options)
-    cluster = LocalCluster(n_workers=0, scheduler_kwargs={"dashboard": False}, **options)
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, host="127.0.0.1",
+                           silence_logs=logging.ERROR, dashboard_address=dashboard_address, memory_limit=memory,
+                           scheduler_kwargs={"dashboard": False})
     try:
-        for _ in range(workers):
-            cluster.worker_spec.update(cluster.new_worker_spec())
-        # what LocalCluster(n_workers=…) waits for, started on the cluster's loop and awaited below
-        starting = asyncio.run_coroutine_threadsafe(cluster._correct_state_internal(), cluster.loop.asyncio_loop)
-        try:  # imported while the workers start
-            import distributed.dashboard.scheduler as board
-        except ImportError:  # no Bokeh: no Dask dashboard (the job's own page, /phos, needs none)
-            board = None
-        starting.result()
-        if board is not None:
-            _attach_dashboard(cluster, board)
+        scheduler = cluster.scheduler
+
+        async def defer() -> None:
+            defer_dashboard(scheduler)
+
+        cluster.sync(defer)
     except BaseException:
         cluster.close()
         raise
     return cluster
 
 
-def _attach_dashboard(cluster: LocalCluster, board) -> None:
-    """Dask's Bokeh dashboard (/status, …; `board` is distributed.dashboard.scheduler) on the running
-    scheduler's HTTP server, as the scheduler adds it when it starts with one."""
-    scheduler = cluster.scheduler
+class _AttachDashboard(web.RequestHandler):
+    """Any path the scheduler's own routes do not serve, until Dask's dashboard is attached: attach it, then
+    send the browser back to the same address, which the dashboard now serves (or 404 without Bokeh)."""
 
-    async def attach() -> None:
-        board.connect(scheduler.http_application, scheduler.http_server, scheduler, prefix="/")
+    def initialize(self, attach) -> None:
+        self.attach = attach
 
-    cluster.sync(attach)
+    async def get(self, *_: str) -> None:
+        if not await self.attach():
+            raise web.HTTPError(404, reason="Dask's dashboard needs Bokeh (pip install bokeh)")
+        self.redirect(self.request.uri)
+
+    head = get
+
+
+def defer_dashboard(scheduler) -> None:
+    """Serve Dask's Bokeh dashboard on `scheduler`'s HTTP server from the first request for a path its own
+    routes do not serve: Bokeh is imported then (in a thread, so the scheduler keeps running), and
+    distributed.dashboard.scheduler.connect adds its pages as the scheduler would have at start-up. Call on
+    the scheduler's event loop."""
+    application = scheduler.http_application
+    attached: asyncio.Future | None = None
+
+    async def connect() -> bool:
+        try:
+            board = await asyncio.to_thread(importlib.import_module, "distributed.dashboard.scheduler")
+        except ImportError:
+            return False
+        finally:
+            with contextlib.suppress(ValueError):
+                application.applications.remove(placeholder)
+        board.connect(application, scheduler.http_server, scheduler, prefix="/")
+        return True
+
+    async def attach() -> bool:
+        nonlocal attached
+        if attached is None:
+            attached = asyncio.ensure_future(connect())
+        return await asyncio.shield(attached)
+
+    placeholder = web.Application([(r"/(.*)", _AttachDashboard, {"attach": attach})])
+    application.add_application(placeholder)

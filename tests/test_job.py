@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -187,10 +189,10 @@ def test_dry_run_plans_without_computing(bucket, tmp_path):
     assert not out.exists()  # a dry run creates nothing
 
 
-def test_the_local_cluster_is_what_localcluster_would_start_with_the_dashboard_attached_after_its_workers(client):
-    """connect() starts the workers before Dask's dashboard is imported, then attaches it: the cluster still
-    has the asked-for single-threaded workers, each with LocalCluster's own per-worker memory limit, and
-    the scheduler's HTTP server serves the Bokeh pages beside its plain routes."""
+def test_the_local_cluster_has_single_threaded_workers_with_localclusters_memory_limit_and_serves_the_dashboard(
+        client):
+    """connect() starts LocalCluster's workers as asked (one thread each, LocalCluster's own per-worker memory
+    limit), and the scheduler's HTTP server serves Dask's Bokeh pages beside its plain routes."""
     from distributed.worker_memory import parse_memory_limit
 
     workers = client.scheduler_info()["workers"].values()
@@ -199,24 +201,56 @@ def test_the_local_cluster_is_what_localcluster_would_start_with_the_dashboard_a
     assert {w["memory_limit"] for w in workers} == {expected}
     base = client.dashboard_link.rsplit("/", 1)[0]
     for page in ("status", "workers", "health"):
-        with urllib.request.urlopen(f"{base}/{page}", timeout=10) as r:
+        with urllib.request.urlopen(f"{base}/{page}", timeout=30) as r:
             assert r.status == 200, page
 
 
-def test_without_the_private_start_hook_the_local_cluster_starts_the_plain_way(monkeypatch):
-    """A distributed without `SpecCluster._correct_state_internal` gets LocalCluster(n_workers=…) with the
-    dashboard in its scheduler: the same workers, memory limit and pages."""
-    from distributed.worker_memory import parse_memory_limit
+LAZY_DASHBOARD = """
+import concurrent.futures, sys, urllib.error, urllib.request
+from phos_dask.cluster import connect
+from phos_dask.dashboard import install
 
-    from phos_dask import cluster
+def bokeh():
+    return any(m == "bokeh" or m.startswith("bokeh.") for m in sys.modules)
 
-    monkeypatch.setattr(cluster, "WORKERS_FIRST", False)
+def get(url):
+    with urllib.request.urlopen(url, timeout=60) as r:
+        return r.status, r.url, r.read().decode()
+
+if __name__ == "__main__":
     with connect(workers=1, dashboard_address="127.0.0.1:0") as client:
-        (worker,) = client.scheduler_info()["workers"].values()
-        assert worker["nthreads"] == 1 and worker["memory_limit"] == parse_memory_limit("auto", 1, 1, logger=None)
-        with urllib.request.urlopen(client.dashboard_link, timeout=10) as r:
-            assert r.status == 200 and "bokeh" in r.read().decode().lower()
+        base = client.dashboard_link.rsplit("/", 1)[0]
         assert client.submit(sum, [1, 2]).result() == 3
+        install(client)  # the job's page, as run_job installs it
+        print("at start", bokeh())
+        for page in ("health", "metrics", "phos/status.json"):
+            assert get(f"{base}/{page}")[0] == 200, page
+        print("after plain pages", bokeh())
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            pages = list(pool.map(get, [client.dashboard_link, f"{base}/workers", f"{base}/", f"{base}/tasks"]))
+        print("after dashboard pages", bokeh())
+        for status, url, body in pages:
+            print("page", status, url.rsplit("/", 1)[-1], "bokeh" in body.lower())
+        try:
+            get(f"{base}/no-such-page")
+        except urllib.error.HTTPError as e:
+            print("unknown page", e.code)
+"""
+
+
+def test_dasks_dashboard_is_imported_when_its_first_page_is_asked_for_not_as_the_cluster_starts(tmp_path):
+    """Bokeh costs the command's process about a second of CPU to import: the local cluster starts without it,
+    serves its plain routes (/health, /metrics, the job's /phos) at once, and attaches Dask's dashboard when a
+    page of it is first asked for (several at once: one import), which then serves every Bokeh page."""
+    script = tmp_path / "lazy.py"
+    script.write_text(LAZY_DASHBOARD)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert lines[:3] == ["at start False", "after plain pages False", "after dashboard pages True"]
+    assert sorted(lines[3:7]) == ["page 200 status True", "page 200 status True", "page 200 tasks True",
+                                  "page 200 workers True"]
+    assert lines[7:] == ["unknown page 404"]
 
 
 def test_the_dashboard_is_served_and_lists_the_job_tasks(client, bucket, tmp_path):
