@@ -47,11 +47,11 @@ class Kernel:
     compute every element with the same float32 operations, so their outputs are the same bits."""
 
     def __init__(self, fn: Callable) -> None:
-        self.parallel = njit(parallel=True, cache=True, nogil=True, error_model="numpy")(fn)
+        self.parallel = njit(parallel=True, cache=True, nogil=True, error_model="numpy", no_cfunc_wrapper=True)(fn)
         serial = types.FunctionType(fn.__code__, fn.__globals__, f"{fn.__name__}_serial", fn.__defaults__,
                                     fn.__closure__)
         serial.__qualname__ = f"{fn.__qualname__}_serial"  # its own cache files
-        self.serial = njit(cache=True, nogil=True, error_model="numpy")(serial)
+        self.serial = njit(cache=True, nogil=True, error_model="numpy", no_cfunc_wrapper=True)(serial)
         self.built: set[tuple] = set()  # `_kind`s of the arguments the dispatchers have a build for
         functools.update_wrapper(self, fn)
 
@@ -171,7 +171,7 @@ def front_linear(lin, matrix, factors, use_factors, out):
                 out[c, y, x] = _exposure(lin[y, x, 0], lin[y, x, 1], lin[y, x, 2], m0, m1, m2, fac, use_factors)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def _add_excess_row(sr, cmap, ja, jb, thr, acc):
     """acc[x] += (sr[cmap[x]] − thr)₊ for every x; cmap[ja:jb] is one run of consecutive columns (a slice,
     so that loop vectorises)."""
@@ -187,7 +187,7 @@ def _add_excess_row(sr, cmap, ja, jb, thr, acc):
         acc[x] += _excess(sr[cmap[x]], thr)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def _cell_means(acc, f, scale, out_row):
     """out_row[i] = scale · Σ_b acc[i·f + b]: the row's f×f cell sums from its f rows' column sums."""
     for i in range(out_row.shape[0]):
@@ -231,7 +231,7 @@ def cells(src, rmap, cmap, f, thr, eta, composed, xy, xx, bloom, has_bloom, rj, 
     return out
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def _hpass(tmp, taps, r, ri, out):
     """out[x] = taps[r]·tmp[x+r] + Σ_{k=1..ri} taps[r+k]·(tmp[x+r−k] + tmp[x+r+k]), summed in that order (a
     horizontal pass of a symmetric kernel of radius ri padded to r). The shifted rows are slices so the loops
@@ -286,7 +286,7 @@ def blur_valid(src, taps_v, taps_h, radii, out):
                 out[y, x] += acc[x]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def _compose_row(s, brow, has_blur, cj, cw0, cw1, thr, eta, up, out):
     """out = clip01(kept(s) + up(brow)) for one row (brow: the row's vertically interpolated blurred cells;
     up: scratch), the float32 operations of `compose` per element, in loops over slices."""
@@ -302,7 +302,7 @@ def _compose_row(s, brow, has_blur, cj, cw0, cw1, thr, eta, up, out):
             out[x] = _clip01(_kept(s[x], thr, eta))
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def _blurred_row(blurred, y, rj, rw0, rw1, brow):
     """The blurred cells (rows of `blurred`, 2D) interpolated to output row y: brow = w0·cells[j] +
     w1·cells[j+1] for y's lower cell row j and weights (rj, rw0, rw1)."""
@@ -324,7 +324,7 @@ def compose(src, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, eta
         _compose_row(src[sy + y, sx : sx + w], row, has_blur, cj, cw0, cw1, thr, eta, up, out[y])
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def _longest_run(cmap):
     """(a, b): the longest stretch cmap[a:b] of consecutive columns (the part of a reflected index map
     inside the image)."""
@@ -337,7 +337,7 @@ def _longest_run(cmap):
     return best_a, best_b
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def _rho_row(Xp, row, cmap, ja, jb, gy0, gx0, k, T, dT, gain, cell, frac, dst):
     """a(X)·u of one row of a grain plane (`_rho` per element) over the columns cmap into dst, in loops
     that vectorise: the gains (columns ja..jb-1 are one contiguous slice of the row), the hash, the lookup."""
@@ -358,7 +358,7 @@ def _rho_row(Xp, row, cmap, ja, jb, gy0, gx0, k, T, dT, gain, cell, frac, dst):
         dst[j] = gain[j] * _grain_lookup(T, dT, cell[j], frac[j])
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def _vpass(ring, i, taps, r, tmp):
     """tmp = taps[r]·ρ(i) + Σ_{q=1..r} taps[r+q]·(ρ(i−q) + ρ(i+q)), summed in that order, where ρ(j) is row
     j of the rows in flight, kept in ring slot j mod len(ring) (2r+1 slots in `finish`; `grain_noise` holds
@@ -514,7 +514,7 @@ def mix_filmic_blend_encode(Yp, X, xy, xx, noise, coef, nscale, wd, ws, tone, r,
                 out[y, x, c] = _srgb_code(_blend(f0, f, r), guess, steps, cells)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy", no_cfunc_wrapper=True)
 def k_sums_lut(sub, table, m, fac, use_factors):
     """`grain.k_sums` of X = m·lin(sub) (then ×fac clipped to [0, 1] when use_factors) for integer sRGB
     samples sub (h, w, 3), lin = table[sub] (float64): (Σq, n) with q = rint(2³²/max(E0·X, 1)), the same
