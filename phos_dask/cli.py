@@ -207,7 +207,8 @@ COMMANDS = {"films": _films, "info": _info, "preview": _preview, "run": _run, "e
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     try:
-        args = build_parsers().parse(list(sys.argv[1:] if argv is None else argv))
+        argv = list(sys.argv[1:] if argv is None else argv)
+        args = build_parsers(argv).parse(argv)
         # OpenCV logs decoder complaints on stderr; our own one-line error says what went wrong instead
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
         return COMMANDS[args.command](args)

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from phos_dask import __version__, config, runner
+from phos_dask import __version__, runner
+from phos_dask.encode import JPEG_QUALITY
 from phos_dask.errors import EXIT_USAGE
-from phos_dask.export import FORMATS, JPEG_QUALITY
 from phos_dask.options import CLIError
 from phos_dask.settings import DTYPES, Settings
 
@@ -117,6 +117,8 @@ def settings_from_args(args: argparse.Namespace, image_key: str, dtype: str | No
 
 
 def _configured(key: str) -> str:
+    from phos_dask import config  # imports Dask: only for the parsers that show its values
+
     return f"phos_dask.{key} in Dask's configuration, now {config.get(key)}"
 
 
@@ -174,6 +176,8 @@ def add_run_arguments(run: argparse.ArgumentParser) -> FlagTable:
     t.add(run, "--exclude", action="append", metavar="GLOB",
           help="leave out inputs whose relative path or file name matches (repeatable)")
     add_storage_option(run, "SOURCE and OUT", t)
+    from phos_dask.export import FORMATS
+
     t.add(run, "--export", choices=list(FORMATS), metavar="FORMAT",
           help="after the job, also write the images as files: jpeg, png or tiff16 (with --export-dir)")
     t.add(run, "--export-dir", metavar="DIR", help="folder for --export's files")
@@ -275,52 +279,78 @@ class Parsers:
         return args
 
 
-def build_parsers() -> Parsers:
-    """The `phos_dask` parsers; the sub-command is `args.command`."""
+#: The sub-commands and their one-line help.
+SUB_COMMANDS = {
+    "films": "list the film stocks",
+    "info": "versions, GPUs and whether the model would use them",
+    "preview": "render one image to a .jpg, .png or .tif",
+    "run": "render every image under a folder into an OME-Zarr store on a Dask cluster",
+    "export": "write a store's finished images as JPEG, PNG or 16-bit TIFF files",
+}
+
+
+def build_parsers(argv: Sequence[str] | None = None) -> Parsers:
+    """The `phos_dask` parsers; the sub-command is `args.command`. Given the command line `argv`, only the
+    sub-command it names gets its flags (the others are listed with their help only): building `run`'s
+    flags reads Dask's configuration, whose import would cost `preview` 0.2 s."""
+    named = argv[0] if argv and argv[0] in SUB_COMMANDS else None
     parser = Parser(prog=PROG, description="The Phos film model (bloom, halation, grain, filmic tone).",
                     epilog="Exit status: 0 ok, 2 bad arguments or input, 1 output not writable.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parsers = {name: sub.add_parser(name, help=text) for name, text in SUB_COMMANDS.items()}
+    run_flags = FlagTable()
+    for name, build in _SUB_PARSERS.items():
+        if named in (None, name):
+            flags = build(parsers[name])
+            if name == "run":
+                run_flags = flags
+    return Parsers(parser, parsers["run"], run_flags)
 
-    films = sub.add_parser("films", help="list the film stocks", description="List the film stocks.")
+
+def _films_parser(films: argparse.ArgumentParser) -> None:
+    films.description = "List the film stocks."
     films.add_argument("--json", action="store_true", help="print a JSON list of {name, kind, iso, character}")
 
-    info = sub.add_parser("info", help="versions, GPUs and whether the model would use them",
-                          description="Versions of phos_dask and its libraries, the GPUs CuPy sees (name, memory "
-                                      "total/free, driver and runtime), whether dask-cuda is usable, and in one "
-                                      "line why a GPU would not be used.")
+
+def _info_parser(info: argparse.ArgumentParser) -> None:
+    info.description = ("Versions of phos_dask and its libraries, the GPUs CuPy sees (name, memory total/free, "
+                        "driver and runtime), whether dask-cuda is usable, and in one line why a GPU would not "
+                        "be used.")
     info.add_argument("--json", action="store_true", help="print the same as JSON")
 
-    preview = sub.add_parser(
-        "preview", help="render one image to a .jpg, .png or .tif",
-        description="Render one image file with a film stock and write it as .jpg, .png or .tif "
-                    "(B&W stocks write a grey image).",
-    )
+
+def _preview_parser(preview: argparse.ArgumentParser) -> None:
+    preview.description = ("Render one image file with a film stock and write it as .jpg, .png or .tif "
+                           "(B&W stocks write a grey image).")
     preview.add_argument("image", metavar="IMAGE", help="input image (JPEG, PNG, TIFF, WebP, …)")
     preview.add_argument("-o", "--output", required=True, metavar="OUT",
                          help="output file: .jpg/.jpeg (uint8), .png (uint8 or uint16) or .tif/.tiff "
                               "(uint8 or uint16); default dtype uint8, uint16 for .tif")
     add_render_arguments(preview, dtypes=("uint8", "uint16"))
 
-    run = sub.add_parser(
-        "run", help="render every image under a folder into an OME-Zarr store on a Dask cluster",
-        description="Render every image under SOURCE into OUT (a Zarr v3 group of OME-Zarr images), tile "
-                    "by tile on a Dask cluster. Reruns skip finished images.",
-    )
-    run_flags = add_run_arguments(run)
 
-    export = sub.add_parser(
-        "export", help="write a store's finished images as JPEG, PNG or 16-bit TIFF files",
-        description="Write every complete image of OUT.zarr as a file under DIR named after its input "
-                    "(folders kept), with an sRGB ICC profile and, for JPEG and PNG, the input's EXIF.",
-    )
+def _run_parser(run: argparse.ArgumentParser) -> FlagTable:
+    run.description = ("Render every image under SOURCE into OUT (a Zarr v3 group of OME-Zarr images), tile "
+                       "by tile on a Dask cluster. Reruns skip finished images.")
+    return add_run_arguments(run)
+
+
+def _export_parser(export: argparse.ArgumentParser) -> None:
+    from phos_dask.export import FORMATS
+
+    export.description = ("Write every complete image of OUT.zarr as a file under DIR named after its input "
+                          "(folders kept), with an sRGB ICC profile and, for JPEG and PNG, the input's EXIF.")
     export.add_argument("out", metavar="OUT.zarr", help="output store written by 'phos_dask run'")
     export.add_argument("--to", required=True, metavar="DIR", help="folder to write into (created as needed)")
     export.add_argument("--format", required=True, choices=list(FORMATS),
                         help="jpeg (8-bit), png (8-bit) or tiff16 (16-bit)")
     add_quality(export)
     add_storage_option(export, "OUT.zarr and the inputs")
-    return Parsers(parser, run, run_flags)
+
+
+_SUB_PARSERS = {"films": _films_parser, "info": _info_parser, "preview": _preview_parser, "run": _run_parser,
+                "export": _export_parser}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,9 +27,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import fsspec
-import fsspec.utils
-
 from phos_dask.errors import PhosError
 
 T = TypeVar("T")
@@ -82,9 +79,17 @@ SPLIT_BYTES = 32 << 20
 
 
 def is_remote(url: str) -> bool:
-    """Whether `url` names an fsspec protocol other than the local file system."""
-    protocol = fsspec.utils.get_protocol(str(url))
-    return protocol not in ("file", "local")
+    """Whether `url` names an fsspec protocol other than the local file system. (A plain path is answered
+    without importing fsspec, which `preview` of a local file does not need.)"""
+    if "://" not in str(url) and "::" not in str(url):
+        return False
+    return _protocol(url) not in ("file", "local")
+
+
+def _protocol(url: str) -> str:
+    import fsspec.utils
+
+    return fsspec.utils.get_protocol(str(url))
 
 
 def options_for(url: str, storage_options: dict | None) -> dict:
@@ -96,7 +101,7 @@ def options_for(url: str, storage_options: dict | None) -> dict:
 def relative_inside(outer: str, inner: str) -> str | None:
     """The path of `inner` relative to `outer` when `inner` is `outer` ("") or lies under it, else None.
     Local paths are compared resolved (links followed); URLs by protocol and path."""
-    po, pi = fsspec.utils.get_protocol(str(outer)), fsspec.utils.get_protocol(str(inner))
+    po, pi = _protocol(outer), _protocol(inner)
     if is_remote(outer) != is_remote(inner) or (is_remote(outer) and po != pi):
         return None
     if is_remote(outer):
@@ -301,6 +306,8 @@ class Location:
 
 @functools.lru_cache(maxsize=256)
 def _location(url: str, options_json: str) -> Location:
+    import fsspec.core
+
     fs, root = fsspec.core.url_to_fs(url, **json.loads(options_json))
     protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
     local = protocol in ("file", "local")

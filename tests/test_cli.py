@@ -80,6 +80,36 @@ def test_preview_colour_stock(tmp_path: Path, small_image: Path) -> None:
     assert np.corrcoef(img[..., 1].ravel(), src[..., 1].ravel())[0, 1] > 0.8  # … but it is still the picture
 
 
+def test_preview_of_a_local_file_imports_neither_dask_nor_fsspec(tmp_path: Path, small_image: Path) -> None:
+    """`preview` renders one local file: Dask's configuration (which `run`'s flags show) and fsspec (for
+    buckets) are 0.25 s of imports it does not need."""
+    out = tmp_path / "p.jpg"
+    code = ("import sys\n"
+            "from phos_dask.cli import main\n"
+            f"assert main(['preview', {str(small_image)!r}, '-o', {str(out)!r}, '--film', 'Portra400']) == 0\n"
+            "print(sorted(m for m in ('dask', 'distributed', 'fsspec') if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]" and out.exists()
+
+
+@pytest.mark.parametrize("command", ["films", "info", "preview", "run", "export"])
+def test_each_command_parses_and_helps_alone_and_the_top_level_help_lists_them_all(command: str) -> None:
+    """The parser built for one command line has that command's flags (the others only their one-line help);
+    `phos_dask --help` lists every command."""
+    from phos_dask.flags import SUB_COMMANDS, build_parsers
+
+    full = build_parsers()
+    alone = build_parsers([command, "--help"])
+    sub = full.main._subparsers._group_actions[0].choices
+    alone_sub = alone.main._subparsers._group_actions[0].choices
+    assert list(alone_sub) == list(SUB_COMMANDS)
+    assert alone_sub[command].format_help() == sub[command].format_help()
+    top = " ".join(phos("--help").stdout.split())
+    for name, text in SUB_COMMANDS.items():
+        assert f"{name} {text}" in top
+
+
 def test_preview_uint16_tiff_and_working_size(tmp_path: Path, small_image: Path) -> None:
     out = tmp_path / "ektar.tif"
     proc = phos(
