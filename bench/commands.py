@@ -14,8 +14,9 @@ commands start faster than the same commands run from the test environment. The 
 
 The photographs are bench/archive.py's variants of ``../shared/parity/coffee_3000x2000.jpg`` at 6000×4000,
 JPEG quality 92. Each side (the working tree, and the package at ``--baseline`` checked out into a temporary
-git worktree) first runs every command once untimed, so numba's kernel cache is warm (a first run after
-install is bench/archive.py's and the README's business); then ``--rounds`` rounds alternate the sides,
+git worktree) first runs every command once untimed, so numba's kernel cache is warm and Python's bytecode is
+written (a first run after install is bench/archive.py's and the README's business; PYTHONDONTWRITEBYTECODE is
+dropped from the commands' environment); then ``--rounds`` rounds alternate the sides,
 each command timed end to end as a subprocess (``python -m phos_dask …``), and each side's fastest run of a
 command counts.
 
@@ -59,6 +60,10 @@ IMAGES = 4
 def _command(tree: Path, args: list[str], python: str) -> float:
     """Seconds for `python -m phos_dask ARGS` importing the package from `tree`; raises on failure."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
+    # both trees run from cached bytecode, as an installed package does: with PYTHONDONTWRITEBYTECODE set (as
+    # in some shells and containers) the freshly checked-out baseline compiled every module from source in
+    # every process (the command's and each worker's), and the working tree did so for every changed module
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     t0 = time.perf_counter()
     proc = subprocess.run([python, "-m", "phos_dask", *args], cwd=tree, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
