@@ -201,16 +201,7 @@ def _local_cluster(workers: int, dashboard_address: str, threads: int, memory: i
     cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, host="127.0.0.1",
                            silence_logs=logging.ERROR, dashboard_address=dashboard_address, memory_limit=memory,
                            scheduler_kwargs={"dashboard": False})
-    try:
-        scheduler = cluster.scheduler
-
-        async def defer() -> None:
-            defer_dashboard(scheduler)
-
-        cluster.sync(defer)
-    except BaseException:
-        cluster.close()
-        raise
+    defer_dashboard(cluster.scheduler)
     return cluster
 
 
@@ -232,8 +223,9 @@ class _AttachDashboard(web.RequestHandler):
 def defer_dashboard(scheduler) -> None:
     """Serve Dask's Bokeh dashboard on `scheduler`'s HTTP server from the first request for a path its own
     routes do not serve: Bokeh is imported then (in a thread, so the scheduler keeps running), and
-    distributed.dashboard.scheduler.connect adds its pages as the scheduler would have at start-up. Call on
-    the scheduler's event loop."""
+    distributed.dashboard.scheduler.connect adds its pages as the scheduler would have at start-up. Only the
+    placeholder route is added here (from any thread); the import and attachment run on the scheduler's event
+    loop, where the first request arrives."""
     application = scheduler.http_application
     attached: asyncio.Future | None = None
 

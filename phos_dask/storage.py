@@ -101,10 +101,10 @@ def options_for(url: str, storage_options: dict | None) -> dict:
 def relative_inside(outer: str, inner: str) -> str | None:
     """The path of `inner` relative to `outer` when `inner` is `outer` ("") or lies under it, else None.
     Local paths are compared resolved (links followed); URLs by protocol and path."""
-    po, pi = _protocol(outer), _protocol(inner)
-    if is_remote(outer) != is_remote(inner) or (is_remote(outer) and po != pi):
+    remote = is_remote(outer)
+    if remote != is_remote(inner) or (remote and _protocol(outer) != _protocol(inner)):
         return None
-    if is_remote(outer):
+    if remote:
         a = str(outer).split("://", 1)[-1].rstrip("/")
         b = str(inner).split("://", 1)[-1].rstrip("/")
     else:
