@@ -265,6 +265,27 @@ def test_a_big_image_shrinks_to_its_thumbnail_in_two_steps_as_one_would(shape) -
     assert diff[0] < 0.5 and diff[1] < 2.0 and diff[2] < 12, diff  # gradients; checker pattern
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float16])
+@pytest.mark.parametrize("channels", [3, 1])
+def test_a_result_thumbnail_is_the_area_mean_of_the_stored_level_in_8_bit_codes(dtype, channels) -> None:
+    """Whatever the order of averaging and conversion, the thumbnail of a stored level is within a code of
+    its 8-bit codes area-averaged to the thumbnail's size, channel for channel (grey as three equal ones)."""
+    rng = np.random.default_rng(7)
+    h, w = 408, 612
+    y, x = np.mgrid[0:h, 0:w]
+    ramps = [x / w, y / h, (x + y) / (w + h)][:channels]
+    level = np.stack([np.clip(r + rng.normal(0, 0.05, (h, w)), 0, 1) for r in ramps])
+    codes = level if dtype == np.float16 else np.round(level * np.iinfo(dtype).max)  # float16: linear light
+    level = codes.astype(dtype)
+    want = cv2.resize(np.moveaxis(to_codes(level, 8), 0, -1), (256, 171), interpolation=cv2.INTER_AREA)
+    want = np.repeat(want[:, :, None], 3, axis=2) if channels == 1 else want
+    got = thumbs.result_thumb(level)
+    assert got.shape == (171, 256, 3) and got.dtype == np.uint8
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    if channels == 3:  # the channels keep their order
+        assert got[:, -1, 0].mean() > 200 > got[:, 0, 0].mean() and got[-1, :, 1].mean() > 200 > got[0, :, 1].mean()
+
+
 def test_contact_sheet(colour16: Path, source: Path) -> None:
     path = write_contact_sheet(str(colour16))
     assert path == str(colour16 / "_phos" / "contact.jpg")
