@@ -124,7 +124,7 @@ def _say(line: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from phos_dask.cluster import quiet_interrupts
+    from phos_dask.interrupts import quiet_interrupts
     from phos_dask.progress import Progress
 
     quiet_interrupts()

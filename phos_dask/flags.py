@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -116,10 +117,25 @@ def settings_from_args(args: argparse.Namespace, image_key: str, dtype: str | No
     return Settings(**{**values, "image_key": image_key})
 
 
-def _configured(key: str) -> str:
-    from phos_dask import config  # imports Dask: only for the parsers that show its values
+#: Stands for "phos_dask.KEY in Dask's configuration, now VALUE" in a help text until the help is shown.
+_CONFIGURED = re.compile(r"<configured ([\w-]+)>")
 
-    return f"phos_dask.{key} in Dask's configuration, now {config.get(key)}"
+
+def _configured(key: str) -> str:
+    return f"<configured {key}>"
+
+
+class ConfiguredHelp(argparse.HelpFormatter):
+    """Help whose defaults come from Dask's configuration, read as the help is shown: Dask's import (0.2 s)
+    is left until then, so a `run` reaches the start of its kernels' warm-up sooner."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = super()._get_help_string(action)
+        if not text or "<configured " not in text:
+            return text
+        from phos_dask import config
+
+        return _CONFIGURED.sub(lambda m: f"phos_dask.{m[1]} in Dask's configuration, now {config.get(m[1])}", text)
 
 
 def add_run_arguments(run: argparse.ArgumentParser) -> FlagTable:
@@ -333,6 +349,7 @@ def _preview_parser(preview: argparse.ArgumentParser) -> None:
 def _run_parser(run: argparse.ArgumentParser) -> FlagTable:
     run.description = ("Render every image under SOURCE into OUT (a Zarr v3 group of OME-Zarr images), tile "
                        "by tile on a Dask cluster. Reruns skip finished images.")
+    run.formatter_class = ConfiguredHelp
     return add_run_arguments(run)
 
 

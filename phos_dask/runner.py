@@ -150,15 +150,18 @@ def _run(opts: RunOptions, say: Say, progress: Callable[[], Any] | None, warming
     if (opts.export is None) != (opts.export_dir is None):
         raise CLIError("--export and --export-dir go together: give both or neither")
     storage_options = parse_storage_options(opts.storage_option or [])
-    apply_config_defaults(opts, say)
-    external = bool(opts.scheduler or opts.scheduler_file)
-    if not external and not opts.dry_run and opts.device in ("auto", "cpu"):
-        # a local CPU cluster is likely: compile the kernels its workers need while the rest of the package
-        # is imported, the job is planned and the workers start (stopped below if no worker needs them)
+    if not (opts.scheduler or opts.scheduler_file) and not opts.dry_run and opts.device in ("auto", "cpu"):
+        # a local CPU cluster is likely: compile the kernels its workers need while Dask and the rest of the
+        # package are imported, the job is planned and the workers start (stopped below if no worker needs
+        # them, as when Dask's configuration names a scheduler)
         from phos_dask import warmup
 
         if not warmup.is_warm(settings):
             warming.extend(warmup.start(settings))
+    apply_config_defaults(opts, say)
+    external = bool(opts.scheduler or opts.scheduler_file)
+    if external:
+        _stop(warming)
     from distributed.core import Status
 
     from phos_dask.cluster import connect, threads_for, tls_security

@@ -534,7 +534,7 @@ def _interrupt_before_the_call_starts(set_up_as_the_command_does: bool) -> list[
 
     from distributed.utils import LoopRunner, sync
 
-    from phos_dask import cluster
+    from phos_dask import interrupts
 
     logger = logging.getLogger("tornado.application")
     kept, filters = _Kept(), list(logger.filters)
@@ -546,7 +546,7 @@ def _interrupt_before_the_call_starts(set_up_as_the_command_does: bool) -> list[
     handler = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if set_up_as_the_command_does:
-            cluster.quiet_interrupts()
+            interrupts.quiet_interrupts()
         runner.loop.add_callback(time.sleep, 0.5)  # the loop is busy: the call below queues behind this
         threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT)).start()  # Ctrl-C
 

@@ -183,6 +183,40 @@ def test_run_starts_no_warm_up_when_a_finished_one_is_on_record(tmp_path, monkey
     assert started == ["Portra400"]  # the second run only
 
 
+def test_run_starts_its_warm_up_before_it_imports_dask_and_stops_it_for_a_configured_scheduler(tmp_path):
+    """After an install the kernels' compile is what a first `run` waits for: it starts while the command's
+    process is still the only one at work, before Dask (0.2 s) and distributed (0.3 s) are imported. A
+    scheduler named only in Dask's configuration is found after that, and the warm-up is then stopped."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "one.jpg").write_bytes((REPO / "examples" / "coffee.jpg").read_bytes())
+    code = ("import sys\n"
+            "from phos_dask import runner, warmup\n"
+            "from phos_dask.cli import main\n"
+            "class Started:\n"
+            "    def poll(self): return None\n"
+            "    def terminate(self): print('stopped')\n"
+            "    def wait(self, timeout=None): return 0\n"
+            "    def kill(self): pass\n"
+            "def start(settings):\n"
+            "    print('started', settings.film, 'dask' in sys.modules, 'distributed' in sys.modules)\n"
+            "    return [Started()]\n"
+            "warmup.start, warmup.is_warm = start, lambda settings: False\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    local = subprocess.run([sys.executable, "-c", code, "run", str(photos), "--out", str(tmp_path / "a.zarr"),
+                            "--film", "Portra400", "--workers", "1", "--dashboard-address", "127.0.0.1:0"],
+                           capture_output=True, text=True, timeout=300, env=env)
+    assert local.returncode == 0, local.stderr
+    assert local.stdout.splitlines()[0] == "started Portra400 False False"
+    nowhere = {"DASK_SCHEDULER_ADDRESS": "tcp://127.0.0.1:9", "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "1s"}
+    configured = subprocess.run([sys.executable, "-c", code, "run", str(photos), "--out", str(tmp_path / "b.zarr"),
+                                 "--film", "Portra400"], capture_output=True, text=True, timeout=300,
+                                env={**env, **nowhere})
+    assert configured.stdout.splitlines()[:2] == ["started Portra400 False False", "stopped"], configured.stdout
+    assert configured.returncode != 0 and "127.0.0.1:9" in configured.stderr  # no scheduler there
+
+
 def test_local_workers_given_the_settings_load_a_photos_kernels_before_any_task():
     from phos_dask.cluster import connect
 
