@@ -42,6 +42,18 @@ def test_the_package_defaults_are_the_code_defaults():
                                                                                DEFAULT_MAX_PIXELS, None)
 
 
+def test_runs_help_shows_the_configured_defaults_as_they_are_when_it_is_shown():
+    from phos_dask.flags import build_parsers
+
+    run = build_parsers(["run", "SRC"]).run  # built before the configuration changes
+    with dask.config.set({"phos_dask.tile": 1536, "phos_dask.max-pixels": 12345}):
+        text = " ".join(run.format_help().split())
+    assert "phos_dask.tile in Dask's configuration, now 1536" in text
+    assert "phos_dask.max-pixels in Dask's configuration, now 12345" in text
+    assert f"phos_dask.whole-limit in Dask's configuration, now {config.whole_limit()}" in text
+    assert "<configured" not in text
+
+
 def test_the_configuration_fills_what_flags_leave_unset():
     cfg = {"phos_dask.tile": 1024, "phos_dask.whole_limit": 0, "phos_dask.max-pixels": 5e6,
            "phos_dask.lease-ttl": 30, "scheduler-address": "tcp://127.0.0.1:8786"}
