@@ -131,7 +131,7 @@ class ConfiguredHelp(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = super()._get_help_string(action)
-        if not text or "<configured " not in text:
+        if not text or not _CONFIGURED.search(text):
             return text
         from phos_dask import config
 

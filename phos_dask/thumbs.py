@@ -76,13 +76,11 @@ def result_thumb(level_chw: np.ndarray, thumb: int = THUMB) -> np.ndarray:
     converting the level first: 2.0 ms instead of 5.9 for the 612×408 uint16 level of a 1 MP image (one
     core). Float16 levels (linear light, which OpenCV cannot resize) are converted first."""
     level = np.asarray(level_chw)
-    if level.dtype in (np.uint8, np.uint16):
-        planes = [fit(plane, thumb) for plane in level]
-        small = planes[0] if len(planes) == 1 else np.stack(planes, axis=-1)
-        return rgb8(to_codes(small, 8))
-    codes = to_codes(level, 8)
-    image = codes[0] if codes.shape[0] == 1 else np.moveaxis(codes, 0, -1)
-    return rgb8(fit(image, thumb))
+    if level.dtype not in (np.uint8, np.uint16):
+        level = to_codes(level, 8)
+    planes = [fit(plane, thumb) for plane in level]
+    small = planes[0] if len(planes) == 1 else np.stack(planes, axis=-1)
+    return rgb8(to_codes(small, 8))
 
 
 def encode_pair(source: np.ndarray | None, result: np.ndarray) -> bytes:

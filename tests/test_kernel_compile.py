@@ -191,7 +191,7 @@ def test_run_starts_its_warm_up_before_it_imports_dask_and_stops_it_for_a_config
     photos.mkdir()
     (photos / "one.jpg").write_bytes((REPO / "examples" / "coffee.jpg").read_bytes())
     code = ("import sys\n"
-            "from phos_dask import runner, warmup\n"
+            "from phos_dask import warmup\n"
             "from phos_dask.cli import main\n"
             "class Started:\n"
             "    def poll(self): return None\n"
