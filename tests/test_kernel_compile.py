@@ -400,3 +400,33 @@ print(len(before), before == builds())
     assert proc.returncode == 0, proc.stderr
     loaded, same = proc.stdout.split()
     assert int(loaded) >= 4 and same == "True", proc.stdout
+
+
+def test_cached_kernels_load_without_refreshing_numbas_whole_target_and_give_the_same_bits():
+    """A kernel found in numba's cache loads with only numba's runtime set up (`_cpu.quick_load`): in a fresh
+    interpreter a render imports none of the implementations numba registers for compiling (numba.np.linalg
+    stands for them), and gives the same bits as a render in a process that refreshed the whole target first,
+    as numba's own loading does. (The first run may compile, which refreshes; the second must not.)"""
+    code = """
+import hashlib, sys
+import numpy as np
+if sys.argv[1] == "refresh":
+    from numba.core.registry import cpu_target
+    cpu_target.target_context.refresh()
+from phos_dask import Settings, render
+image = np.random.default_rng(3).integers(0, 256, (90, 130, 3), dtype=np.uint8)
+out = render(image, Settings(film="Portra400", dtype="uint16"))
+print(hashlib.sha256(out.tobytes()).hexdigest(), "numba.np.linalg" in sys.modules)
+"""
+    def render_in_a_fresh_process(mode: str) -> tuple[str, str]:
+        proc = subprocess.run([sys.executable, "-c", code, mode], env={**os.environ, "PYTHONPATH": str(REPO)},
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        digest, refreshed = proc.stdout.split()
+        return digest, refreshed
+
+    render_in_a_fresh_process("load")  # compiles whatever is not cached yet
+    quick, refreshed = render_in_a_fresh_process("load")
+    assert refreshed == "False"
+    full, refreshed = render_in_a_fresh_process("refresh")
+    assert refreshed == "True" and full == quick

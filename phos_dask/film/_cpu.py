@@ -32,6 +32,8 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, prange
 from numba import types as nt
+from numba.core.caching import FunctionCache
+from numba.core.runtime import rtsys
 from numba.extending import intrinsic
 
 from phos_dask.film import _pixel
@@ -47,11 +49,12 @@ class Kernel:
     compute every element with the same float32 operations, so their outputs are the same bits."""
 
     def __init__(self, fn: Callable) -> None:
-        self.parallel = njit(parallel=True, cache=True, nogil=True, error_model="numpy", no_cfunc_wrapper=True)(fn)
+        self.parallel = quick_load(njit(parallel=True, cache=True, nogil=True, error_model="numpy",
+                                        no_cfunc_wrapper=True)(fn))
         serial = types.FunctionType(fn.__code__, fn.__globals__, f"{fn.__name__}_serial", fn.__defaults__,
                                     fn.__closure__)
         serial.__qualname__ = f"{fn.__qualname__}_serial"  # its own cache files
-        self.serial = njit(cache=True, nogil=True, error_model="numpy", no_cfunc_wrapper=True)(serial)
+        self.serial = quick_load(njit(cache=True, nogil=True, error_model="numpy", no_cfunc_wrapper=True)(serial))
         self.built: set[tuple] = set()  # `_kind`s of the arguments the dispatchers have a build for
         functools.update_wrapper(self, fn)
 
@@ -74,6 +77,26 @@ def _kind(a) -> tuple | type:
         f = a.flags
         return a.dtype.str, a.ndim, f.c_contiguous, f.f_contiguous, f.writeable, f.aligned
     return type(a)
+
+
+class _QuickLoadCache(FunctionCache):
+    """numba's on-disk cache of one kernel, except that a cached build loads without numba first refreshing
+    its whole CPU target: that refresh imports and registers every implementation numba has for compiling
+    (about 0.1 s of CPU per process, holding the interpreter lock), while a cached build is machine code that
+    needs only numba's runtime (NRT, for the arrays kernels allocate), initialised here. A build that is not
+    in the cache compiles as before: numba's compiler refreshes the target itself."""
+
+    def load_overload(self, sig, target_context):
+        rtsys.initialize(target_context)
+        with self._guard_against_spurious_io_errors():
+            return self._load_overload(sig, target_context)
+
+
+def quick_load(dispatcher):
+    """`dispatcher` (a numba function compiled with cache=True), its cached builds loaded by `_QuickLoadCache`."""
+    if isinstance(dispatcher._cache, FunctionCache):
+        dispatcher._cache = _QuickLoadCache(dispatcher.py_func)
+    return dispatcher
 
 
 @contextlib.contextmanager
@@ -514,6 +537,7 @@ def mix_filmic_blend_encode(Yp, X, xy, xx, noise, coef, nscale, wd, ws, tone, r,
                 out[y, x, c] = _srgb_code(_blend(f0, f, r), guess, steps, cells)
 
 
+@quick_load
 @njit(cache=True, nogil=True, error_model="numpy", no_cfunc_wrapper=True)
 def k_sums_lut(sub, table, m, fac, use_factors):
     """`grain.k_sums` of X = m·lin(sub) (then ×fac clipped to [0, 1] when use_factors) for integer sRGB
