@@ -3,9 +3,10 @@
 
 Formats (`encode(image, fmt)`; `fmt` is ``jpeg``, ``png`` or ``tiff``; `format_of` maps a file extension):
 
-* ``jpeg``: 8-bit, through Pillow (libjpeg-turbo); quality `JPEG_QUALITY` (92) unless given; no chroma
-  subsampling (4:4:4): 4:2:0 smears colour grain and doubles the error (8.8 vs 4.2 codes mean on a grainy
-  Portra 400 render).
+* ``jpeg``: 8-bit, through libjpeg-turbo (imagecodecs, with the profile and EXIF segments added here: the
+  same bytes as Pillow's writer, in 0.13-0.14 s instead of 0.17-0.23 for a 24 MP render, mostly Pillow's
+  copy of the pixels); quality `JPEG_QUALITY` (92) unless given; no chroma subsampling (4:4:4): 4:2:0
+  smears colour grain and doubles the error (8.8 vs 4.2 codes mean on a grainy Portra 400 render).
 * ``png``: 8 or 16-bit, written here (`_png`): the Sub filter on every row, deflate at level 1 with the
   run-length strategy (the settings OpenCV's libpng writer uses: within 0.1 % of its size), compressed in
   independent pieces of about `PNG_PIECE_BYTES` on every core and joined into one zlib stream (each piece
@@ -63,6 +64,8 @@ DTYPES: dict[str, tuple[str, ...]] = {"jpeg": ("uint8",), "png": ("uint8", "uint
                                       "tiff": ("uint8", "uint16", "float32")}
 #: The largest EXIF block a JPEG APP1 segment can hold (65535 minus the length field).
 MAX_EXIF = 65533
+#: The most ICC profile bytes one JPEG APP2 segment holds (65533 minus ``ICC_PROFILE\0``, number and count).
+_ICC_PIECE = MAX_EXIF - 14
 #: TIFF writing: deflate at level 1 in strips of 64 rows (readable by libtiff, Pillow, OpenCV and tifffile).
 TIFF_WRITE: dict[str, Any] = {"compression": "zlib", "compressionargs": {"level": 1}, "rowsperstrip": 64}
 #: PNG writing: zlib level (1: fastest) and strategy (run-length: LZ77 limited to distance 1, as OpenCV's
@@ -161,17 +164,29 @@ def encode(image: np.ndarray, fmt: str, *, quality: int = JPEG_QUALITY, exif: by
 
 
 def _jpeg(image: np.ndarray, icc: bytes, quality: int, exif: bytes | None) -> bytes:
-    from PIL import Image
+    import imagecodecs
 
     if not 1 <= quality <= 100:
         raise ValueError(f"JPEG quality must be between 1 and 100, got {quality}")
-    extra: dict[str, Any] = {"icc_profile": icc}
+    data = imagecodecs.jpeg8_encode(np.ascontiguousarray(image), level=quality, subsampling="444")
+    if data[:4] != b"\xff\xd8\xff\xe0":  # libjpeg starts every JFIF file with SOI and APP0
+        raise RuntimeError("the JPEG encoder wrote no JFIF header")
+    after_app0 = 4 + struct.unpack(">H", data[4:6])[0]
+    return data[:after_app0] + _jpeg_metadata(icc, exif) + data[after_app0:]
+
+
+def _jpeg_metadata(icc: bytes, exif: bytes | None) -> bytes:
+    """The APP1 (EXIF, when given and within `MAX_EXIF`) and APP2 segments (the ICC profile in pieces of at
+    most `_ICC_PIECE` bytes, each headed ``ICC_PROFILE\\0``, its number from 1 and the count) that follow a
+    JPEG's JFIF header, in the order Pillow's writer puts them."""
+    segments = []
     if exif and len(exif) <= MAX_EXIF:
-        extra["exif"] = exif
-    pil = Image.fromarray(np.ascontiguousarray(image), "RGB" if image.ndim == 3 else "L")
-    buf = io.BytesIO()
-    pil.save(buf, "JPEG", quality=quality, subsampling=0, **extra)
-    return buf.getvalue()
+        segments.append(b"\xff\xe1" + struct.pack(">H", len(exif) + 2) + exif)
+    pieces = [icc[i : i + _ICC_PIECE] for i in range(0, len(icc), _ICC_PIECE)]
+    for number, piece in enumerate(pieces, 1):
+        segments.append(b"\xff\xe2" + struct.pack(">H", len(piece) + 16) + b"ICC_PROFILE\0"
+                        + bytes((number, len(pieces))) + piece)
+    return b"".join(segments)
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

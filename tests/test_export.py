@@ -163,6 +163,29 @@ def test_jpeg_export_names_pixels_profile_and_exif(colour16: Path, tmp_path: Pat
     assert not len(_exif(tmp_path / "plain.jpg"))  # the PNG input had none
 
 
+@pytest.mark.parametrize("shape", [(48, 64, 3), (33, 17), (20, 30, 3)])
+@pytest.mark.parametrize("with_exif", [False, True])
+def test_jpeg_bytes_are_pillows_for_the_same_pixels_profile_and_exif(shape, with_exif) -> None:
+    """The JPEG writer (libjpeg-turbo through imagecodecs, its metadata segments added by the package) writes
+    byte for byte what Pillow's writer makes of the same pixels, quality, 4:4:4, profile and EXIF; a profile
+    longer than one segment is split as Pillow splits it."""
+    from phos_dask import encode
+
+    image = np.random.default_rng(len(shape)).integers(0, 256, shape, dtype=np.uint8)
+    exif = None
+    if with_exif:
+        block = Image.Exif()
+        block[0x010F] = MAKE
+        exif = block.tobytes()
+    icc = encode.srgb_icc() if image.ndim == 3 else encode.grey_icc()
+    if shape == (20, 30, 3):
+        icc = bytes(range(256)) * 600  # 153 600 bytes: three APP2 segments
+    want = io.BytesIO()
+    Image.fromarray(image).save(want, "JPEG", quality=90, subsampling=0, icc_profile=icc,
+                                **({"exif": exif} if exif else {}))
+    assert encode._jpeg(image, icc, 90, exif) == want.getvalue()
+
+
 def test_png_export_is_exact_and_keeps_exif(colour16: Path, tmp_path: Path) -> None:
     results = export_store(str(colour16), str(tmp_path), "png")
     assert {r["status"] for r in results} == {"written"}
