@@ -10,6 +10,11 @@ if __name__ == "__main__":
     # NumPy's transparent huge pages off unless asked for, here and in the processes this one starts
     # (phos_dask.cluster.HUGEPAGE_ENV says why). NumPy read the variable as the package imported it.
     os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
+    # OpenBLAS on one thread in the processes this one starts (the kernel warm-up's; local workers have
+    # OMP_NUM_THREADS=1), unless asked otherwise. (This process loaded NumPy with the package already.) The
+    # package's one BLAS call is small (the bloom tail's least-squares fit, psf.py), yet it woke a pool thread
+    # that then spun for about 0.1 s (0.07 s more as NumPy loaded) on a core the compiles wanted.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     import numpy._core.multiarray
 
     _huge_pages = getattr(numpy._core.multiarray, "_set_madvise_hugepage", None)  # NumPy's switch (private)

@@ -319,6 +319,17 @@ def test_the_command_line_turns_numpys_huge_pages_off_unless_asked():
         assert last == expected
 
 
+def test_the_processes_the_command_line_starts_run_openblas_on_one_thread_unless_asked():
+    """The kernel warm-up's processes inherit OPENBLAS_NUM_THREADS=1 from the command (its one BLAS call is
+    small, and a second BLAS thread spins on the core the compiles want); a value the user set stays."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    for asked, expected in ((None, "1"), ("4", "4")):
+        run_env = env if asked is None else {**env, "OPENBLAS_NUM_THREADS": asked}
+        proc, last = _after_the_command(["films"], "__import__('os').environ['OPENBLAS_NUM_THREADS']", run_env)
+        assert proc.returncode == 0, proc.stderr
+        assert last == expected
+
+
 def test_only_a_preview_runs_without_the_garbage_collector(small_photo, tmp_path):
     """`python -m phos_dask preview` renders one image and exits: it leaves the collector off (phos_dask's
     __main__); a command that may work through a whole archive (run, export) keeps it on."""
