@@ -65,6 +65,7 @@ import cv2
 import numpy as np
 
 from phos_dask import __version__, runner
+from phos_dask.engine import prepare_memory
 from phos_dask.errors import EXIT_FAILED, PhosError
 from phos_dask.flags import PROG, add_render_arguments, build_parser, build_parsers, settings_from_args
 from phos_dask.imageio import check_writable, read_image, write_image
@@ -107,6 +108,7 @@ def _preview(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     warm_in_background(settings, np.uint16 if src.suffix.lower() in (".tif", ".tiff") else np.uint8)
     image = read_image(src)
+    prepare_memory(image.shape[:2], settings)  # while the kernels load
     result = render(image, settings)
     try:
         write_image(out, result)

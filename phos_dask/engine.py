@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from phos_dask.film import ops
-from phos_dask.film.pipeline import Box, as_rgb, make_plan, render_region
+from phos_dask.film.pipeline import Box, as_rgb, make_plan, render_region, touch_scratch
 from phos_dask.resample import resample_to, working_shape
 from phos_dask.settings import Settings
 
@@ -35,6 +35,15 @@ def render_image(image, settings: Settings | None = None):
     shape = image.shape[:2]
     plan = make_plan(settings, shape)
     return render_region(image, (0, 0), shape, (0, shape[0], 0, shape[1]), plan)
+
+
+def prepare_memory(image_shape: tuple[int, int], settings: Settings) -> bool:
+    """Take now, in this thread, the first-touch page faults of the largest array a CPU `render_image` of an
+    image of `image_shape` (rows, cols, before any working-size resampling) with `settings` keeps in this
+    thread's scratch: fresh memory costs about 0.5 s of CPU per GB on a virtual machine, and `preview` has
+    a core to spare for it while its kernels load in another thread. Returns whether it touched anything."""
+    shape = output_shape(image_shape, settings)
+    return touch_scratch(make_plan(settings, shape), shape)
 
 
 def render_window(window, window_origin: tuple[int, int], image_shape: tuple[int, int], out_box: Box,

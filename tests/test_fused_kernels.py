@@ -3,6 +3,8 @@ speed paths compute exactly what the separate kernels compute: the same codes, b
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -206,3 +208,38 @@ def test_scratch_past_the_keep_limit_is_not_kept(monkeypatch):
     assert scratch.kept_bytes() == 800 and not np.shares_memory(a, b)
     assert np.shares_memory(scratch.array("X", (5, 5)), a)  # a smaller request reuses the kept buffer
     scratch.release()
+
+
+@pytest.mark.parametrize(("film", "working_size"), [("Portra400", None), ("Cinestill800T", 200)])
+def test_memory_prepared_before_a_render_is_the_scratch_the_render_uses(film, working_size, monkeypatch):
+    """`engine.prepare_memory` (what `preview` does while its kernels load) touches exactly the scratch array
+    the render of that image then keeps its exposures in: the render finds it, grows nothing, and gives the
+    same bits as a render on fresh memory. Past the keep limit it touches nothing."""
+    from phos_dask.engine import output_shape, prepare_memory
+    from phos_dask.film import scratch
+
+    st = Settings(film=film, seed=3, image_key="touch", working_size=working_size)
+    img = _image(210, 330, 21)
+    scratch.release()
+    want = render(img, st)
+    scratch.release()
+    assert prepare_memory(img.shape[:2], st)
+    touched = scratch._local.kept["X"]
+    assert touched.nbytes == 3 * math.prod(output_shape(img.shape[:2], st)) * 4
+    np.testing.assert_array_equal(render(img, st), want)
+    assert scratch._local.kept["X"] is touched and scratch.kept_bytes() == touched.nbytes
+    scratch.release()
+    monkeypatch.setattr(scratch, "KEEP_BYTES", touched.nbytes - 1)
+    assert not prepare_memory(img.shape[:2], st) and scratch.kept_bytes() == 0
+
+
+def test_no_memory_is_prepared_for_a_render_that_keeps_no_scratch():
+    """A render that does not take the fused pass (here a B&W stock's H&D curve on a small image) keeps no
+    exposures in scratch: prepare_memory touches nothing."""
+    from phos_dask.engine import prepare_memory
+    from phos_dask.film import scratch
+
+    st = Settings(film="HP5Plus400", seed=3, image_key="touch")
+    assert not pipeline._fuses(make_plan(st, (210, 330)))
+    scratch.release()
+    assert not prepare_memory((210, 330), st) and scratch.kept_bytes() == 0

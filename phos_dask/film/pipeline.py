@@ -415,9 +415,21 @@ FUSED_CPU = True
 def _fused(src, plan: Plan) -> bool:
     """Whether this render takes `_render_fused`: a CPU render whose codes come from the filmic kernel or
     from threshold tables (the paths `ops.finish` fuses)."""
-    if not (FUSED_CPU and ops._is_cpu(src)) or plan.vmax is None:
+    return ops._is_cpu(src) and _fuses(plan)
+
+
+def _fuses(plan: Plan) -> bool:
+    """Whether a CPU render with `plan` takes `_render_fused`."""
+    if not FUSED_CPU or plan.vmax is None:
         return False
     return plan.hd is None or (plan.tables is not None and plan.grain_r >= 1.0)
+
+
+def touch_scratch(plan: Plan, shape: tuple[int, int]) -> bool:
+    """Take now the first-touch page faults of the scratch array in which this thread's CPU render of a
+    whole image of `shape` with `plan` will keep its exposures X (`scratch.touch`), e.g. while another
+    thread loads the kernels; returns whether there is such an array to touch (and it is kept)."""
+    return _fuses(plan) and scratch.touch("X", (plan.channels, *shape))
 
 
 def _render_fused(X, xo: tuple[int, int], y_box: Box, out_box: Box, shape: tuple[int, int], plan: Plan):
