@@ -167,8 +167,8 @@ def test_jpeg_export_names_pixels_profile_and_exif(colour16: Path, tmp_path: Pat
 @pytest.mark.parametrize("with_exif", [False, True])
 def test_jpeg_bytes_are_pillows_for_the_same_pixels_profile_and_exif(shape, with_exif) -> None:
     """The JPEG writer (libjpeg-turbo through imagecodecs, its metadata segments added by the package) writes
-    byte for byte what Pillow's writer makes of the same pixels, quality, 4:4:4, profile and EXIF; a profile
-    longer than one segment is split as Pillow splits it."""
+    an image of one band byte for byte as Pillow's writer does with the same quality, 4:4:4, profile and
+    EXIF; a profile longer than one segment is split as Pillow splits it."""
     from phos_dask import encode
 
     image = np.random.default_rng(len(shape)).integers(0, 256, shape, dtype=np.uint8)
@@ -184,6 +184,38 @@ def test_jpeg_bytes_are_pillows_for_the_same_pixels_profile_and_exif(shape, with
     Image.fromarray(image).save(want, "JPEG", quality=90, subsampling=0, icc_profile=icc,
                                 **({"exif": exif} if exif else {}))
     assert encode._jpeg(image, icc, 90, exif) == want.getvalue()
+
+
+@pytest.mark.parametrize(("shape", "band_rows"), [((1000, 600, 3), 256), ((517, 300), 256), ((300, 16400), 248)])
+def test_a_jpeg_of_several_bands_decodes_to_the_pixels_of_one_stream_everywhere(shape, band_rows, monkeypatch):
+    """A JPEG taller than one band is encoded in bands joined by restart markers: libjpeg-turbo, Pillow and
+    OpenCV decode it to exactly the pixels of Pillow's single-stream file of the same image; its restart
+    interval is one band (fewer rows when the image is so wide that 32 rows of blocks pass 65535 blocks); its
+    bytes do not depend on how many cores encoded it."""
+    import imagecodecs
+
+    from phos_dask import encode
+
+    image = np.random.default_rng(shape[0]).integers(0, 256, shape, dtype=np.uint8)
+    image[: shape[0] // 3] //= 4  # bands that differ in content
+    icc = encode.srgb_icc() if image.ndim == 3 else encode.grey_icc()
+    data = encode._jpeg(image, icc, 92, None)
+    monkeypatch.setattr(encode, "_cores", lambda: 1)
+    assert encode._jpeg(image, icc, 92, None) == data
+    dri = data.index(b"\xff\xdd")
+    assert struct.unpack(">H", data[dri + 4 : dri + 6])[0] == -(-shape[1] // 8) * band_rows // 8
+    bands = -(-shape[0] // band_rows)
+    assert sum(data.count(bytes((0xFF, 0xD0 + k))) for k in range(8)) == bands - 1  # FF is stuffed in a scan
+    single = io.BytesIO()
+    Image.fromarray(image).save(single, "JPEG", quality=92, subsampling=0, icc_profile=icc)
+    want = imagecodecs.jpeg8_decode(single.getvalue())
+    np.testing.assert_array_equal(imagecodecs.jpeg8_decode(data), want)
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.info["icc_profile"] == icc
+        np.testing.assert_array_equal(np.asarray(im), want)
+    flag = cv2.IMREAD_COLOR if image.ndim == 3 else cv2.IMREAD_GRAYSCALE
+    np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(data, np.uint8), flag),
+                                  cv2.imdecode(np.frombuffer(single.getvalue(), np.uint8), flag))
 
 
 def test_png_export_is_exact_and_keeps_exif(colour16: Path, tmp_path: Path) -> None:
