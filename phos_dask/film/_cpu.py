@@ -87,14 +87,19 @@ class _QuickLoadCache(FunctionCache):
     in the cache compiles as before: numba's compiler refreshes the target itself."""
 
     def load_overload(self, sig, target_context):
+        try:
+            guard, load = self._guard_against_spurious_io_errors, self._load_overload
+        except AttributeError:  # a numba whose cache is built otherwise: its own loading
+            return super().load_overload(sig, target_context)
         rtsys.initialize(target_context)
-        with self._guard_against_spurious_io_errors():
-            return self._load_overload(sig, target_context)
+        with guard():
+            return load(sig, target_context)
 
 
 def quick_load(dispatcher):
-    """`dispatcher` (a numba function compiled with cache=True), its cached builds loaded by `_QuickLoadCache`."""
-    if isinstance(dispatcher._cache, FunctionCache):
+    """`dispatcher` (a numba function compiled with cache=True), its cached builds loaded by `_QuickLoadCache`
+    (left as it is when it has no such cache, e.g. under NUMBA_DISABLE_JIT)."""
+    if isinstance(getattr(dispatcher, "_cache", None), FunctionCache):
         dispatcher._cache = _QuickLoadCache(dispatcher.py_func)
     return dispatcher
 
