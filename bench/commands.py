@@ -16,9 +16,10 @@ The photographs are bench/archive.py's variants of ``../shared/parity/coffee_300
 JPEG quality 92. Each side (the working tree, and the package at ``--baseline`` checked out into a temporary
 git worktree) first runs every command once untimed, so numba's kernel cache is warm and Python's bytecode is
 written (a first run after install is bench/archive.py's and the README's business; PYTHONDONTWRITEBYTECODE is
-dropped from the commands' environment); then ``--rounds`` rounds alternate the sides,
-each command timed end to end as a subprocess (``python -m phos_dask …``), and each side's fastest run of a
-command counts.
+dropped from the commands' environment); then each command in turn runs ``--rounds`` times on each side, the
+sides alternating and taking turns to go first (so a command follows the same command, never another kind:
+see `_alternating`), each timed end to end as a subprocess (``python -m phos_dask …``), and each side's fastest
+run of a command counts.
 
 The original Phos app cannot run here. Issue 14 measured it on one machine beside these commands at
 revision ec0ed1b: original 27.4 s in-process; ``preview -o x.jpg`` 5.9 s, ``preview -o x.tif`` 8.6 s,
@@ -81,14 +82,34 @@ def _commands(work: Path, film: str) -> dict[str, list[str]]:
     }
 
 
-def _one_round(tree: Path, work: Path, film: str, python: str) -> dict[str, float]:
-    times = {}
-    for name, args in _commands(work, film).items():
-        if name == "run":
-            shutil.rmtree(work / "out.zarr", ignore_errors=True)
-        times[name] = _command(tree, args, python)
-    times["run_per_image"] = times.pop("run") / IMAGES
-    return times
+def _one_round(tree: Path, work: Path, film: str, python: str) -> None:
+    for name in _commands(work, film):
+        _timed(name, tree, work, film, python)
+
+
+def _timed(name: str, tree: Path, work: Path, film: str, python: str) -> float:
+    if name == "run":
+        shutil.rmtree(work / "out.zarr", ignore_errors=True)
+    return _command(tree, _commands(work, film)[name], python)
+
+
+def _alternating(sides: dict[str, Path], rounds: int, work: Path, film: str, python: str
+                 ) -> dict[str, list[dict[str, float]]]:
+    """Each command `rounds` times on each side, the sides alternating and taking turns to go first, one
+    command after another: a command follows the same command (of the other side or its own), never another
+    kind. Rounds of every command, one side after the other, had timed the current code's `preview` right
+    after the baseline's `run`, whose workers use NumPy's huge pages: memory the VM has handed back costs more
+    to touch again, and a `preview` took 1.40-1.43 s there against 1.31 s after the current code's `run`."""
+    runs: dict[str, list[dict[str, float]]] = {side: [{} for _ in range(rounds)] for side in sides}
+    for name in _commands(work, film):
+        for k in range(rounds):
+            for side in list(sides) if k % 2 == 0 else list(sides)[::-1]:
+                runs[side][k][name] = _timed(name, sides[side], work, film, python)
+                print(f"{side:<9} {name} round {k + 1}: {runs[side][k][name]:.2f} s", flush=True)
+    for rs in runs.values():
+        for r in rs:
+            r["run_per_image"] = r.pop("run") / IMAGES
+    return runs
 
 
 def _environment(python: str) -> dict[str, Any]:
@@ -123,14 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         make_bucket(source, tmp / "photos", IMAGES, 6000, 4000)
         with baseline_worktree(args.baseline, tmp / "baseline") as base_tree:
             sides = {"current": REPO, **({"baseline": base_tree} if base_tree else {})}
-            runs: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
             for tree in sides.values():  # warm-up: kernels compiled or loaded into each tree's cache
                 _one_round(tree, tmp, args.film, args.python)
-            for _ in range(args.rounds):
-                for side, tree in sides.items():
-                    runs[side].append(_one_round(tree, tmp, args.film, args.python))
-                    print(f"{side:<9} " + "  ".join(f"{k} {v:.2f} s" for k, v in runs[side][-1].items()),
-                          flush=True)
+            runs = _alternating(sides, args.rounds, tmp, args.film, args.python)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -153,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         "date_utc": started.isoformat(timespec="seconds"),
         "machine": machine(),
         "inputs": {"source": str(source), "size": "6000x4000", "images_for_run": IMAGES, "film": args.film},
-        "method": (f"subprocess per command, one untimed warm-up round per side, {args.rounds} alternating rounds, "
+        "method": (f"subprocess per command, one untimed warm-up round per side, then each command {args.rounds} "
+                   "times per side, the sides alternating and taking turns to go first; "
                    "fastest per side counts; vs_original = 27.4 s / issue 14's seconds at ec0ed1b × speed-up"),
         "issue_seconds_at_baseline": ISSUE_SECONDS,
         "baseline": args.baseline or None,
