@@ -198,17 +198,16 @@ def _jpeg_file(rows: np.ndarray, quality: int) -> bytes:
     return imagecodecs.jpeg8_encode(rows, level=quality, subsampling="444")
 
 
-def _jpeg_segments(data: bytes) -> dict[int, int]:
-    """Marker → offset of the marker segments of a JPEG file up to its first SOS (whose entry is where the
-    entropy-coded data starts, just after it)."""
+def _jpeg_segments(data: bytes) -> tuple[dict[int, int], int]:
+    """The marker segments of a JPEG file up to its first SOS (marker → offset of its first segment), and
+    where the entropy-coded data starts (just after that SOS segment)."""
     found, at = {}, 2
     while data[at] == 0xFF:
         marker, length = data[at + 1], struct.unpack(">H", data[at + 2 : at + 4])[0]
         found.setdefault(marker, at)
         at += 2 + length
         if marker == 0xDA:
-            found[marker] = at
-            return found
+            return found, at
     raise RuntimeError("the JPEG encoder wrote no scan")
 
 
@@ -217,21 +216,20 @@ def _jpeg_join(files: list[bytes], height: int, interval: int) -> bytes:
     alike: the first band's headers with the whole image's `height` in its frame header (SOF0) and a restart
     interval of one band (DRI), then each band's entropy-coded data followed by a restart marker (RST0-7 in
     turn: a decoder resets its DC predictions there, as each band's own encoder started them), then EOI."""
-    segments = [_jpeg_segments(f) for f in files]
-    start = segments[0][0xDA]
+    walked = [_jpeg_segments(f) for f in files]
+    segments, start = walked[0]
     header = bytearray(files[0][:start])
-    if 0xC0 not in segments[0] or any(f[: s[0xDA]] != header for f, s in zip(files[1:-1], segments[1:-1],
-                                                                           strict=True)):
+    if 0xC0 not in segments or any(f[:scan] != header for f, (_, scan) in zip(files[1:-1], walked[1:-1],
+                                                                             strict=True)):
         raise RuntimeError("the JPEG bands were not encoded alike")
-    frame = segments[0][0xC0]
+    frame, sos = segments[0xC0], segments[0xDA]
     header[frame + 5 : frame + 7] = struct.pack(">H", height)  # after the marker, length and precision
-    sos = header.rfind(b"\xff\xda")
     header[sos:sos] = b"\xff\xdd" + struct.pack(">HH", 4, interval)
     parts = [bytes(header)]
-    for k, (f, s) in enumerate(zip(files, segments, strict=True)):
+    for k, (f, (_, scan)) in enumerate(zip(files, walked, strict=True)):
         if not f.endswith(b"\xff\xd9"):
             raise RuntimeError("a JPEG band does not end with EOI")
-        parts.append(f[s[0xDA] : -2])
+        parts.append(f[scan:-2])
         parts.append(bytes((0xFF, 0xD0 + k % 8)) if k < len(files) - 1 else b"\xff\xd9")
     return b"".join(parts)
 
