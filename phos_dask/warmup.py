@@ -35,8 +35,9 @@ NOTICE_EVERY = 0.2
 
 def warm(settings) -> None:
     """Render what makes every kernel of a job with `settings` compile or load: whole images with scale
-    s < 1 (the grain-blend path) and a small region of an image with s > 1, from 8- and 16-bit input, and
-    the pyramid of the output dtype; on one kernel thread, as a worker runs them."""
+    s < 1 (the grain-blend path) and a small region of an image with s > 1, from 8- and 16-bit input, the
+    pyramid of the output dtype and the thumbnails; on one kernel thread, as a worker runs them."""
+    from phos_dask import thumbs
     from phos_dask.engine import render_window
     from phos_dask.film.pipeline import make_plan, source_box
 
@@ -46,6 +47,7 @@ def warm(settings) -> None:
     with contextlib.suppress(OSError):
         os.nice(10)
     render_small(settings, np.uint16)
+    thumbs.source_thumb(np.zeros((8, 8, 3), np.uint16), 4)
     rng = np.random.default_rng(1)
     big = (4000, 6000)
     out_box = (2000, 2016, 3000, 3016)
@@ -59,15 +61,18 @@ def warm(settings) -> None:
 
 def warm_first(settings) -> None:
     """Compile or load what most photographs need first, on one kernel thread: the kernels of a whole 8-bit
-    image and the pyramid of the output dtype."""
+    image, the pyramid of the output dtype and the thumbnails of both."""
     import numba
 
+    from phos_dask import thumbs
     from phos_dask.pyramid import downsample2
 
     numba.set_num_threads(1)
     render_small(settings, np.uint8)
     if np.dtype(settings.dtype).kind in "ui":
         downsample2(np.zeros((3, 5, 5), settings.dtype))
+    thumbs.source_thumb(np.zeros((8, 8, 3), np.uint8), 4)
+    thumbs.result_thumb(np.zeros((3, 8, 8), settings.dtype), 4)
 
 
 def render_small(settings, input_dtype=np.uint8) -> None:
@@ -179,10 +184,10 @@ def start(settings) -> list[subprocess.Popen]:
 
 def _compiled() -> int:
     """Kernel builds this process has compiled so far (cache misses; loads from the cache are hits)."""
+    from phos_dask import pyramid
     from phos_dask.film import _cpu
-    from phos_dask.pyramid import _halve_int
 
-    kernels = [k for k in vars(_cpu).values() if isinstance(k, _cpu.Kernel)] + [_halve_int]
+    kernels = [k for module in (_cpu, pyramid) for k in vars(module).values() if isinstance(k, _cpu.Kernel)]
     return sum(sum(d.stats.cache_misses.values()) for k in kernels for d in (k.serial, k.parallel))
 
 
