@@ -151,7 +151,8 @@ def finish_signature(settings):
     interp = (array(i64), array(f32), array(f32))
     return (array(f32, 3), i64, i64, array(f32, 3), array(nt.boolean), *interp, *interp, f32, array(f32),
             nt.boolean, array(f32, 3), array(nt.boolean), *interp, *interp, f32, array(f32),
-            array(f32, 3), i64, i64, array(i64), array(i64), i64, i64, array(nt.uint64), array(f32), array(f32),
+            array(f32, 3), i64, i64, array(i64), array(i64), i64, i64, array(nt.uint64),
+            nt.Array(f32, 2, "C", readonly=True),  # grain.normal_pairs
             array(f32), array(f32, 2), array(f32), array(f32), array(f32), i64, array(f32, 2), f32,
             array(f32), i64, i64, f32, array(f32), array(f32, 2), array(nt.int32, 2), i64, i64, i64,
             array(out, 3))

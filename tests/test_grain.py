@@ -279,3 +279,19 @@ def test_a_tiff_read_by_region_renders_its_tiles_with_the_whole_images_k(tmp_pat
     assert group.attrs["phos"]["tile_plan"]["mode"] == "tiled, read by region"
     expected = render(read_image(src / "scan.tif"), st.replace(image_key="scan.tif"))
     np.testing.assert_array_equal(np.moveaxis(group["0"][...], 0, -1), expected)
+
+
+def test_the_cpu_kernels_grain_deviates_are_the_references_bit_for_bit():
+    """The CPU row loops split the hash (the counter term shared by a pixel's planes, then each plane's key)
+    and read the inverse-normal table as (T, dT) pairs: u is still `grain.hash_normal`'s, bit for bit, for
+    every plane, also where the column crosses 2³¹ (the counter is 64-bit)."""
+    rows, cols = np.arange(1000, 1012), np.arange(2**31 - 6, 2**31 + 6)
+    X = np.zeros((rows.size, cols.size), np.float32)  # a(0) = 1: ρ is u itself
+    one_tap = np.ones(1, np.float32)  # radius 0: the blur is ρ·1
+    for plane in (grain.PLANE_R, grain.PLANE_G, grain.PLANE_B):
+        key = grain.plane_key(12345, plane)
+        got = np.empty_like(X)
+        _cpu.grain_noise(X, np.arange(rows.size), np.arange(cols.size), int(rows[0]), int(cols[0]), np.uint64(key),
+                         grain.normal_pairs(), one_tap, got)
+        want = grain.hash_normal(np, key, rows, cols).astype(np.float32)
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))

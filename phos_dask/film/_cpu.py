@@ -152,6 +152,7 @@ _excess = _inline(_pixel.excess)
 _kept = _inline(_pixel.kept)
 _lerp2 = _inline(_pixel.lerp2)
 _clip01 = _inline(_pixel.clip01)
+_grain_pos = _inline(_pixel.grain_pos)
 _grain_cell = _inline(_pixel.grain_cell)
 _grain_lookup = _inline(_pixel.grain_lookup)
 _signal_gain = _inline(_pixel.signal_gain)
@@ -366,9 +367,17 @@ def _longest_run(cmap):
 
 
 @njit(cache=True, error_model="numpy", no_cpython_wrapper=True, no_cfunc_wrapper=True)
-def _rho_row(Xp, row, cmap, ja, jb, gy0, gx0, k, T, dT, gain, cell, frac, dst):
+def _hash_row(row, cmap, gy0, gx0, counters):
+    """counters[j] = `grain_pos` of the row's pixel at column cmap[j] (global row + gy0, column + gx0)."""
+    for j in range(cmap.shape[0]):
+        counters[j] = _grain_pos(row + gy0, cmap[j] + gx0)
+
+
+@njit(cache=True, error_model="numpy", no_cpython_wrapper=True, no_cfunc_wrapper=True)
+def _rho_row(Xp, row, cmap, ja, jb, counters, k, TT, gain, cell, frac, dst):
     """a(X)·u of one row of a grain plane (`_rho` per element) over the columns cmap into dst, in loops
-    that vectorise: the gains (columns ja..jb-1 are one contiguous slice of the row), the hash, the lookup."""
+    that vectorise: the gains (columns ja..jb-1 are one contiguous slice of the row), the hash (from the
+    row's `_hash_row` counters and the plane's key k), the lookup in the table's pairs TT."""
     nc = cmap.shape[0]
     xr = Xp[row]
     for j in range(ja):
@@ -381,9 +390,9 @@ def _rho_row(Xp, row, cmap, ja, jb, gy0, gx0, k, T, dT, gain, cell, frac, dst):
     for j in range(jb, nc):
         gain[j] = _signal_gain(xr[cmap[j]])
     for j in range(nc):
-        cell[j], frac[j] = _grain_cell(row + gy0, cmap[j] + gx0, k)
+        cell[j], frac[j] = _grain_cell(k + counters[j])
     for j in range(nc):
-        dst[j] = gain[j] * _grain_lookup(T, dT, cell[j], frac[j])
+        dst[j] = gain[j] * _grain_lookup(TT, cell[j], frac[j])
 
 
 @njit(cache=True, error_model="numpy", no_cpython_wrapper=True, no_cfunc_wrapper=True)
@@ -405,7 +414,7 @@ def _vpass(ring, i, taps, r, tmp):
 
 
 @kernel
-def grain_noise(X, rmap, cmap, y0, x0, key, T, dT, taps, out):
+def grain_noise(X, rmap, cmap, y0, x0, key, TT, taps, out):
     """G ⊛ (a(X)·u) on the 'valid' part of the rows rmap × columns cmap, block by block of rows so the
     unblurred noise never exists as a whole plane (the row helpers of `finish`'s grain)."""
     r = (taps.shape[0] - 1) // 2
@@ -420,10 +429,12 @@ def grain_noise(X, rmap, cmap, y0, x0, key, T, dT, taps, out):
         hi = min(h, lo + block)
         buf = np.empty((hi - lo + 2 * r, nc), dtype=np.float32)
         gain = np.empty(nc, dtype=np.float32)
-        cell = np.empty(nc, dtype=np.int64)
+        counters = np.empty(nc, dtype=np.uint64)
+        cell = np.empty(nc, dtype=np.int32)
         frac = np.empty(nc, dtype=np.float32)
         for i in range(hi - lo + 2 * r):
-            _rho_row(X, rmap[lo + i], cmap, ja, jb, y0, x0, k, T, dT, gain, cell, frac, buf[i])
+            _hash_row(rmap[lo + i], cmap, y0, x0, counters)
+            _rho_row(X, rmap[lo + i], cmap, ja, jb, counters, k, TT, gain, cell, frac, buf[i])
         tmp = np.empty(nc, dtype=np.float32)
         for y in range(hi - lo):
             _vpass(buf, y + r, taps, r, tmp)  # buf holds every row in flight: slot i is row i
@@ -571,7 +582,7 @@ def _composed_row(S, sy, sx, y, c, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1
 @kernel
 def finish(S, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, etas,
            composed, bl, has_bl, brj, brw0, brw1, bcj, bcw0, bcw1, bthr, betas,
-           X, xy, xx, rmap, cmap, gy0, gx0, keys, T, dT, taps, coef, nscale, wd, ws,
+           X, xy, xx, rmap, cmap, gy0, gx0, keys, TT, taps, coef, nscale, wd, ws,
            mode, tone, r, G, gbase, gshift, gscale, steps, thresholds, starts, base, shift, threads, out):
     """The last blur stage's compose, the grain planes and S6–S8 fused, row by row: what `compose`
     (on S, with each channel's blurred field), `grain_noise` (one plane per key, plane p on X[p]) and then
@@ -601,7 +612,8 @@ def finish(S, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, etas,
         hi = (ch + 1) * h // chunks
         ring = np.empty((P, 2 * rad + 1, nc), dtype=np.float32)
         gain = np.empty(nc, dtype=np.float32)
-        cell = np.empty(nc, dtype=np.int64)
+        counters = np.empty(nc, dtype=np.uint64)
+        cell = np.empty(nc, dtype=np.int32)
         frac = np.empty(nc, dtype=np.float32)
         tmp = np.empty(nc, dtype=np.float32)
         noise = np.empty((P, 1, w), dtype=np.float32)
@@ -616,14 +628,18 @@ def finish(S, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, etas,
         bucket = np.empty(w, dtype=np.int32)
         pos = np.empty(w, dtype=np.float32)
         guessed = np.empty(w, dtype=np.int32)
-        for p in range(P):  # the first rows in flight: those of output row lo's window but its last
-            for i in range(lo, lo + 2 * rad):
-                _rho_row(X[p], rmap[i], cmap, ja, jb, gy0, gx0, keys[p], T, dT, gain, cell, frac,
+        for i in range(lo, lo + 2 * rad):  # the first rows in flight: those of row lo's window but its last
+            if P > 0:
+                _hash_row(rmap[i], cmap, gy0, gx0, counters)
+            for p in range(P):
+                _rho_row(X[p], rmap[i], cmap, ja, jb, counters, keys[p], TT, gain, cell, frac,
                          ring[p, i % (2 * rad + 1)])
         for y in range(lo, hi):
+            i = y + 2 * rad
+            if P > 0:
+                _hash_row(rmap[i], cmap, gy0, gx0, counters)
             for p in range(P):
-                i = y + 2 * rad
-                _rho_row(X[p], rmap[i], cmap, ja, jb, gy0, gx0, keys[p], T, dT, gain, cell, frac,
+                _rho_row(X[p], rmap[i], cmap, ja, jb, counters, keys[p], TT, gain, cell, frac,
                          ring[p, i % (2 * rad + 1)])
                 _vpass(ring[p], y + rad, taps, rad, tmp)
                 _hpass(tmp, taps, rad, rad, noise[p, 0])

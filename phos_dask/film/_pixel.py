@@ -88,19 +88,26 @@ def grain_u(gy, gx, key, T, dT):
     return T[t] + frac * dT[t]
 
 
-def grain_cell(gy, gx, key):
-    """`grain_u` in two steps for the CPU's vector loops: the hash's table cell (np.int64) and position in it
-    (float32); `grain_lookup` turns them into u."""
-    z = key + ((np.uint64(gy) << _S32) | np.uint64(gx)) * _GOLDEN
+def grain_pos(gy, gx):
+    """The counter term of `grain_u`'s hash, (gy·2³² + gx)·GOLDEN (np.uint64, wrapping): the same for every
+    plane of a pixel, so the CPU's row loops compute it once for all of them."""
+    return ((np.uint64(gy) << _S32) | np.uint64(gx)) * _GOLDEN
+
+
+def grain_cell(z):
+    """`grain_u` in steps for the CPU's vector loops: from z = key + `grain_pos` (np.uint64), the hash's table
+    cell (np.int32: 16 bits, for 8-wide gathers) and position in it (float32); `grain_lookup` turns them into
+    u."""
     z = (z ^ (z >> _S30)) * _MIX1
     z = (z ^ (z >> _S27)) * _MIX2
     z = z ^ (z >> _S31)
-    return np.int64(z >> _S48), np.float32((z >> _S24) & _LOW24) * _FRAC
+    return np.int32(z >> _S48), np.float32((z >> _S24) & _LOW24) * _FRAC
 
 
-def grain_lookup(T, dT, t, frac):
-    """u from `grain_cell`'s (cell, position): T[t] + frac·dT[t], as `grain_u` computes it."""
-    return T[t] + frac * dT[t]
+def grain_lookup(TT, t, frac):
+    """u from `grain_cell`'s (cell, position): T[t] + frac·dT[t] as `grain_u` computes it, from the table's
+    pairs TT[t] = (T[t], dT[t]) (`grain.normal_pairs`: both in one cache line)."""
+    return TT[t, 0] + frac * TT[t, 1]
 
 
 def signal_gain(x):

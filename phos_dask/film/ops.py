@@ -237,8 +237,7 @@ def grain_noise(X, rmap, cmap, y0: int, x0: int, key: int, taps: np.ndarray, out
     if _is_cpu(X):
         from phos_dask.film import _cpu
 
-        T, dT = grain.normal_table()
-        _cpu.grain_noise(X, rmap, cmap, y0, x0, np.uint64(key), T, dT, taps, out)
+        _cpu.grain_noise(X, rmap, cmap, y0, x0, np.uint64(key), grain.normal_pairs(), taps, out)
         return out
     k = _gpu(X)
     if k is not None:
@@ -412,8 +411,7 @@ def finish(S, sy: int, sx: int, blurred: list, interp_rows, interp_cols, thr: fl
         S = X
     brj, brw0, brw1 = b_rows
     bcj, bcw0, bcw1 = b_cols
-    T, dT = grain.normal_table()
-    keys = np.array(keys, np.uint64)
+    keys, pairs = np.array(keys, np.uint64), grain.normal_pairs()
     taps = np.zeros(1, np.float32) if taps is None else np.ascontiguousarray(taps, np.float32)
     if tables is None:
         mode = 1 if r < 1.0 else 0
@@ -430,7 +428,7 @@ def finish(S, sy: int, sx: int, blurred: list, interp_rows, interp_cols, thr: fl
     _cpu.finish(S, sy, sx, stacked, has, rj, rw0, rw1, cj, cw0, cw1, _f32(thr), np.asarray(etas, np.float32),
                 composed is not None, bl, has_bl, brj, brw0, brw1, bcj, bcw0, bcw1, _f32(bthr),
                 np.asarray(betas, np.float32), X, xy, xx, np.asarray(rmap, np.int64), np.asarray(cmap, np.int64),
-                origin[0], origin[1], keys, T, dT, taps, coef, _scales(nscale), wd, ws, mode, tone_c, _f32(r), G,
+                origin[0], origin[1], keys, pairs, taps, coef, _scales(nscale), wd, ws, mode, tone_c, _f32(r), G,
                 gbase, gshift, _f32(2.0**-gshift), steps, thresholds, starts, BUCKET_BASE, BUCKET_SHIFT,
                 numba.get_num_threads(), out)
     return out
