@@ -69,26 +69,6 @@ def test_the_fused_pass_gives_the_separate_kernels_codes(monkeypatch, film, dtyp
     np.testing.assert_array_equal(fused, separate)
 
 
-@pytest.mark.parametrize(("film", "dtype", "grain", "hd", "shape", "source"), CASES)
-@pytest.mark.parametrize("fused", [True, False])
-def test_a_render_in_the_stores_layout_is_the_same_codes_channels_first(monkeypatch, film, dtype, grain, hd, shape,
-                                                                        source, fused):
-    """What a job's tasks store, (C, h, w) (the fused pass writes each channel's rows contiguously, the other
-    paths give a view), is the (h, w, C) render's codes moved, for colour and B&W (one plane) alike."""
-    monkeypatch.setattr(pipeline, "FUSED_CPU", fused)
-    linear = source == "linear"
-    st = Settings(film=film, dtype=dtype, grain=grain, hd_curve=hd, seed=3, image_key="planar", linear_input=linear)
-    h, w = min(shape[0], 300), min(shape[1], 320)
-    img = _image(h, w, 4, np.float32 if linear else source)
-    plan = make_plan(st, (h, w), grain_k=grain_constants(img, make_plan(st, (h, w))))
-    box = (10, h - 20, 30, w - 5)
-    hwc = render_region(img, (0, 0), (h, w), box, plan)
-    planar = render_region(img, (0, 0), (h, w), box, plan, channels_first=True)
-    want = np.moveaxis(hwc[..., None] if hwc.ndim == 2 else hwc, -1, 0)
-    assert planar.shape == want.shape == (3 if hwc.ndim == 3 else 1, h - 30, w - 35)
-    np.testing.assert_array_equal(planar, want)
-
-
 def test_the_fused_pass_is_the_same_on_one_thread_and_on_two(monkeypatch):
     import numba
 

@@ -344,15 +344,13 @@ def source_box(plan: Plan, out_box: Box, shape: tuple[int, int]) -> Box:
     return _expand(out_box, plan.halo, shape)
 
 
-def render_region(window, window_origin: tuple[int, int], shape: tuple[int, int], out_box: Box, plan: Plan,
-                  channels_first: bool = False):
+def render_region(window, window_origin: tuple[int, int], shape: tuple[int, int], out_box: Box, plan: Plan):
     """The model's output on `out_box` of an image of `shape`, from a window of its (working-size) pixels.
 
     window: (h, w, 3) uint8/uint16/float sRGB (float linear if the settings say so), covering at least
     `source_box(plan, out_box, shape)`; window_origin: global (row, col) of window[0, 0].
     Returns (h, w, 3) for colour stocks or (h, w) for B&W, dtype per settings; bit-identical to the same
-    region of a whole-image render. `channels_first`: (C, h, w) instead (B&W too: (1, h, w)), the store's
-    layout: the fused CPU pass writes it directly, other paths give a view of their (h, w, C) result.
+    region of a whole-image render.
     """
     H, W = shape
     y0, y1, x0, x1 = out_box
@@ -382,7 +380,7 @@ def render_region(window, window_origin: tuple[int, int], shape: tuple[int, int]
     thr = plan.stock.threshold
     C = plan.channels
     if fused:
-        return _render_fused(X, xo, y_box, out_box, shape, plan, channels_first)
+        return _render_fused(X, xo, y_box, out_box, shape, plan)
     Y = xp.empty((C, y_box[1] - y_box[0], y_box[3] - y_box[2]), dtype=xp.float32)
     for c in range(C):
         Y[c, ...] = _blur_stage(X[c, ...], xo, y_box, shape, plan.bloom, thr, plan.etas[c], Y[c, ...])
@@ -406,8 +404,6 @@ def render_region(window, window_origin: tuple[int, int], shape: tuple[int, int]
         out = ops.mix_encode(*args, plan.tables, plan.vmax)
     else:
         out = _encode(_tone(args, plan), plan)
-    if channels_first:
-        return xp.moveaxis(out, -1, 0)
     return out[..., 0] if C == 1 else out
 
 
@@ -436,8 +432,7 @@ def touch_scratch(plan: Plan, shape: tuple[int, int]) -> bool:
     return _fuses(plan) and scratch.touch("X", (plan.channels, *shape))
 
 
-def _render_fused(X, xo: tuple[int, int], y_box: Box, out_box: Box, shape: tuple[int, int], plan: Plan,
-                  channels_first: bool = False):
+def _render_fused(X, xo: tuple[int, int], y_box: Box, out_box: Box, shape: tuple[int, int], plan: Plan):
     """`render_region` from S1–S3's X on: the bloom stage's blurred cells on y_box (colour), then the last
     blur stage (halation on the bloom stage's output Y, or bloom on X for B&W), the grain and S6–S8 in one
     fused pass (`ops.finish`). Y is never stored: the halation's cells and the fused pass compose each row
@@ -463,9 +458,7 @@ def _render_fused(X, xo: tuple[int, int], y_box: Box, out_box: Box, shape: tuple
     out = ops.finish(S, y0 - so[0], x0 - so[1], [f[0] for f in fields], ry, rx, sthr, etas, X, y0 - xo[0],
                      x0 - xo[1], rows, cols, xo, keys, plan.grain_taps, plan.grain_coef, plan.grain_nscale,
                      plan.wd, plan.ws, (plan.stock.tone,) * C, plan.vmax, plan.grain_r,
-                     plan.tables if plan.hd is not None else None, composed, channels_first)
-    if channels_first:
-        return out
+                     plan.tables if plan.hd is not None else None, composed)
     return out[..., 0] if C == 1 else out
 
 
