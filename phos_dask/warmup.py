@@ -36,7 +36,8 @@ NOTICE_EVERY = 0.2
 def warm(settings) -> None:
     """Render what makes every kernel of a job with `settings` compile or load: whole images with scale
     s < 1 (the grain-blend path) and a small region of an image with s > 1, from 8- and 16-bit input, the
-    pyramid of the output dtype and the thumbnails; on one kernel thread, as a worker runs them."""
+    pyramid of the output dtype and, last, the thumbnails of large inputs and levels; on one kernel thread, as a
+    worker runs them."""
     from phos_dask import thumbs
     from phos_dask.engine import render_window
     from phos_dask.film.pipeline import make_plan, source_box
@@ -47,7 +48,6 @@ def warm(settings) -> None:
     with contextlib.suppress(OSError):
         os.nice(10)
     render_small(settings, np.uint16)
-    thumbs.source_thumb(np.zeros((8, 8, 3), np.uint16), 4)
     rng = np.random.default_rng(1)
     big = (4000, 6000)
     out_box = (2000, 2016, 3000, 3016)
@@ -57,22 +57,24 @@ def warm(settings) -> None:
         y0, y1, x0, x1 = source_box(plan, out_box, big)
         window = rng.integers(0, top, (y1 - y0, x1 - x0, 3), dtype=dtype)
         render_window(window, (y0, x0), big, out_box, settings, grain_k=k)
+    # last: thumbnails of inputs and levels of a megapixel or more (smaller ones take OpenCV)
+    side = thumbs.THUMB * 4
+    for dtype in (np.uint8, np.uint16):
+        thumbs.source_thumb(np.zeros((side, side, 3), dtype))
+    thumbs.result_thumb(np.zeros((3, side, side), settings.dtype))
 
 
 def warm_first(settings) -> None:
     """Compile or load what most photographs need first, on one kernel thread: the kernels of a whole 8-bit
-    image, the pyramid of the output dtype and the thumbnails of both."""
+    image and the pyramid of the output dtype."""
     import numba
 
-    from phos_dask import thumbs
     from phos_dask.pyramid import downsample2
 
     numba.set_num_threads(1)
     render_small(settings, np.uint8)
     if np.dtype(settings.dtype).kind in "ui":
         downsample2(np.zeros((3, 5, 5), settings.dtype))
-    thumbs.source_thumb(np.zeros((8, 8, 3), np.uint8), 4)
-    thumbs.result_thumb(np.zeros((3, 8, 8), settings.dtype), 4)
 
 
 def render_small(settings, input_dtype=np.uint8) -> None:

@@ -304,11 +304,11 @@ def test_to_codes_conversions() -> None:
     assert to_codes(f, 16)[1] == round((1.055 * float(np.float16(0.5)) ** (1 / 2.4) - 0.055) * 65535)
 
 
-@pytest.mark.parametrize("shape", [(2250, 3000), (4001, 2999), (300, 9000), (816, 1224)])
+@pytest.mark.parametrize("shape", [(2250, 3000), (4001, 2999), (300, 9000), (816, 1224), (300, 400)])
 def test_an_input_thumbnail_is_the_area_mean_of_the_whole_input(shape) -> None:
     """A worker's thumbnail of an input (8-bit RGB) is OpenCV's one-step area average at the thumbnail's size
     within a code, on gradients and on a hard checker pattern near the thumbnail's resolution alike:
-    landscape, portrait with odd sides, a panorama and a 1 MP photo's size."""
+    landscape, portrait with odd sides, a panorama, a 1 MP photo's size and a small photo (OpenCV's own)."""
     h, w = shape
     y, x = np.mgrid[0:h, 0:w]
     image = np.stack([(x * 255 // w), (y * 255 // h), ((x // 37 + y // 41) % 2) * 255], axis=2).astype(np.uint8)
