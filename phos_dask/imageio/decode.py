@@ -71,8 +71,6 @@ def decode_image_info(data: bytes, name: str, max_pixels: int | None = DEFAULT_M
     """
     if not data:
         raise ImageReadError(f"cannot read image {name!r}: the file is empty")
-    if not data:
-        raise ImageReadError(f"cannot read image {name!r}: the file is empty")
     kind = "RAW" if is_raw(name) else sniff(data)  # by name first: a DNG is also a TIFF
     decoder = DECODERS.get(kind, OPENCV)
     header = decoder.info(data, name, kind, max_pixels)  # refuses a file before any pixel is allocated
