@@ -1,6 +1,6 @@
 """Pyramid levels: each level is the 2×2 mean of the one above (odd edges average what is there).
 Integer codes round half up; the result depends only on the block's pixels, so a tile and the whole image
-give the same level."""
+give the same level. Also the exact area means thumbnails are shrunk with (`area_shrink`)."""
 
 from __future__ import annotations
 
@@ -104,8 +104,8 @@ def area_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
 
 def area_shrink(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(h, w[, c]) integer codes → their area means at size = (width, height) ≤ the image's, rounded half to
-    even, same dtype: OpenCV's INTER_AREA within a code, in one pass over the image (3-4× faster than
-    OpenCV's for a ratio that is not a whole number)."""
+    even, same dtype (8 or 16 bits: float32 sums): OpenCV's INTER_AREA within a code, in one pass over the
+    image (for a ratio that is not a whole number 3.5× faster than OpenCV at 1 MP, 9× at 24 MP)."""
     h, w = image.shape[:2]
     W, H = size
     channels = 1 if image.ndim == 2 else image.shape[2]
