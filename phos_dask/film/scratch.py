@@ -34,18 +34,21 @@ def array(slot: str, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
     if buf is None or buf.dtype != dtype or buf.size < n:
         kept.pop(slot, None)  # freed before its successor is allocated
         buf = np.empty(n, dtype)
-        if sum(b.nbytes for b in kept.values()) + buf.nbytes <= KEEP_BYTES:
+        if _keepable(kept, slot, buf.nbytes):
             kept[slot] = buf
     return buf[:n].reshape(shape)
+
+
+def _keepable(kept: dict[str, np.ndarray], slot: str, nbytes: int) -> bool:
+    """Whether a buffer of `nbytes` for `slot` stays within KEEP_BYTES beside the thread's other slots."""
+    return sum(b.nbytes for name, b in kept.items() if name != slot) + nbytes <= KEEP_BYTES
 
 
 def touch(slot: str, shape: tuple[int, int], dtype=np.float32) -> bool:
     """Make this thread's buffer for `slot` hold `shape` and write every page of it, so that its first-touch
     page faults are taken now rather than by the render that uses it (about 0.5 s of CPU per GB on a virtual
     machine). Nothing happens when the buffer would be too big to keep; returns whether it is kept."""
-    kept = _local.__dict__.get("kept", {})
-    others = sum(b.nbytes for name, b in kept.items() if name != slot)
-    if others + math.prod(shape) * np.dtype(dtype).itemsize > KEEP_BYTES:
+    if not _keepable(_local.__dict__.get("kept", {}), slot, math.prod(shape) * np.dtype(dtype).itemsize):
         return False
     array(slot, shape, dtype).fill(0)
     return True
