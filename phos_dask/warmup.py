@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -57,8 +58,8 @@ def warm(settings) -> None:
         y0, y1, x0, x1 = source_box(plan, out_box, big)
         window = rng.integers(0, top, (y1 - y0, x1 - x0, 3), dtype=dtype)
         render_window(window, (y0, x0), big, out_box, settings, grain_k=k)
-    # last: thumbnails of inputs and levels of a megapixel or more (smaller ones take OpenCV)
-    side = thumbs.THUMB * 4
+    # last: thumbnails of inputs and levels as large as those the kernel shrinks (smaller ones take OpenCV)
+    side = math.isqrt(thumbs.KERNEL_MIN_PX) + 1
     for dtype in (np.uint8, np.uint16):
         thumbs.source_thumb(np.zeros((side, side, 3), dtype))
     thumbs.result_thumb(np.zeros((3, side, side), settings.dtype))
