@@ -69,6 +69,7 @@ def test_kernels_type_their_arguments_only_until_they_have_a_build_for_them(phot
 
 
 def test_a_process_that_needs_a_kernel_waits_while_another_compiles(tmp_path):
+    """The lock is a file in the kernel cache's folder, so it goes when that cache goes."""
     cache = tmp_path / "cache"
     script = ("import sys, numpy as np, numba; numba.set_num_threads(1)\n"
               "from phos_dask import Settings, render\n"
@@ -85,6 +86,7 @@ def test_a_process_that_needs_a_kernel_waits_while_another_compiles(tmp_path):
             time.sleep(3.0)  # a warm cache renders this in well under a second: it is waiting for the lock
             assert proc.poll() is None
         assert proc.wait(120) == 0
+        assert list(cache.glob("phos_dask-compile-*.lock"))  # the lock went with the cache, not into /tmp
     finally:
         numba.config.CACHE_DIR = old_dir
         if old is None:

@@ -109,13 +109,18 @@ def compile_lock(kernel: str = "") -> Iterator[None]:
     """An exclusive lock across this machine's processes that share numba's kernel cache, held while one of
     them compiles `kernel` (one lock per kernel build): the others wait and then load it from the cache, so a
     machine's workers compile each kernel once between them instead of all at once, and different kernels
-    can compile at the same time (phos_dask.warmup starts those compiles early)."""
-    where = numba.config.CACHE_DIR or os.path.dirname(os.path.abspath(__file__))
+    can compile at the same time (phos_dask.warmup starts those compiles early). The lock file lives in that
+    cache's folder and goes with it; where the folder cannot be written, in the temporary folder."""
+    where = numba.config.CACHE_DIR or os.path.join(os.path.dirname(os.path.abspath(__file__)), "__pycache__")
     name = hashlib.sha256(f"{where}\0{kernel}".encode()).hexdigest()[:16]
-    path = os.path.join(tempfile.gettempdir(), f"phos_dask-compile-{os.getuid()}-{name}.lock")
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError:  # no lock to be had: compile without one
+    fd = None
+    for path in (os.path.join(where, f"phos_dask-compile-{name}.lock"),
+                 os.path.join(tempfile.gettempdir(), f"phos_dask-compile-{os.getuid()}-{name}.lock")):
+        with contextlib.suppress(OSError):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            break
+    if fd is None:  # no lock to be had: compile without one
         yield
         return
     try:
