@@ -295,3 +295,20 @@ def test_the_cpu_kernels_grain_deviates_are_the_references_bit_for_bit():
                          grain.normal_pairs(), one_tap, got)
         want = grain.hash_normal(np, key, rows, cols).astype(np.float32)
         np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_the_inverse_normal_is_pythons_normal_dist_bit_for_bit():
+    """The table's Φ⁻¹ is evaluated on whole arrays (`grain.inverse_normal`, ~6× faster than a loop over
+    NormalDist.inv_cdf, once per process) with the same float64 results: at the table's cell edges, and at
+    random points of both tails and the centre."""
+    from statistics import NormalDist
+
+    n = 1 << grain.TABLE_BITS
+    edges = np.arange(n + 1, dtype=np.float64) / n
+    edges[0], edges[-1] = 0.25 / n, 1 - 0.25 / n
+    anywhere = np.random.default_rng(5).uniform(1e-10, 1 - 1e-10, 20000)
+    for p in (edges, anywhere, np.array([0.075, 0.925, 0.5 - 0.425, 0.5 + 0.425, 0.5])):
+        expected = np.array([NormalDist().inv_cdf(float(v)) for v in p])
+        assert np.array_equal(grain.inverse_normal(p).view(np.int64), expected.view(np.int64))
+    with pytest.raises(ValueError, match="e\\^-25"):
+        grain.inverse_normal(np.array([1e-12]))
