@@ -444,7 +444,7 @@ def external_cluster(workdir: Path, workers: int, threads: int) -> Iterator[Any]
     its local workers; a Client to it."""
     from distributed import Client
 
-    from phos_dask.cluster import WORKER_ENV
+    from phos_dask.localworkers import WORKER_ENV
 
     env = {**os.environ, **WORKER_ENV, "PYTHONPATH": str(REPO)}
     sched_file = workdir / f"scheduler-{time.time_ns()}.json"

@@ -170,7 +170,7 @@ def machine() -> dict:
 
 def fresh_memory_s_per_gb(mb: int = 256, huge_pages: bool = False) -> float:
     """Seconds per GB to touch a new NumPy array's memory, fresh from the kernel, one byte a page; with
-    `huge_pages`, with NumPy's transparent huge pages on (its default; phos_dask.cluster.HUGEPAGE_ENV),
+    `huge_pages`, with NumPy's transparent huge pages on (its default; phos_dask.localworkers.HUGEPAGE_ENV),
     else off. A physical machine takes about 0.1-0.3 (less with huge pages); a virtual machine whose host
     backs guest memory lazily, or takes freed memory back, can take many times that (with huge pages, 1.5-5
     on this project's VM at times), and then every new process's first allocations and every growth of the

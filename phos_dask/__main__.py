@@ -8,7 +8,7 @@ if __name__ == "__main__":
     # cv2 is loaded) so that `--max-pixels` is the limit that applies.
     os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 40))
     # NumPy's transparent huge pages off unless asked for, here and in the processes this one starts
-    # (phos_dask.cluster.HUGEPAGE_ENV says why). NumPy read the variable as the package imported it.
+    # (phos_dask.localworkers.HUGEPAGE_ENV says why). NumPy read the variable as the package imported it.
     os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
     # OpenBLAS on one thread in the processes this one starts (the kernel warm-up's; local workers have
     # OMP_NUM_THREADS=1), unless asked otherwise. (This process loaded NumPy with the package already.) The

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-import json
 import logging
 import os
 from collections.abc import Iterator
@@ -17,43 +16,11 @@ from distributed.security import Security
 from tornado import web
 
 from phos_dask.errors import EnvironmentProblem
+from phos_dask.localworkers import forked_with, worker_environ
 
 if TYPE_CHECKING:
     from phos_dask.settings import Settings
 
-#: NumPy asks the kernel for transparent huge pages for every array of 4 MB or more. On VMs that hand
-#: freed memory back to their host (virtio-balloon free page reporting, e.g. Firecracker), each huge page
-#: is memory the host must back again: touching a render's arrays for the first time took 1.5-5 s per GB
-#: there, against 0.35 s with ordinary pages, so a worker's first 24 MP image took 2-8 s instead of 0.8 s
-#: (bench/commands.py: `run` of 4 x 24 MP 9.2-11.4 s with them, 5.0-5.2 s without). Once a worker's heap
-#: is touched, huge pages render about 7 % faster. The command line and the local clusters it starts turn
-#: them off (their workers live for one job); deployed workers (deploy/, WORKER_ENV) keep NumPy's default,
-#: as they render many images each. NUMPY_MADVISE_HUGEPAGE=1 in the environment turns them back on.
-HUGEPAGE_ENV = "NUMPY_MADVISE_HUGEPAGE"
-
-#: Environment of each local worker process, set before it is spawned (glibc reads MALLOC_* at start).
-#: * Single-threaded kernels: the cluster, not numba, provides the parallelism (tasks read
-#:   PHOS_DASK_KERNEL_THREADS; NUMBA_NUM_THREADS itself must not differ between processes that share
-#:   numba's on-disk cache).
-#: * Arrays up to 1 GiB come from one heap that is not trimmed between tasks, so each image reuses the pages
-#:   the last one touched. With Dask's default (MALLOC_TRIM_THRESHOLD_=65536) a worker page-faulted
-#:   ~165 000 pages per 24 MP render and took 2.5 s instead of 1.9 s. Peak memory is unchanged; an idle
-#:   worker keeps its peak RSS.
-#: * OpenCV's own decode limit (2**30 px, read once when cv2 is loaded) lifted: the limit that applies is
-#:   the job's `--max-pixels`, checked from each file's header before anything is decoded.
-WORKER_ENV = {
-    "OPENCV_IO_MAX_IMAGE_PIXELS": str(1 << 40),
-    "PHOS_DASK_KERNEL_THREADS": "1",
-    "OMP_WAIT_POLICY": "PASSIVE",
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
-    "MALLOC_TRIM_THRESHOLD_": str((1 << 31) - 1),
-    "MALLOC_ARENA_MAX": "1",  # tasks run in worker threads, whose own arenas would mmap every big array
-    "PHOS_DASK_SCRATCH_MB": "0",  # the heap above keeps a render's big arrays: no per-thread scratch too
-}
-#: The environment variable that hands a local worker the job's settings (JSON) to load its kernels for.
-WARM_ENV = "PHOS_DASK_WARM"
 
 
 class ClusterError(EnvironmentProblem, RuntimeError):
@@ -125,18 +92,31 @@ def connect(scheduler: str | None = None, scheduler_file: str | None = None, wor
             yield client
         return
     n = workers or os.cpu_count() or 1
-    environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_ENV,
-               HUGEPAGE_ENV: os.environ.get(HUGEPAGE_ENV, "0")}
-    if warm is not None and device != "gpu":
-        environ[WARM_ENV] = json.dumps(warm.to_dict())
+    environ = worker_environ(dask.config.get("distributed.nanny.pre-spawn-environ", {}),
+                             warm if device != "gpu" else None)
     preload = [*dask.config.get("distributed.worker.preload", []), "phos_dask.worker_setup"]
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ, "distributed.worker.preload": preload}):
+    config: dict[str, object] = {"distributed.nanny.pre-spawn-environ": environ, "distributed.worker.preload": preload}
+    if device != "gpu" and dask.config.get("distributed.worker.multiprocessing-method") == "spawn" \
+            and forked_with(environ):
+        config["distributed.worker.multiprocessing-method"] = "forkserver"
+        _no_dask_preload()
+    with dask.config.set(config):
         if device == "gpu":
             cluster = _start_cuda(local_address(dashboard_address), rmm_pool_size)
         else:
             cluster = _start_local(n, local_address(dashboard_address), threads)
         with cluster, Client(cluster) as client:
             yield client
+
+
+def _no_dask_preload() -> None:
+    """Keep Distributed from importing pandas, lz4 and the like into this process to have a fork server it
+    starts preload them (distributed.utils.get_mp_context): the running server (phos_dask.localworkers)
+    preloads what the workers need, and a server that is running is not started again."""
+    import distributed.utils
+
+    if hasattr(distributed.utils, "_forkserver_preload_set"):
+        distributed.utils._forkserver_preload_set = True
 
 
 def _start_cuda(dashboard_address: str, rmm_pool_size: str | None):

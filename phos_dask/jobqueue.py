@@ -12,7 +12,7 @@ uses `yaml.safe_load`): data only, never code. Two sections:
 Keys the file leaves out come from Dask's own configuration (dask-jobqueue's defaults, `~/.config/dask/`,
 `DASK_JOBQUEUE__SLURM__*`); a key dask-jobqueue does not know is an error, so typos are not silently ignored.
 On top of the file, every worker job script exports the environment phos_dask gives its local workers
-(`phos_dask.cluster.WORKER_ENV`: single-threaded kernels, an untrimmed heap) through Dask's nanny
+(`phos_dask.localworkers.WORKER_ENV`: single-threaded kernels, an untrimmed heap) through Dask's nanny
 `pre-spawn-environ`, and the scheduler and workers talk TLS with throwaway certificates unless `tls=False`.
 
 Python:
@@ -51,8 +51,8 @@ from typing import TYPE_CHECKING, Any
 
 import dask
 
-from phos_dask.cluster import WORKER_ENV
 from phos_dask.errors import PhosError
+from phos_dask.localworkers import WORKER_ENV
 
 if TYPE_CHECKING:
     from dask_jobqueue import SLURMCluster

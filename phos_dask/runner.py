@@ -154,8 +154,9 @@ def _run(opts: RunOptions, say: Say, progress: Callable[[], Any] | None, warming
         # a local CPU cluster is likely: compile the kernels its workers need while Dask and the rest of the
         # package are imported, the job is planned and the workers start (stopped below if no worker needs
         # them, as when Dask's configuration names a scheduler)
-        from phos_dask import warmup
+        from phos_dask import localworkers, warmup
 
+        localworkers.start_forkserver(settings)  # the workers' imports and kernel loads, once, from now on
         if not warmup.is_warm(settings):
             warming.extend(warmup.start(settings))
     apply_config_defaults(opts, say)

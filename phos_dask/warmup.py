@@ -70,9 +70,14 @@ def warm_first(settings) -> None:
     image and the pyramid of the output dtype."""
     import numba
 
+    numba.set_num_threads(1)
+    load_first(settings)
+
+
+def load_first(settings) -> None:
+    """`warm_first`'s renders, in the calling thread's kernel-thread setting."""
     from phos_dask.pyramid import downsample2
 
-    numba.set_num_threads(1)
     render_small(settings, np.uint8)
     if np.dtype(settings.dtype).kind in "ui":
         downsample2(np.zeros((3, 5, 5), settings.dtype))

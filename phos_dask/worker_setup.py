@@ -7,7 +7,7 @@ leaves its signals alone: an ignored SIGINT would be inherited by every program 
 
 OpenCV's log is silenced in these processes: its complaints about a bad input file would reach the
 terminal, and the job already reports each failed image in one line. (Their environment, including
-OPENCV_IO_MAX_IMAGE_PIXELS, is `phos_dask.cluster.WORKER_ENV`.)
+OPENCV_IO_MAX_IMAGE_PIXELS, is `phos_dask.localworkers.WORKER_ENV`.)
 
 When `run` hands the job's settings over (PHOS_DASK_WARM), a worker loads the kernels a first photograph
 needs in a background thread as it starts, while the client plans the job, instead of in its first task
@@ -54,7 +54,7 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
 def dask_setup(worker) -> None:  # the hook Dask calls for a preload module
-    from phos_dask.cluster import WARM_ENV
+    from phos_dask.localworkers import WARM_ENV
 
     logging.getLogger("distributed.worker").addFilter(ClosingHeartbeat(worker))
     settings = os.environ.get(WARM_ENV)

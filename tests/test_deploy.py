@@ -32,7 +32,7 @@ import yaml  # the manifests are YAML; only this test reads them
 import zarr
 from dask.utils import parse_bytes
 
-from phos_dask.cluster import WORKER_ENV
+from phos_dask.localworkers import WORKER_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

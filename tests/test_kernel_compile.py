@@ -242,7 +242,8 @@ def _huge_pages() -> bool:
 
 @pytest.mark.parametrize("asked", [None, "1"])
 def test_local_workers_use_numpys_huge_pages_only_when_the_environment_asks(asked, monkeypatch):
-    from phos_dask.cluster import HUGEPAGE_ENV, connect
+    from phos_dask.cluster import connect
+    from phos_dask.localworkers import HUGEPAGE_ENV
 
     if asked is None:
         monkeypatch.delenv(HUGEPAGE_ENV, raising=False)

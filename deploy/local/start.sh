@@ -76,11 +76,11 @@ for pid_file in "$run_dir"/*.pid; do
 done
 rm -f "$sched_file"
 
-# Settings from phos_dask itself: the workers' environment (phos_dask.cluster.WORKER_ENV) and the memory to share.
+# Settings from phos_dask itself: the workers' environment (phos_dask.localworkers.WORKER_ENV) and the memory to share.
 settings=$("$python" - "${workers:-0}" <<'EOF'
 import json, os, sys
 try:
-    from phos_dask.cluster import WORKER_ENV
+    from phos_dask.localworkers import WORKER_ENV
 except ImportError as e:
     sys.exit(f"start.sh: error: {sys.executable} cannot import phos_dask ({e}); activate its venv or set PYTHON")
 from distributed.system import MEMORY_LIMIT

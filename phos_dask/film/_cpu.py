@@ -59,7 +59,7 @@ class Kernel:
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args):
-        dispatcher = self.serial if numba.get_num_threads() == 1 else self.parallel
+        dispatcher = self.serial if kernel_threads() == 1 else self.parallel
         kinds = (dispatcher is self.serial, *map(_kind, args))
         if kinds not in self.built:  # numba.typeof takes ~14 µs an argument: only until the build is there
             types_ = tuple(numba.typeof(a) for a in args)
@@ -68,6 +68,28 @@ class Kernel:
                     dispatcher.compile(types_)
             self.built.add(kinds)
         return dispatcher(*args)
+
+
+#: Whether kernels run serially whatever numba's thread count (`serial_only`).
+_serial_only = False
+
+
+@contextlib.contextmanager
+def serial_only() -> Iterator[None]:
+    """Kernels called meanwhile run (and load) their serial builds without asking numba for its thread
+    count, which starts numba's thread pool: a process that forks workers (phos_dask.worker_boot) must not
+    have one, as a pool's threads do not survive a fork. Not for use while other threads render."""
+    global _serial_only
+    _serial_only = True
+    try:
+        yield
+    finally:
+        _serial_only = False
+
+
+def kernel_threads() -> int:
+    """The threads a kernel called now runs on: numba's thread count, or 1 under `serial_only`."""
+    return 1 if _serial_only else numba.get_num_threads()
 
 
 def _kind(a) -> tuple | type:

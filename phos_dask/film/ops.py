@@ -392,7 +392,6 @@ def finish(S, sy: int, sx: int, blurred: list, interp_rows, interp_cols, thr: fl
     `composed` = (fields, interp_rows, interp_cols, thr, etas): S is None and stands for the bloom stage's
     output `compose` makes from X with these (one blurred field or None per channel), made row by row as it
     is read; (sy, sx) is then where the output's first pixel lies in those fields' rows and columns."""
-    import numba
 
     from phos_dask.film import _cpu, grain, tone
     from phos_dask.film.tone import BUCKET_BASE, BUCKET_SHIFT
@@ -430,7 +429,7 @@ def finish(S, sy: int, sx: int, blurred: list, interp_rows, interp_cols, thr: fl
                 np.asarray(betas, np.float32), X, xy, xx, np.asarray(rmap, np.int64), np.asarray(cmap, np.int64),
                 origin[0], origin[1], keys, pairs, taps, coef, _scales(nscale), wd, ws, mode, tone_c, _f32(r), G,
                 gbase, gshift, _f32(2.0**-gshift), steps, thresholds, starts, BUCKET_BASE, BUCKET_SHIFT,
-                numba.get_num_threads(), out)
+                _cpu.kernel_threads(), out)
     return out
 
 

@@ -5,7 +5,7 @@ stored, `pipeline._render_fused`). Fresh memory costs a page fault per page on f
 machine can take as long as the model's own work on it; `render()` called in a loop keeps it instead. Each
 thread keeps its own (renders in different threads never share one), at most `KEEP_BYTES` in all
 (PHOS_DASK_SCRATCH_MB, default 1024); anything larger is allocated for the render and freed after it. The
-workers of phos_dask's clusters keep none (PHOS_DASK_SCRATCH_MB=0 in `phos_dask.cluster.WORKER_ENV`): their
+workers of phos_dask's clusters keep none (PHOS_DASK_SCRATCH_MB=0 in `phos_dask.localworkers.WORKER_ENV`): their
 allocator already keeps freed memory for the next task (its MALLOC_* settings there), and a worker's threads
 would otherwise hold one each.
 """

@@ -1,0 +1,64 @@
+"""Imported by the fork server `run` starts for its local workers (phos_dask.localworkers), before it forks
+any: what every worker would otherwise import and load itself.
+
+* Ctrl-C is ignored here, so neither the server nor the workers forked from it print a traceback when the
+  user interrupts `run` (which closes its cluster itself; phos_dask.worker_setup does the same in spawned
+  workers). A server that inherited an ignored SIGINT passes it on to its children.
+* The modules a worker's tasks use: Dask's worker and nanny, NumPy, OpenCV, the decoders and encoders, the
+  storage layer and this package's task modules.
+* The kernels a first photograph needs, when numba's cache has them for the job's settings (PHOS_DASK_WARM;
+  `warmup.is_warm`): loaded, serial builds only (`_cpu.serial_only`), without starting numba's thread pool,
+  whose threads would not survive the fork. After a fresh install nothing is compiled here: the workers
+  and `run`'s warm-up compile as they would without a server.
+* The garbage collector is off while all that is made and then frozen out of it, as a spawned worker does
+  (phos_dask.worker_setup): the forked workers inherit the frozen objects.
+
+Nothing here may raise: a server whose preload fails forks nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib
+import json
+import os
+import signal
+
+#: What a worker imports for its tasks (each skipped if it cannot be imported).
+MODULES = (
+    "numpy", "cv2", "distributed.nanny", "distributed.worker", "fsspec.implementations.local", "imagecodecs",
+    "PIL.JpegImagePlugin", "google_crc32c", "numcodecs", "tifffile", "phos_dask.worker_setup", "phos_dask.tasks",
+    "phos_dask.tiled", "phos_dask.thumbs", "phos_dask.warmup",
+)
+
+
+def _boot() -> None:
+    for name in MODULES:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    settings = os.environ.get("PHOS_DASK_WARM")  # phos_dask.localworkers.WARM_ENV
+    if not settings:
+        return
+    from phos_dask import warmup
+    from phos_dask.film import _cpu
+    from phos_dask.settings import Settings
+
+    chosen = Settings(**json.loads(settings))
+    if warmup.is_warm(chosen):
+        with _cpu.serial_only():
+            warmup.load_first(chosen)
+
+
+with contextlib.suppress(ValueError):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+_collecting = gc.isenabled()
+gc.disable()
+try:
+    _boot()
+except Exception:
+    pass
+finally:
+    gc.freeze()
+    if _collecting:
+        gc.enable()
