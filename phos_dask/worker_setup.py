@@ -19,7 +19,9 @@ garbage) is frozen out of it and it is turned on again. Loading the kernels then
 0.75-0.84, and every full collection during the job skips those objects (0.09-0.12 s each before). As the
 worker closes, everything it holds is frozen too (`dask_teardown`): the process then exits without the
 collector walking its objects one last time, which took about 0.45 s of each worker's exit and so of every
-local cluster's close. A worker inside another process (a test's) leaves the collector alone.
+local cluster's close. A worker forked from `run`'s fork server (phos_dask.worker_boot, which does the same for
+what it imports) turns the collector off as it starts, until its kernels are loaded or compiled. A worker
+inside another process (a test's) leaves the collector alone.
 """
 
 from __future__ import annotations
@@ -56,6 +58,10 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 def dask_setup(worker) -> None:  # the hook Dask calls for a preload module
     from phos_dask.localworkers import WARM_ENV
 
+    global _HELD
+    if _own_process() and not _HELD and gc.isenabled():  # forked from a server that imported this module
+        gc.disable()
+        _HELD = True
     logging.getLogger("distributed.worker").addFilter(ClosingHeartbeat(worker))
     settings = os.environ.get(WARM_ENV)
     if settings:
