@@ -151,13 +151,16 @@ def _run(opts: RunOptions, say: Say, progress: Callable[[], Any] | None, warming
         raise CLIError("--export and --export-dir go together: give both or neither")
     storage_options = parse_storage_options(opts.storage_option or [])
     if not (opts.scheduler or opts.scheduler_file) and not opts.dry_run and opts.device in ("auto", "cpu"):
-        # a local CPU cluster is likely: compile the kernels its workers need while Dask and the rest of the
-        # package are imported, the job is planned and the workers start (stopped below if no worker needs
-        # them, as when Dask's configuration names a scheduler)
+        # a local CPU cluster is likely. With the kernels it needs in numba's cache, its workers will be forks
+        # of a server that imports and loads what they need from now on, once (phos_dask.localworkers).
+        # Otherwise compile those kernels while Dask and the rest of the package are imported, the job is
+        # planned and the workers start (stopped below if no worker needs them, as when Dask's configuration
+        # names a scheduler); the workers are spawned, as a server's imports would take CPU from the compile.
         from phos_dask import localworkers, warmup
 
-        localworkers.start_forkserver(settings)  # the workers' imports and kernel loads, once, from now on
-        if not warmup.is_warm(settings):
+        if warmup.is_warm(settings):
+            localworkers.start_forkserver(settings)
+        else:
             warming.extend(warmup.start(settings))
     apply_config_defaults(opts, say)
     external = bool(opts.scheduler or opts.scheduler_file)
