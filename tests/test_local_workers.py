@@ -84,6 +84,8 @@ def test_workers_are_forked_from_the_server_and_render_the_same_bits():
 
 
 def test_the_server_is_used_only_for_the_environment_it_has(monkeypatch):
+    # a cluster started in this process leaves its pre-spawn variables in os.environ (Dask sets them there)
+    monkeypatch.delenv(localworkers.WARM_ENV, raising=False)
     monkeypatch.setattr(localworkers, "_server_env", None)
     environ = localworkers.worker_environ(localworkers.DASK_PRE_SPAWN, SETTINGS)
     assert not localworkers.forked_with(environ)  # none started
