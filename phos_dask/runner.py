@@ -151,16 +151,17 @@ def _run(opts: RunOptions, say: Say, progress: Callable[[], Any] | None, warming
         raise CLIError("--export and --export-dir go together: give both or neither")
     storage_options = parse_storage_options(opts.storage_option or [])
     if not (opts.scheduler or opts.scheduler_file) and not opts.dry_run and opts.device in ("auto", "cpu"):
-        # a local CPU cluster is likely. With the kernels it needs in numba's cache, its workers will be forks
-        # of a server that imports and loads what they need from now on, once (phos_dask.localworkers).
-        # Otherwise compile those kernels while Dask and the rest of the package are imported, the job is
-        # planned and the workers start (stopped below if no worker needs them, as when Dask's configuration
-        # names a scheduler); the workers are spawned, as a server's imports would take CPU from the compile.
+        # a local CPU cluster is likely. With the kernels its workers load as they start in numba's cache,
+        # they will be forks of a server that imports and loads what they need from now on, once
+        # (phos_dask.localworkers); otherwise they are spawned, as a server's imports would take CPU from the
+        # compile. Unless every kernel the job needs is known to be cached, compile them while Dask and the
+        # rest of the package are imported, the job is planned and the workers start (stopped below if no
+        # worker needs them, as when Dask's configuration names a scheduler).
         from phos_dask import localworkers, warmup
 
-        if warmup.is_warm(settings):
+        if warmup.is_warm(settings, "first"):
             localworkers.start_forkserver(settings)
-        else:
+        if not warmup.is_warm(settings):
             warming.extend(warmup.start(settings))
     apply_config_defaults(opts, say)
     external = bool(opts.scheduler or opts.scheduler_file)

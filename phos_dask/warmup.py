@@ -44,6 +44,7 @@ def warm(settings) -> None:
     from phos_dask.film.pipeline import make_plan, source_box
 
     warm_first(settings)
+    mark(settings, "first")
     # the rest (16-bit input, large images) may not be needed soon: yield the cores to the workers' renders
     # (a worker that needs one of these kernels meanwhile waits on the compile lock and uses no CPU)
     with contextlib.suppress(OSError):
@@ -107,10 +108,16 @@ def warm_in_background(settings, input_dtype=np.uint8) -> threading.Thread:
     return thread
 
 
-def marker(settings) -> str:
-    """The file that says `warm(settings)` ran to its end on this machine with this numba and these kernel
-    sources, so numba's cache holds every kernel a job with these settings needs (it lives beside that
-    cache: NUMBA_CACHE_DIR, else the kernels' own __pycache__, and goes when the cache is cleared)."""
+#: What a marker says is in numba's cache: every kernel a job with its settings needs (`warm` ran to its
+#: end), or the first ones (`warm_first`'s, which a local worker loads as it starts).
+PARTS = {"all": "done", "first": "first"}
+
+
+def marker(settings, part: str = "all") -> str:
+    """The file that says `warm(settings)` ran to its end (part "all"), or at least its first renders
+    (`warm_first`, part "first"), on this machine with this numba and these kernel sources, so numba's cache
+    holds those kernels for a job with these settings (it lives beside that cache: NUMBA_CACHE_DIR, else the
+    kernels' own __pycache__, and goes when the cache is cleared)."""
     import importlib.metadata
     import platform
 
@@ -123,20 +130,22 @@ def marker(settings) -> str:
     key = json.dumps([stamps, chosen, importlib.metadata.version("numba"), sys.version, platform.node(),
                       platform.machine()], sort_keys=True, default=str)
     where = os.environ.get("NUMBA_CACHE_DIR") or os.path.join(package, "film", "__pycache__")
-    return os.path.join(where, f"phos_dask-warm-{hashlib.sha256(key.encode()).hexdigest()[:20]}.done")
+    return os.path.join(where, f"phos_dask-warm-{hashlib.sha256(key.encode()).hexdigest()[:20]}.{PARTS[part]}")
 
 
-def is_warm(settings) -> bool:
-    """Whether a finished warm-up with these settings is on record (then `run` starts none)."""
+def is_warm(settings, part: str = "all") -> bool:
+    """Whether a finished warm-up with these settings is on record (then `run` starts none); with part "first",
+    whether its first renders are (then `run`'s workers are forked from a server that loaded them)."""
     try:
-        return os.path.exists(marker(settings))
+        return os.path.exists(marker(settings, part))
     except (OSError, ImportError):
         return False
 
 
-def _mark(settings) -> None:
+def mark(settings, part: str = "all") -> None:
+    """Put on record that numba's cache holds `part` of the kernels of a job with `settings` (see `marker`)."""
     with contextlib.suppress(OSError):
-        path = marker(settings)
+        path = marker(settings, part)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
             f.write(json.dumps(settings.to_dict()) + "\n")
@@ -224,7 +233,7 @@ def main(argv: list[str]) -> int:
         warm(settings)
     finally:
         done.set()
-    _mark(settings)
+    mark(settings)
     if told.is_set() or _compiled():
         print(f"kernels: compiled in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     return 0

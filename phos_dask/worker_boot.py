@@ -7,9 +7,9 @@ any: what every worker would otherwise import and load itself.
 * The modules a worker's tasks use: Dask's worker and nanny, NumPy, OpenCV, the decoders and encoders, the
   storage layer and this package's task modules.
 * The kernels a first photograph needs, when numba's cache has them for the job's settings (PHOS_DASK_WARM;
-  `warmup.is_warm`): loaded, serial builds only (`_cpu.serial_only`), without starting numba's thread pool,
-  whose threads would not survive the fork. After a fresh install nothing is compiled here: the workers
-  and `run`'s warm-up compile as they would without a server.
+  `warmup.is_warm(settings, "first")`): loaded, serial builds only (`_cpu.serial_only`), without starting
+  numba's thread pool, whose threads would not survive the fork. Nothing is compiled here: `run` starts no
+  server before a worker or its warm-up has put those kernels in the cache.
 * The garbage collector is off while all that is made and then frozen out of it, as a spawned worker does
   (phos_dask.worker_setup): the forked workers inherit the frozen objects.
 
@@ -45,7 +45,7 @@ def _boot() -> None:
     from phos_dask.settings import Settings
 
     chosen = Settings(**json.loads(settings))
-    if warmup.is_warm(chosen):
+    if warmup.is_warm(chosen, "first"):
         with _cpu.serial_only():
             warmup.load_first(chosen)
 

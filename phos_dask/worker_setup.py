@@ -77,11 +77,13 @@ def dask_teardown(worker) -> None:  # Dask calls it as the worker closes
 
 def _load_kernels(settings: str) -> None:
     from phos_dask.settings import Settings
-    from phos_dask.warmup import warm_first
+    from phos_dask.warmup import mark, warm_first
 
     try:
         with contextlib.suppress(Exception):  # only a head start: a task that needs a kernel loads it anyway
-            warm_first(Settings(**json.loads(settings)))
+            chosen = Settings(**json.loads(settings))
+            warm_first(chosen)
+            mark(chosen, "first")  # they are cached now: the next run's workers can be forked with them loaded
     finally:
         _started()
 

@@ -106,6 +106,12 @@ def test_run_on_a_cold_cache_says_it_compiles_and_leaves_the_kernels_cached(tmp_
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "kernels: compiling the film model's kernels" in proc.stderr
+    # what a worker does as it starts, once the kernels are cached, puts on record that a first photograph's
+    # kernels are there: `run` then forks its workers from a server that loaded them (phos_dask.localworkers)
+    settings = json.dumps(Settings(film="Portra400", dtype="uint16", image_key="").to_dict())
+    load = f"from phos_dask import worker_setup; worker_setup._load_kernels({settings!r})"
+    subprocess.run([sys.executable, "-c", load], env=_env(cache), check=True, timeout=300)
+    assert len(list(cache.glob("phos_dask-warm-*.first"))) == 1
     # the same image in a new process, on one thread as a worker renders it: every kernel comes from the cache
     check = ("import cv2, numba; numba.set_num_threads(1)\n"
              "from phos_dask import Settings, render\n"
