@@ -185,7 +185,7 @@ def test_run_starts_no_warm_up_when_a_finished_one_is_on_record(tmp_path, monkey
     started = []
     monkeypatch.setattr(warmup, "start", lambda s: started.append(s.film) or [])
     for on_record, out in ((True, "o.zarr"), (False, "p.zarr")):
-        monkeypatch.setattr(warmup, "is_warm", lambda s, on_record=on_record: on_record)
+        monkeypatch.setattr(warmup, "is_warm", lambda s, part="all", on_record=on_record: on_record)
         assert main(["run", str(photos), "--out", str(tmp_path / out), "--film", "Portra400", "--workers", "1",
                      "--dashboard-address", "127.0.0.1:0"]) == 0
     assert started == ["Portra400"]  # the second run only
@@ -209,7 +209,7 @@ def test_run_starts_its_warm_up_before_it_imports_dask_and_stops_it_for_a_config
             "def start(settings):\n"
             "    print('started', settings.film, 'dask' in sys.modules, 'distributed' in sys.modules)\n"
             "    return [Started()]\n"
-            "warmup.start, warmup.is_warm = start, lambda settings: False\n"
+            "warmup.start, warmup.is_warm = start, lambda settings, part='all': False\n"
             "sys.exit(main(sys.argv[1:]))\n")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     local = subprocess.run([sys.executable, "-c", code, "run", str(photos), "--out", str(tmp_path / "a.zarr"),
