@@ -21,6 +21,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import signal
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -130,3 +131,25 @@ def forked_with(environ: Mapping[str, str]) -> bool:
     """Whether this process started a fork server (`start_forkserver`) whose environment is the one workers
     with `environ` would be spawned with now: only then may they be forked from it."""
     return _server_env is not None and _server_env == _server_environ(environ)
+
+
+def stop_forkserver() -> None:
+    """Stop the fork server this process started, once its workers have gone with their cluster: at once, even
+    while it is still importing (a job with nothing to render), and reaped, so that no process outlives the
+    command. multiprocessing has no public way to stop its server; without one (another Python) it stops
+    when this process exits."""
+    global _server_env
+    if _server_env is None:
+        return
+    _server_env = None
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    pid = getattr(server, "_forkserver_pid", None)
+    stop = getattr(server, "_stop", None)
+    if pid is None or stop is None:
+        return
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGTERM)
+    with contextlib.suppress(OSError):
+        stop()  # closes its pipe and waits for it

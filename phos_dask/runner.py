@@ -131,6 +131,9 @@ def run(opts: RunOptions, say: Say = _quiet, progress: Callable[[], Any] | None 
         return _run(opts, say, progress, warming)
     finally:
         _stop(warming)
+        from phos_dask.localworkers import stop_forkserver
+
+        stop_forkserver()
 
 
 def _run(opts: RunOptions, say: Say, progress: Callable[[], Any] | None, warming: list[subprocess.Popen]

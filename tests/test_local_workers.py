@@ -53,6 +53,9 @@ def test_the_servers_preload_loads_the_first_kernels_and_leaves_it_one_thread():
 
 
 def test_workers_are_forked_from_the_server_and_render_the_same_bits():
+    """Forked workers have the workers' environment, ignore Ctrl-C and render what this process renders;
+    workers of another environment are spawned; the server is stopped and reaped when asked (`run` does so
+    as it ends)."""
     seen = _python(
         "import json, os, signal\n"
         "import numpy as np\n"
@@ -72,7 +75,15 @@ def test_workers_are_forked_from_the_server_and_render_the_same_bits():
         "        remote = client.submit(render, image, photo).result()\n"
         "    with connect(workers=1, dashboard_address='127.0.0.1:0') as client:  # no settings: not the server's\n"
         "        spawned = list(client.run(os.getppid).values())\n"
-        "    print(json.dumps({'pid': os.getpid(), 'forked': forked, 'spawned': spawned,\n"
+        "    from multiprocessing import forkserver\n"
+        "    server = forkserver._forkserver._forkserver_pid\n"
+        "    localworkers.stop_forkserver()\n"
+        "    try:\n"
+        "        os.kill(server, 0)\n"
+        "        gone = False\n"
+        "    except ProcessLookupError:\n"
+        "        gone = True\n"
+        "    print(json.dumps({'pid': os.getpid(), 'forked': forked, 'spawned': spawned, 'server_gone': gone,\n"
         "                      'same': bool(np.array_equal(remote, render(image, photo)))}))\n")
     assert len(seen["forked"]) == 2
     for worker in seen["forked"]:
@@ -81,6 +92,7 @@ def test_workers_are_forked_from_the_server_and_render_the_same_bits():
         assert worker["sigint_ignored"]
     assert seen["spawned"] == [seen["pid"]]
     assert seen["same"]
+    assert seen["server_gone"]  # stopped and reaped once the job is over (runner.run does it)
 
 
 def test_the_server_is_used_only_for_the_environment_it_has(monkeypatch):
