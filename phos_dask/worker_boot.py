@@ -37,7 +37,9 @@ def _boot() -> None:
     for name in MODULES:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
-    settings = os.environ.get("PHOS_DASK_WARM")  # phos_dask.localworkers.WARM_ENV
+    from phos_dask.localworkers import WARM_ENV
+
+    settings = os.environ.get(WARM_ENV)
     if not settings:
         return
     from phos_dask import warmup

@@ -42,9 +42,19 @@ def _own_process() -> bool:
 
 
 #: Whether this module turned the collector off for the start-up (`_started` turns it on again).
-_HELD = _own_process() and gc.isenabled()
-if _HELD:
-    gc.disable()
+_HELD = False
+
+
+def _hold_collector() -> None:
+    """In a worker's own process, the collector off until its start-up is over (`_started`): from this
+    module's import in a spawned worker, from `dask_setup` in one forked from a server that imported it."""
+    global _HELD
+    if _own_process() and not _HELD and gc.isenabled():
+        gc.disable()
+        _HELD = True
+
+
+_hold_collector()
 
 import cv2  # noqa: E402  (after the collector is off: OpenCV's import is part of the start-up)
 
@@ -58,10 +68,7 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 def dask_setup(worker) -> None:  # the hook Dask calls for a preload module
     from phos_dask.localworkers import WARM_ENV
 
-    global _HELD
-    if _own_process() and not _HELD and gc.isenabled():  # forked from a server that imported this module
-        gc.disable()
-        _HELD = True
+    _hold_collector()
     logging.getLogger("distributed.worker").addFilter(ClosingHeartbeat(worker))
     settings = os.environ.get(WARM_ENV)
     if settings:
