@@ -235,15 +235,16 @@ def accelerator(kind: str) -> Accelerator | None:
 
 def render_on(accelerator: Accelerator | None, window: np.ndarray, origin: tuple[int, int],
               shape: tuple[int, int], box: tuple[int, int, int, int], plan) -> tuple[np.ndarray, str, bool]:
-    """`render_region` on the accelerator when there is one, else on the CPU; a device out-of-memory error
-    reruns the region on the CPU path. Returns (output on the host, where it ran, whether it fell back)."""
+    """`render_region` on the accelerator when there is one, else on the CPU, in the output arrays' layout
+    (C, h, w); a device out-of-memory error reruns the region on the CPU path. Returns (output on the host,
+    where it ran, whether it fell back)."""
     from phos_dask.film.pipeline import render_region
 
     if accelerator is not None:
         try:
-            out = render_region(accelerator.to_device(window), origin, shape, box, plan)
+            out = render_region(accelerator.to_device(window), origin, shape, box, plan, planar=True)
             return accelerator.to_host(out), accelerator.name, False
         except accelerator.out_of_memory:
             accelerator.release()
-            return render_region(window, origin, shape, box, plan), "cpu (GPU out of memory)", True
-    return render_region(window, origin, shape, box, plan), "cpu", False
+            return render_region(window, origin, shape, box, plan, planar=True), "cpu (GPU out of memory)", True
+    return render_region(window, origin, shape, box, plan, planar=True), "cpu", False

@@ -9,8 +9,6 @@ import socket
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
-
 from phos_dask import __version__
 from phos_dask.errors import EnvironmentProblem, PhosError, one_line
 from phos_dask.lease import still_held
@@ -60,10 +58,6 @@ def limit_kernel_threads() -> None:
     import numba
 
     numba.set_num_threads(max(1, min(int(wanted), numba.config.NUMBA_NUM_THREADS)))
-
-
-def chw(out: np.ndarray) -> np.ndarray:
-    return out[None] if out.ndim == 2 else np.moveaxis(out, -1, 0)
 
 
 def provenance(cfg: JobConfig, item: SourceItem, ctx: ImageContext, digest: str, mode: str, seconds: float,

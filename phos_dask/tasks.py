@@ -36,7 +36,7 @@ from phos_dask.sources import SourceItem, header_shape
 from phos_dask.storage import Location, options_for
 from phos_dask.store import COMPLETE, METADATA, ImageLayout, image_state
 from phos_dask.taskflow import WHOLE_LIMIT_MP, ImageContext, ImageResult, JobConfig, Staged, Stages
-from phos_dask.taskkit import InputError, LeaseLost, as_failure, chw, guard, limit_kernel_threads, provenance
+from phos_dask.taskkit import InputError, LeaseLost, as_failure, guard, limit_kernel_threads, provenance
 
 __all__ = ["WHOLE_LIMIT_MP", "InputError", "JobConfig", "LeaseLost", "limit_kernel_threads", "process_image"]
 
@@ -166,9 +166,9 @@ def _process_image(cfg: JobConfig, item: SourceItem, fresh: bool = True, thumb: 
                                           ctx.model)
     del image
     t_write = time.perf_counter()
-    layout = ImageLayout(item.key, 1 if rendered.ndim == 2 else rendered.shape[2], shape, st.dtype, None)
+    layout = ImageLayout(item.key, rendered.shape[0], shape, st.dtype, None)
     layout.check()
-    objects, smallest = layout.levels_objects(chw(rendered))
+    objects, smallest = layout.levels_objects(rendered)
     del rendered
     pair = thumbs.encode_pair(source_thumb, thumbs.result_thumb(smallest)) if thumb else None
     guard(cfg)

@@ -21,7 +21,7 @@ from phos_dask.sources import SourceItem
 from phos_dask.storage import Location, options_for
 from phos_dask.store import METADATA, ImageLayout, staging_compressor, staging_path
 from phos_dask.taskflow import ImageContext, ImageResult, JobConfig, Staged, Stages, TileDone
-from phos_dask.taskkit import InputError, as_failure, chw, complete, guard, limit_kernel_threads, provenance
+from phos_dask.taskkit import InputError, as_failure, complete, guard, limit_kernel_threads, provenance
 from phos_dask.tiles import staging_chunk
 
 
@@ -154,7 +154,7 @@ def _process_tile(cfg: JobConfig, item: SourceItem, staged: Staged, index: tuple
     t_model = time.perf_counter()
     rendered, used, fell_back = render_on(cfg.accelerator(), window, tile.window[::2], ctx.shape, tile.box, ctx.model)
     t_write = time.perf_counter()
-    out_block = chw(rendered)
+    out_block = rendered
     layout = ImageLayout(item.key, out_block.shape[0], ctx.shape, ctx.settings.dtype, ctx.tiling)
     objects = layout.tile_objects(tile, out_block)
     guard(cfg)

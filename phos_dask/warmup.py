@@ -172,7 +172,7 @@ def finish_signature(settings):
             nt.Array(f32, 2, "C", readonly=True),  # grain.normal_pairs
             array(f32), array(f32, 2), array(f32), array(f32), array(f32), i64, array(f32, 2), f32,
             array(f32), i64, i64, f32, array(f32), array(f32, 2), array(nt.int32, 2), i64, i64, i64,
-            array(out, 3))
+            nt.boolean, array(out, 3))
 
 
 def precompile(settings) -> None:

@@ -69,6 +69,32 @@ def test_the_fused_pass_gives_the_separate_kernels_codes(monkeypatch, film, dtyp
     np.testing.assert_array_equal(fused, separate)
 
 
+@pytest.mark.parametrize(("film", "dtype", "grain", "hd"), [
+    ("Portra400", "uint16", "default", False),  # colour, filmic codes (fused)
+    ("HP5Plus400", "uint8", "default", True),  # B&W, H&D tables, s < 1: the separate kernels
+    ("Cinestill800T", "float16", "soft", False),  # float output: the separate kernels
+])
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_planar_render_holds_the_same_values_channel_first(monkeypatch, film, dtype, grain, hd, fused):
+    """`render_region(planar=True)` (what a job's tasks write into the (C, h, w) Zarr arrays) is the usual
+    (h, w, C) or (h, w) output moved channel first, bit for bit, on both the fused and the separate path;
+    the fused pass writes it C-contiguous."""
+    monkeypatch.setattr(pipeline, "FUSED_CPU", fused)
+    st = Settings(film=film, dtype=dtype, grain=grain, hd_curve=hd, seed=7, image_key="planar")
+    img = _image(210, 333, 5)
+    shape = img.shape[:2]
+    plan = make_plan(st, shape, grain_k=grain_constants(img, st))
+    box = (37, 190, 61, 300)
+    y0, y1, x0, x1 = source_box(plan, box, shape)
+    usual = render_region(img[y0:y1, x0:x1], (y0, x0), shape, box, plan)
+    planar = render_region(img[y0:y1, x0:x1], (y0, x0), shape, box, plan, planar=True)
+    C = 1 if usual.ndim == 2 else 3
+    assert planar.shape == (C, 153, 239) and planar.dtype == usual.dtype
+    np.testing.assert_array_equal(planar, usual[None] if C == 1 else np.moveaxis(usual, -1, 0))
+    if fused and pipeline._fused(img, plan):
+        assert planar.flags.c_contiguous
+
+
 def test_the_fused_pass_is_the_same_on_one_thread_and_on_two(monkeypatch):
     import numba
 

@@ -610,19 +610,23 @@ def _composed_row(S, sy, sx, y, c, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1
 def finish(S, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, etas,
            composed, bl, has_bl, brj, brw0, brw1, bcj, bcw0, bcw1, bthr, betas,
            X, xy, xx, rmap, cmap, gy0, gx0, keys, TT, taps, coef, nscale, wd, ws,
-           mode, tone, r, G, gbase, gshift, gscale, steps, thresholds, starts, base, shift, threads, out):
+           mode, tone, r, G, gbase, gshift, gscale, steps, thresholds, starts, base, shift, threads, planar, out):
     """The last blur stage's compose, the grain planes and S6–S8 fused, row by row: what `compose`
     (on S, with each channel's blurred field), `grain_noise` (one plane per key, plane p on X[p]) and then
     `mix_filmic_encode` (mode 0), `mix_filmic_blend_encode` (mode 1, r < 1) or `mix_encode` (mode 2) compute,
     the same bits, without the full-size Y' and noise planes (filmic codes by `_pixel.code_bucket`,
     `guessed_code` and `settled_code`, one loop each, so the first vectorises: G, gbase, gshift, gscale from
-    `tone.code_guesses`, steps from `tone.code_tables`). out (h, w, C) codes. Each thread
+    `tone.code_guesses`, steps from `tone.code_tables`). out: the codes, (h, w, C), or (C, h, w) when
+    `planar` (each channel's row then stored contiguously, as Zarr's chunks hold them). Each thread
     takes a run of rows and keeps only the 2r+1 rows of unblurred noise in flight per plane (r the grain
     radius), so its scratch stays in cache; `threads` sets the number of runs (4 per thread).
     `composed`: S is not stored but made row by row where it is read, as `compose` makes the bloom stage's
     output from X with the blurred cells `bl` (has_bl, interpolation brj, brw0, brw1 over S's rows and bcj,
     bcw0, bcw1 over its columns, threshold bthr, betas per channel); S itself is then not read."""
-    h, w, C = out.shape
+    if planar:
+        C, h, w = out.shape
+    else:
+        h, w, C = out.shape
     P = keys.shape[0]
     rad = (taps.shape[0] - 1) // 2
     nc = cmap.shape[0]
@@ -692,8 +696,13 @@ def finish(S, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, etas,
                 if mode == 2:
                     t = thresholds[c]
                     st = starts[c]
-                    for x in range(w):
-                        out[y, x, c] = _code(F[x], _bits(F[x]), t, st, base, sh, last)
+                    if planar:
+                        o = out[c, y]
+                        for x in range(w):
+                            o[x] = _code(F[x], _bits(F[x]), t, st, base, sh, last)
+                    else:
+                        for x in range(w):
+                            out[y, x, c] = _code(F[x], _bits(F[x]), t, st, base, sh, last)
                 else:
                     tA, tB, tC, tD, tE, tF = tone[c, 0], tone[c, 1], tone[c, 2], tone[c, 3], tone[c, 4], tone[c, 5]
                     cb, de, df, ef = _filmic_coeffs(tB, tC, tD, tE, tF)
@@ -708,5 +717,10 @@ def finish(S, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, etas,
                         bucket[x], pos[x] = _code_bucket(_bits(F[x]), gb, gsh, gscale, glast)
                     for x in range(w):
                         guessed[x] = _guessed_code(G, bucket[x], pos[x])
-                    for x in range(w):
-                        out[y, x, c] = _settled_code(F[x], guessed[x], steps)
+                    if planar:
+                        o = out[c, y]
+                        for x in range(w):
+                            o[x] = _settled_code(F[x], guessed[x], steps)
+                    else:
+                        for x in range(w):
+                            out[y, x, c] = _settled_code(F[x], guessed[x], steps)

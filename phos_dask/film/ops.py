@@ -384,11 +384,12 @@ def mix_encode(Yp, X, xy: int, xx: int, noise, coef: np.ndarray, nscale: np.ndar
 
 def finish(S, sy: int, sx: int, blurred: list, interp_rows, interp_cols, thr: float, etas, X, xy: int, xx: int,
            rmap, cmap, origin: tuple[int, int], keys, taps, coef, nscale, wd, ws, tone_, vmax: int, r: float,
-           tables, composed: tuple | None = None):
+           tables, composed: tuple | None = None, planar: bool = False):
     """NumPy only: the last blur stage's `compose` on S (one blurred field or None per channel), the grain
     planes (`grain_noise` for each key, plane p on X[p], rows rmap × columns cmap, X's global origin) and
     `mix_filmic_encode` (tables None; r < 1 blends after the curve) or `mix_encode` (tables), fused into
-    one pass over bands of rows: the same codes (h, w, C), without full-size intermediates.
+    one pass over bands of rows: the same codes (h, w, C), or (C, h, w) when `planar`, without full-size
+    intermediates.
     `composed` = (fields, interp_rows, interp_cols, thr, etas): S is None and stands for the bloom stage's
     output `compose` makes from X with these (one blurred field or None per channel), made row by row as it
     is read; (sy, sx) is then where the output's first pixel lies in those fields' rows and columns."""
@@ -423,13 +424,13 @@ def finish(S, sy: int, sx: int, blurred: list, interp_rows, interp_cols, thr: fl
         tone_c = np.zeros((C, 6), np.float32)
         G, gbase, gshift, steps = np.zeros(2, np.float32), 0, 0, np.zeros(2, np.float32)
         thresholds, starts = _table_arrays(tables)
-    out = np.empty((h, w, C), np.uint8 if vmax == 255 else np.uint16)
+    out = np.empty((C, h, w) if planar else (h, w, C), np.uint8 if vmax == 255 else np.uint16)
     _cpu.finish(S, sy, sx, stacked, has, rj, rw0, rw1, cj, cw0, cw1, _f32(thr), np.asarray(etas, np.float32),
                 composed is not None, bl, has_bl, brj, brw0, brw1, bcj, bcw0, bcw1, _f32(bthr),
                 np.asarray(betas, np.float32), X, xy, xx, np.asarray(rmap, np.int64), np.asarray(cmap, np.int64),
                 origin[0], origin[1], keys, pairs, taps, coef, _scales(nscale), wd, ws, mode, tone_c, _f32(r), G,
                 gbase, gshift, _f32(2.0**-gshift), steps, thresholds, starts, BUCKET_BASE, BUCKET_SHIFT,
-                _cpu.kernel_threads(), out)
+                _cpu.kernel_threads(), bool(planar), out)
     return out
 
 

@@ -344,13 +344,15 @@ def source_box(plan: Plan, out_box: Box, shape: tuple[int, int]) -> Box:
     return _expand(out_box, plan.halo, shape)
 
 
-def render_region(window, window_origin: tuple[int, int], shape: tuple[int, int], out_box: Box, plan: Plan):
+def render_region(window, window_origin: tuple[int, int], shape: tuple[int, int], out_box: Box, plan: Plan,
+                  planar: bool = False):
     """The model's output on `out_box` of an image of `shape`, from a window of its (working-size) pixels.
 
     window: (h, w, 3) uint8/uint16/float sRGB (float linear if the settings say so), covering at least
     `source_box(plan, out_box, shape)`; window_origin: global (row, col) of window[0, 0].
     Returns (h, w, 3) for colour stocks or (h, w) for B&W, dtype per settings; bit-identical to the same
-    region of a whole-image render.
+    region of a whole-image render. `planar`: (C, h, w) instead, C = 3 or 1 (the layout of the output's
+    Zarr arrays; the CPU's fused pass writes it directly, sparing a transposing copy).
     """
     H, W = shape
     y0, y1, x0, x1 = out_box
@@ -380,7 +382,7 @@ def render_region(window, window_origin: tuple[int, int], shape: tuple[int, int]
     thr = plan.stock.threshold
     C = plan.channels
     if fused:
-        return _render_fused(X, xo, y_box, out_box, shape, plan)
+        return _render_fused(X, xo, y_box, out_box, shape, plan, planar)
     Y = xp.empty((C, y_box[1] - y_box[0], y_box[3] - y_box[2]), dtype=xp.float32)
     for c in range(C):
         Y[c, ...] = _blur_stage(X[c, ...], xo, y_box, shape, plan.bloom, thr, plan.etas[c], Y[c, ...])
@@ -404,6 +406,8 @@ def render_region(window, window_origin: tuple[int, int], shape: tuple[int, int]
         out = ops.mix_encode(*args, plan.tables, plan.vmax)
     else:
         out = _encode(_tone(args, plan), plan)
+    if planar:
+        return xp.moveaxis(out, -1, 0)
     return out[..., 0] if C == 1 else out
 
 
@@ -432,7 +436,8 @@ def touch_scratch(plan: Plan, shape: tuple[int, int]) -> bool:
     return _fuses(plan) and scratch.touch("X", (plan.channels, *shape))
 
 
-def _render_fused(X, xo: tuple[int, int], y_box: Box, out_box: Box, shape: tuple[int, int], plan: Plan):
+def _render_fused(X, xo: tuple[int, int], y_box: Box, out_box: Box, shape: tuple[int, int], plan: Plan,
+                  planar: bool = False):
     """`render_region` from S1–S3's X on: the bloom stage's blurred cells on y_box (colour), then the last
     blur stage (halation on the bloom stage's output Y, or bloom on X for B&W), the grain and S6–S8 in one
     fused pass (`ops.finish`). Y is never stored: the halation's cells and the fused pass compose each row
@@ -458,7 +463,9 @@ def _render_fused(X, xo: tuple[int, int], y_box: Box, out_box: Box, shape: tuple
     out = ops.finish(S, y0 - so[0], x0 - so[1], [f[0] for f in fields], ry, rx, sthr, etas, X, y0 - xo[0],
                      x0 - xo[1], rows, cols, xo, keys, plan.grain_taps, plan.grain_coef, plan.grain_nscale,
                      plan.wd, plan.ws, (plan.stock.tone,) * C, plan.vmax, plan.grain_r,
-                     plan.tables if plan.hd is not None else None, composed)
+                     plan.tables if plan.hd is not None else None, composed, planar)
+    if planar:
+        return out
     return out[..., 0] if C == 1 else out
 
 
