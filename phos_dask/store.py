@@ -159,9 +159,13 @@ def inner_side(shard: int) -> int:
 def _axis(side: int, footprint: int | None) -> tuple[int, int]:
     """(shard, inner chunk) in px along one axis of a level `side` px long. `footprint`: a tile's footprint
     at that level (each tile writes one shard), or None when one task writes the whole level (one shard).
-    A level under 512 px that one shard spans is one chunk along the axis."""
+    A level under 512 px that one shard spans is one chunk along the axis; a longer one that one task writes
+    is split into as many equal chunks of at least CHUNK px as fit (256–511 px), so its last chunk is
+    padded by less than one px per chunk (816 px: 3 × 272 instead of 4 × 256, a quarter of them padding)."""
     if footprint is None:
-        chunk = side if side < 2 * CHUNK else CHUNK
+        if side < 2 * CHUNK:
+            return side, side
+        chunk = -(-side // (side // CHUNK))
         return math.ceil(side / chunk) * chunk, chunk
     if side <= footprint and side < 2 * CHUNK:
         return side, side
@@ -220,8 +224,9 @@ class ImageLayout:
 
     Shards: a tiled image's first `tile_levels` levels have one shard per tile (its footprint there, at
     least MIN_SHARD px); every other level, and every level of an image rendered whole, is one shard
-    written by one task. Inner chunks are CHUNK px (256–511 px for tiles whose footprint is not a multiple
-    of 256), or the level's whole side where that is under 512 px."""
+    written by one task. Inner chunks of tile-written levels are CHUNK px (256–511 px for tiles whose
+    footprint is not a multiple of 256); a level one task writes has its side split into equal chunks of
+    256–511 px (the level's whole side where that is under 512 px)."""
 
     key: str
     channels: int

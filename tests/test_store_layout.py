@@ -28,10 +28,13 @@ def _grid(layout: ImageLayout) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     return [(layout.shards(k), layout.chunks(k)) for k in range(len(layout.levels))]
 
 
-def test_shards_are_what_one_task_writes_and_chunks_are_256_px():
+def test_shards_are_what_one_task_writes_and_chunks_are_256_px_or_a_whole_levels_equal_parts():
+    # a level one task writes: its side in equal chunks of 256–511 px (padded by under a px per chunk)
     whole = ImageLayout("a", 3, (4000, 6000), "uint16", None)
-    assert _grid(whole) == [((3, 4096, 6144), (3, 256, 256)), ((3, 2048, 3072), (3, 256, 256)),
-                            ((3, 1024, 1536), (3, 256, 256)), ((3, 500, 768), (3, 500, 256))]
+    assert _grid(whole) == [((3, 4005, 6003), (3, 267, 261)), ((3, 2002, 3003), (3, 286, 273)),
+                            ((3, 1002, 1500), (3, 334, 300)), ((3, 500, 750), (3, 500, 375))]
+    photo = ImageLayout("a", 3, (816, 1224), "uint8", None)
+    assert _grid(photo) == [((3, 816, 1224), (3, 272, 306)), ((3, 408, 612), (3, 408, 306))]
     tiled = ImageLayout("a", 3, (4000, 6000), "uint16", TilePlan.build((4000, 6000), 2048, 0))
     assert tiled.tile_levels == 4
     assert _grid(tiled) == [((3, 2048, 2048), (3, 256, 256)), ((3, 1024, 1024), (3, 256, 256)),
@@ -41,7 +44,7 @@ def test_shards_are_what_one_task_writes_and_chunks_are_256_px():
     # a tile of 2112 px (a multiple of 64, not of 256): chunks of 264 px, levels down to a 264-px footprint
     odd = ImageLayout("a", 1, (9000, 9000), "uint8", TilePlan.build((9000, 9000), 2112, 0))
     assert [odd.chunks(k)[1] for k in range(odd.tile_levels)] == [264] * 4
-    for layout in (whole, tiled, small, odd):
+    for layout in (whole, photo, tiled, small, odd):
         layout.check()
 
 
@@ -111,8 +114,14 @@ def test_a_tiled_image_has_the_same_inner_chunks_as_the_same_image_whole(shape, 
     stored = zarr.open_array(str(tmp_path / "k" / str(last)), mode="r")[...]
     rest, _ = tiled.levels_objects(downsample2(stored), first=last + 1)
     objects.update(rest)
+    for name, data in rest.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
     reference, _ = whole.levels_objects(image)
     assert sum(1 for n in reference if "/c/" in n) == len(whole.levels)  # whole: one shard per level
+    for name, data in reference.items():
+        (tmp_path / "whole" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "whole" / name).write_bytes(data)
     same = 0
     for level in range(len(whole.levels)):
         a = _inner_chunks(objects, "k", level, tiled)
@@ -121,7 +130,10 @@ def test_a_tiled_image_has_the_same_inner_chunks_as_the_same_image_whole(shape, 
         if tiled.chunks(level) == whole.chunks(level):
             assert a == b, f"level {level}"
             same += 1
-    assert same >= 1
+        np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "k" / str(level)), mode="r")[...],
+                                      zarr.open_array(str(tmp_path / "whole" / "k" / str(level)), mode="r")[...])
+    # the levels past the tiles' own are built whole in both; a whole level's chunks split its side evenly
+    assert same >= len(whole.levels) - tiled.tile_levels
 
 
 def _zarr_written(layout, level: int, box, block) -> dict[str, bytes]:
@@ -304,9 +316,9 @@ def test_levels_are_sharded_and_tiled_equals_whole(stores):
     whole = zarr.open_group(str(stores["whole"]), mode="r")["pano.png"]
     assert tiled.attrs["phos"]["tile_plan"]["mode"] == "tiled" and whole.attrs["phos"]["tile_plan"]["mode"] == "whole"
     assert [(tiled[str(k)].shards, tiled[str(k)].chunks) for k in range(3)] == [
-        ((3, 512, 512), (3, 256, 256)), ((3, 256, 256), (3, 256, 256)), ((3, 275, 768), (3, 275, 256))]
+        ((3, 512, 512), (3, 256, 256)), ((3, 256, 256), (3, 256, 256)), ((3, 275, 650), (3, 275, 325))]
     assert [(whole[str(k)].shards, whole[str(k)].chunks) for k in range(3)] == [
-        ((3, 1280, 2816), (3, 256, 256)), ((3, 768, 1536), (3, 256, 256)), ((3, 275, 768), (3, 275, 256))]
+        ((3, 1100, 2600), (3, 275, 260)), ((3, 550, 1300), (3, 275, 260)), ((3, 275, 650), (3, 275, 325))]
     for k in range(3):
         np.testing.assert_array_equal(tiled[str(k)][...], whole[str(k)][...], err_msg=f"level {k}")
     # whole: one shard object per level; tiled: one per tile at the tile-written levels
