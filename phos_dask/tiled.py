@@ -154,9 +154,8 @@ def _process_tile(cfg: JobConfig, item: SourceItem, staged: Staged, index: tuple
     t_model = time.perf_counter()
     rendered, used, fell_back = render_on(cfg.accelerator(), window, tile.window[::2], ctx.shape, tile.box, ctx.model)
     t_write = time.perf_counter()
-    out_block = rendered
-    layout = ImageLayout(item.key, out_block.shape[0], ctx.shape, ctx.settings.dtype, ctx.tiling)
-    objects = layout.tile_objects(tile, out_block)
+    layout = ImageLayout(item.key, rendered.shape[0], ctx.shape, ctx.settings.dtype, ctx.tiling)
+    objects = layout.tile_objects(tile, rendered)
     guard(cfg)
     out.put_many(objects)
     end = time.perf_counter()

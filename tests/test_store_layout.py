@@ -92,6 +92,13 @@ def _inner_chunks(objects: dict[str, bytes], key: str, level: int, layout: Image
     return found
 
 
+def _write(objects: dict[str, bytes], root) -> None:
+    """Store objects as files under `root` (a local store)."""
+    for name, data in objects.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+
+
 @pytest.mark.parametrize(("shape", "tile"), [((1100, 2600), 512), ((700, 1300), 256), ((2100, 1500), 1024)])
 def test_a_tiled_image_has_the_same_inner_chunks_as_the_same_image_whole(shape, tile, tmp_path):
     """Byte for byte, at every level where both use the same inner chunks; decoded equal at every level."""
@@ -107,21 +114,15 @@ def test_a_tiled_image_has_the_same_inner_chunks_as_the_same_image_whole(shape, 
         assert len(parts) == tiled.tile_levels  # one shard per tile-written level
         assert not set(parts) & set(objects)  # one writer per shard
         objects.update(parts)
-    for name, data in objects.items():  # as finalize finds them: the last tile-written level from the store
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_bytes(data)
+    _write(objects, tmp_path)  # as finalize finds them: the last tile-written level from the store
     last = tiled.tile_levels - 1
     stored = zarr.open_array(str(tmp_path / "k" / str(last)), mode="r")[...]
     rest, _ = tiled.levels_objects(downsample2(stored), first=last + 1)
     objects.update(rest)
-    for name, data in rest.items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_bytes(data)
+    _write(rest, tmp_path)
     reference, _ = whole.levels_objects(image)
     assert sum(1 for n in reference if "/c/" in n) == len(whole.levels)  # whole: one shard per level
-    for name, data in reference.items():
-        (tmp_path / "whole" / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / "whole" / name).write_bytes(data)
+    _write(reference, tmp_path / "whole")
     same = 0
     for level in range(len(whole.levels)):
         a = _inner_chunks(objects, "k", level, tiled)
