@@ -3,13 +3,14 @@ forked from.
 
 Dask spawns each local worker as a new interpreter, which imports Dask, NumPy, OpenCV, numba and this
 package and then loads the film model's kernels: 1.2-1.7 s of CPU per worker on a 2-core machine, all of it
-after the client has imported Dask and planned the job. When a local CPU cluster is likely and numba's cache
-holds the kernels the job needs, `run` instead starts multiprocessing's fork server before it imports Dask
-itself (`start_forkserver`). The server imports all of that once (`phos_dask.worker_boot`) and loads the
-kernels a first photograph needs, on the core the client leaves idle while it starts; each worker is then a
-fork of it. `cluster.connect` uses the server only when it was started with the very environment the workers
-would be spawned with (`forked_with`); otherwise, for GPU clusters, and after a fresh install (whose first
-run compiles the kernels, phos_dask.warmup, and wants every core for that), Dask's own start method stays.
+after the client has imported Dask and planned the job. When a local CPU cluster is likely, `run` instead
+starts multiprocessing's fork server before it imports Dask itself (`start_forkserver`). The server imports
+all of that once (`phos_dask.worker_boot`) and, when numba's cache holds them, loads the kernels a first
+photograph needs, on the core the client leaves idle while it starts; each worker is then a fork of it. After
+a fresh install, whose first run compiles the kernels (phos_dask.warmup), the server loads none and lowers its
+priority, and its workers', so that the compile keeps the cores. `cluster.connect` uses the server only when
+it was started with the very environment the workers would be spawned with (`forked_with`); otherwise, and
+for GPU clusters, Dask's own start method stays.
 
 Environment variables a process reads only as it starts (glibc's MALLOC_*, NumPy's huge pages, OpenCV's
 decode limit) are the server's, and so every forked worker's: the server is started with `WORKER_ENV`.

@@ -154,18 +154,17 @@ def _run(opts: RunOptions, say: Say, progress: Callable[[], Any] | None, warming
         raise CLIError("--export and --export-dir go together: give both or neither")
     storage_options = parse_storage_options(opts.storage_option or [])
     if not (opts.scheduler or opts.scheduler_file) and not opts.dry_run and opts.device in ("auto", "cpu"):
-        # a local CPU cluster is likely. With the kernels its workers load as they start in numba's cache,
-        # they will be forks of a server that imports and loads what they need from now on, once
-        # (phos_dask.localworkers); otherwise they are spawned, as a server's imports would take CPU from the
-        # compile. Unless every kernel the job needs is known to be cached, compile them while Dask and the
-        # rest of the package are imported, the job is planned and the workers start (stopped below if no
-        # worker needs them, as when Dask's configuration names a scheduler).
+        # a local CPU cluster is likely: its workers will be forks of a server that imports what they need
+        # from now on, once (phos_dask.localworkers), and loads the kernels a first photograph needs when
+        # numba's cache has them. Unless every kernel the job needs is known to be cached, compile them first,
+        # while Dask and the rest of the package are imported, the job is planned and the workers start
+        # (stopped below if no worker needs them, as when Dask's configuration names a scheduler); the server
+        # then yields the CPU to that compile (phos_dask.worker_boot).
         from phos_dask import localworkers, warmup
 
-        if warmup.is_warm(settings, "first"):
-            localworkers.start_forkserver(settings)
         if not warmup.is_warm(settings):
             warming.extend(warmup.start(settings))
+        localworkers.start_forkserver(settings)
     apply_config_defaults(opts, say)
     external = bool(opts.scheduler or opts.scheduler_file)
     if external:

@@ -43,6 +43,7 @@ def test_the_servers_preload_loads_the_first_kernels_and_leaves_it_one_thread():
         "import phos_dask.worker_boot\n"
         "from phos_dask.film import _cpu\n"
         "print(json.dumps({'tasks': len(os.listdir('/proc/self/task')), 'threads': threading.active_count(),\n"
+        "  'nice': os.nice(0),\n"
         "  'serial': len(_cpu.finish.serial.overloads), 'parallel': len(_cpu.finish.parallel.overloads),\n"
         "  'misses': sum(_cpu.finish.serial.stats.cache_misses.values()),\n"
         "  'sigint_ignored': signal.getsignal(signal.SIGINT) == signal.SIG_IGN,\n"
@@ -50,6 +51,24 @@ def test_the_servers_preload_loads_the_first_kernels_and_leaves_it_one_thread():
     assert seen["tasks"] == 1 and seen["threads"] == 1
     assert seen["serial"] == 1 and seen["parallel"] == 0 and seen["misses"] == 0
     assert seen["sigint_ignored"] and seen["collecting"] and seen["frozen"] > 10_000
+    assert seen["nice"] == os.nice(0)  # nothing is being compiled: the server keeps the command's priority
+
+
+def test_on_a_cold_cache_the_server_loads_nothing_and_yields_the_cpu_to_the_compile(tmp_path):
+    """After an install `run`'s warm-up compiles the kernels while the server imports: the server (and so
+    every worker forked from it) lowers its priority, and loads no kernel, as none is cached to load."""
+    from phos_dask.worker_boot import COLD_NICE
+
+    server_env = localworkers._server_environ(localworkers.worker_environ(localworkers.DASK_PRE_SPAWN, SETTINGS))
+    seen = _python(
+        "import json, os\n"
+        "import phos_dask.worker_boot\n"
+        "from phos_dask.film import _cpu\n"
+        "print(json.dumps({'nice': os.nice(0), 'builds': sum(len(k.serial.overloads) + len(k.parallel.overloads)\n"
+        "  for k in vars(_cpu).values() if isinstance(k, _cpu.Kernel))}))\n",
+        {**server_env, "NUMBA_CACHE_DIR": str(tmp_path / "empty")})
+    assert seen["nice"] == min(19, os.nice(0) + COLD_NICE)
+    assert seen["builds"] == 0
 
 
 def test_workers_are_forked_from_the_server_and_render_the_same_bits():

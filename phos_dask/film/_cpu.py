@@ -580,20 +580,40 @@ def mix_filmic_blend_encode(Yp, X, xy, xx, noise, coef, nscale, wd, ws, tone, r,
                 out[y, x, c] = _srgb_code(_blend(f0, f, r), guess, steps, cells)
 
 
-@quick_load
-@njit(cache=True, nogil=True, error_model="numpy", no_cfunc_wrapper=True)
-def k_sums_lut(sub, table, m, fac, use_factors):
-    """`grain.k_sums` of X = m·lin(sub) (then ×fac clipped to [0, 1] when use_factors) for integer sRGB
-    samples sub (h, w, 3), lin = table[sub] (float64): (Σq, n) with q = rint(2³²/max(E0·X, 1)), the same
-    float64 operations as `pipeline.grain_sums`' NumPy path."""
-    total = np.int64(0)
-    for y in range(sub.shape[0]):
-        for x in range(sub.shape[1]):
-            v = m[0] * table[sub[y, x, 0]] + m[1] * table[sub[y, x, 1]] + m[2] * table[sub[y, x, 2]]
-            if use_factors:
-                v = min(max(v * fac, 0.0), 1.0)
-            total += np.int64(np.rint((1.0 / max(1000.0 * v, 1.0)) * 4294967296.0))
-    return total, sub.shape[0] * sub.shape[1]
+@kernel
+def k_sums_lut(sub, table, matrix, factors, use_factors):
+    """`grain.k_sums`' Σq of every plane c of X_c = matrix[c]·lin(sub) (then ×factors[c] clipped to [0, 1]
+    when use_factors) for integer sRGB samples sub (h, w, 3), lin = table[sub] (float64), as int64 (C,):
+    q = rint(2³²/max(E0·X, 1)), the same float64 operations as `pipeline.grain_sums`' NumPy path. Rows are
+    summed apart and then added: integers, so the totals are exact in any order. (A kernel, not a plain
+    numba function, so that it compiles under `compile_lock` once per machine like the others: a local
+    worker that met it uncompiled after an install compiled it itself, about a second of CPU each.)"""
+    h, w = sub.shape[0], sub.shape[1]
+    C = matrix.shape[0]
+    rows = np.empty((h, C), dtype=np.int64)
+    for y in prange(h):
+        lin = np.empty((3, w), dtype=np.float64)
+        for x in range(w):
+            lin[0, x] = table[sub[y, x, 0]]
+            lin[1, x] = table[sub[y, x, 1]]
+            lin[2, x] = table[sub[y, x, 2]]
+        r, g, b = lin[0], lin[1], lin[2]
+        for c in range(C):
+            m0, m1, m2, fac = matrix[c, 0], matrix[c, 1], matrix[c, 2], factors[c]
+            t = np.int64(0)
+            for x in range(w):
+                v = m0 * r[x] + m1 * g[x] + m2 * b[x]
+                if use_factors:
+                    v = min(max(v * fac, 0.0), 1.0)
+                t += np.int64(np.rint((1.0 / max(1000.0 * v, 1.0)) * 4294967296.0))
+            rows[y, c] = t
+    totals = np.empty(C, dtype=np.int64)
+    for c in range(C):
+        totals[c] = 0
+    for y in range(h):
+        for c in range(C):
+            totals[c] += rows[y, c]
+    return totals
 
 
 @njit(cache=True, inline="always", error_model="numpy")

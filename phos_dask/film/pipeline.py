@@ -194,10 +194,9 @@ def grain_sums(block, origin: tuple[int, int], plan) -> tuple[tuple[int, int], .
         from phos_dask.film import _cpu
 
         table = colour.input_table(sub.dtype, settings.linear_input).astype(np.float64)
-        return tuple(
-            tuple(int(v) for v in _cpu.k_sums_lut(sub, table, matrix[c], 1.0 if factors is None else float(factors[c]),
-                                                  factors is not None))
-            for c in range(matrix.shape[0]))
+        fac = np.ones(matrix.shape[0]) if factors is None else np.asarray(factors, np.float64)
+        n = sub.shape[0] * sub.shape[1]
+        return tuple((int(t), n) for t in _cpu.k_sums_lut(sub, table, matrix, fac, factors is not None))
     lin = colour.linearise(np, sub, settings.linear_input).astype(np.float64)
     out = []
     for c in range(matrix.shape[0]):
