@@ -76,12 +76,14 @@ def warm_first(settings) -> None:
 
 
 def load_first(settings) -> None:
-    """`warm_first`'s renders, in the calling thread's kernel-thread setting."""
+    """`warm_first`'s renders, in the calling thread's kernel-thread setting. The pyramid's kernel comes
+    first: after an install the render's fused kernel is being compiled by another process (`precompile`),
+    which this one would otherwise wait for before it compiled the pyramid's, while the workers wait for both."""
     from phos_dask.pyramid import downsample2
 
-    render_small(settings, np.uint8)
     if np.dtype(settings.dtype).kind in "ui":
         downsample2(np.zeros((3, 5, 5), settings.dtype))
+    render_small(settings, np.uint8)
 
 
 def render_small(settings, input_dtype=np.uint8) -> None:

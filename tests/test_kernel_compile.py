@@ -453,3 +453,16 @@ print(hashlib.sha256(out.tobytes()).hexdigest(), "numba.np.linalg" in sys.module
     assert refreshed == "False"
     full, refreshed = render_in_a_fresh_process("refresh")
     assert refreshed == "True" and full == quick
+
+
+def test_the_first_kernels_load_the_pyramids_before_the_renders(monkeypatch):
+    """After an install another process compiles the render's fused kernel (`precompile`); the warm-up's first
+    part compiles the pyramid's kernel before it meets the render's and waits, not after, as the workers need
+    both for a first photograph."""
+    from phos_dask import pyramid, warmup
+
+    order = []
+    monkeypatch.setattr(pyramid, "downsample2", lambda a: order.append("pyramid"))
+    monkeypatch.setattr(warmup, "render_small", lambda s, dtype=np.uint8: order.append("render"))
+    warmup.load_first(Settings(film="Portra400", dtype="uint16"))
+    assert order == ["pyramid", "render"]
