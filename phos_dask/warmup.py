@@ -46,9 +46,11 @@ def warm(settings) -> None:
     warm_first(settings)
     mark(settings, "first")
     # the rest (16-bit input, large images) may not be needed soon: yield the cores to the workers' renders
-    # (a worker that needs one of these kernels meanwhile waits on the compile lock and uses no CPU)
+    # (a worker that needs one of these kernels meanwhile waits on the compile lock and uses no CPU), at the
+    # lowest priority there is: the workers of a first run run at nice 5 (phos_dask.worker_boot), against
+    # which nice 10 still took a quarter of a core
     with contextlib.suppress(OSError):
-        os.nice(10)
+        os.nice(19)
     render_small(settings, np.uint16)
     rng = np.random.default_rng(1)
     big = (4000, 6000)
