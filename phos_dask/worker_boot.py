@@ -12,9 +12,9 @@ any: what every worker would otherwise import and load itself.
 * When the cache does not have them (the first run after an install), `run`'s warm-up is compiling them
   (phos_dask.warmup) while this server imports, and a worker can render nothing before that ends. The server
   then lowers its priority first (nice +5), and so does every worker forked from it, for the whole job: the
-  imports and the workers' start-up take the CPU the compile leaves, instead of a share of it. On the 2-core
-  machine of bench/, `run examples` on a cold cache took a median 10.5 s in all against 11.6 s (5 alternating
-  runs each); the workers themselves wait for the kernels and then load them (phos_dask.worker_setup).
+  imports and the workers' start-up take the CPU the compile leaves, instead of a share of it
+  (bench/first_run.py). The workers themselves wait for the kernels and then load them
+  (phos_dask.worker_setup).
 * The garbage collector is off while all that is made and then frozen out of it, as a spawned worker does
   (phos_dask.worker_setup): the forked workers inherit the frozen objects.
 
