@@ -46,15 +46,17 @@ class Kernel:
     serial (prange runs as range) for a caller limited to one thread, e.g. a Dask worker's task
     (phos_dask.tasks.limit_kernel_threads), where splitting gains nothing. The serial build compiles in about
     half the time and loads from the cache about 3× faster, which is most of a worker's first-task cost; both
-    compute every element with the same float32 operations, so their outputs are the same bits."""
+    compute every element with the same float32 operations, so their outputs are the same bits.
+    `threaded=False`: the serial build only, for a kernel too small for threads to pay for their compile (its
+    `parallel` is then its `serial`)."""
 
-    def __init__(self, fn: Callable) -> None:
-        self.parallel = quick_load(njit(parallel=True, cache=True, nogil=True, error_model="numpy",
-                                        no_cfunc_wrapper=True)(fn))
+    def __init__(self, fn: Callable, threaded: bool = True) -> None:
         serial = types.FunctionType(fn.__code__, fn.__globals__, f"{fn.__name__}_serial", fn.__defaults__,
                                     fn.__closure__)
         serial.__qualname__ = f"{fn.__qualname__}_serial"  # its own cache files
         self.serial = quick_load(njit(cache=True, nogil=True, error_model="numpy", no_cfunc_wrapper=True)(serial))
+        self.parallel = quick_load(njit(parallel=True, cache=True, nogil=True, error_model="numpy",
+                                        no_cfunc_wrapper=True)(fn)) if threaded else self.serial
         self.built: set[tuple] = set()  # `_kind`s of the arguments the dispatchers have a build for
         functools.update_wrapper(self, fn)
 
@@ -154,6 +156,10 @@ def compile_lock(kernel: str = "") -> Iterator[None]:
 
 def kernel(fn: Callable) -> Kernel:
     return Kernel(fn)
+
+
+def serial_kernel(fn: Callable) -> Kernel:
+    return Kernel(fn, threaded=False)
 
 
 def _inline(fn):
@@ -580,19 +586,22 @@ def mix_filmic_blend_encode(Yp, X, xy, xx, noise, coef, nscale, wd, ws, tone, r,
                 out[y, x, c] = _srgb_code(_blend(f0, f, r), guess, steps, cells)
 
 
-@kernel
+@serial_kernel
 def k_sums_lut(sub, table, matrix, factors, use_factors):
     """`grain.k_sums`' Σq of every plane c of X_c = matrix[c]·lin(sub) (then ×factors[c] clipped to [0, 1]
     when use_factors) for integer sRGB samples sub (h, w, 3), lin = table[sub] (float64), as int64 (C,):
-    q = rint(2³²/max(E0·X, 1)), the same float64 operations as `pipeline.grain_sums`' NumPy path. Rows are
-    summed apart and then added: integers, so the totals are exact in any order. (A kernel, not a plain
-    numba function, so that it compiles under `compile_lock` once per machine like the others: a local
-    worker that met it uncompiled after an install compiled it itself, about a second of CPU each.)"""
+    q = rint(2³²/max(E0·X, 1)), the same float64 operations as `pipeline.grain_sums`' NumPy path; exact
+    integers. A `Kernel`, so that it compiles under `compile_lock` once per machine like the others (a local
+    worker that met it uncompiled after an install compiled it itself, about a second of CPU each), serial
+    only: a 24 MP image's subsample takes about 0.01 s on one thread, and a many-thread build took 3.3 s to
+    compile against 1.2 s, which the first `preview` after an install would wait for."""
     h, w = sub.shape[0], sub.shape[1]
     C = matrix.shape[0]
-    rows = np.empty((h, C), dtype=np.int64)
-    for y in prange(h):
-        lin = np.empty((3, w), dtype=np.float64)
+    totals = np.empty(C, dtype=np.int64)
+    for c in range(C):
+        totals[c] = 0
+    lin = np.empty((3, w), dtype=np.float64)
+    for y in range(h):
         for x in range(w):
             lin[0, x] = table[sub[y, x, 0]]
             lin[1, x] = table[sub[y, x, 1]]
@@ -606,13 +615,7 @@ def k_sums_lut(sub, table, matrix, factors, use_factors):
                 if use_factors:
                     v = min(max(v * fac, 0.0), 1.0)
                 t += np.int64(np.rint((1.0 / max(1000.0 * v, 1.0)) * 4294967296.0))
-            rows[y, c] = t
-    totals = np.empty(C, dtype=np.int64)
-    for c in range(C):
-        totals[c] = 0
-    for y in range(h):
-        for c in range(C):
-            totals[c] += rows[y, c]
+            totals[c] += t
     return totals
 
 
