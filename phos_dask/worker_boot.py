@@ -39,41 +39,44 @@ MODULES = (
 
 
 def _boot() -> None:
-    _yield_to_the_compile()
+    chosen = _job_settings()
+    if chosen is not None:
+        _yield_to_the_compile(chosen)
     for name in MODULES:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
+    if chosen is None:
+        return
+    from phos_dask import warmup
+    from phos_dask.film import _cpu
+
+    if warmup.is_warm(chosen, "first"):  # asked again: the warm-up may have cached them during the imports
+        with _cpu.serial_only():
+            warmup.load_first(chosen)
+
+
+def _job_settings():
+    """The job's settings the server was started with (PHOS_DASK_WARM), or None."""
     from phos_dask.localworkers import WARM_ENV
 
     settings = os.environ.get(WARM_ENV)
     if not settings:
-        return
-    from phos_dask import warmup
-    from phos_dask.film import _cpu
+        return None
     from phos_dask.settings import Settings
 
-    chosen = Settings(**json.loads(settings))
-    if warmup.is_warm(chosen, "first"):
-        with _cpu.serial_only():
-            warmup.load_first(chosen)
+    return Settings(**json.loads(settings))
 
 
 #: How much the server, and the workers forked from it, lower their priority while a cold cache compiles.
 COLD_NICE = 5
 
 
-def _yield_to_the_compile() -> None:
-    """Lower this process's priority by `COLD_NICE` when the job's first kernels are not in numba's cache yet
-    (they are being compiled meanwhile)."""
-    from phos_dask.localworkers import WARM_ENV
-
-    settings = os.environ.get(WARM_ENV)
-    if not settings:
-        return
+def _yield_to_the_compile(chosen) -> None:
+    """Lower this process's priority by `COLD_NICE` when the first kernels of a job with settings `chosen` are
+    not in numba's cache yet (they are being compiled meanwhile)."""
     from phos_dask import warmup
-    from phos_dask.settings import Settings
 
-    if not warmup.is_warm(Settings(**json.loads(settings)), "first"):
+    if not warmup.is_warm(chosen, "first"):
         with contextlib.suppress(OSError):
             os.nice(COLD_NICE)
 
