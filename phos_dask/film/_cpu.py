@@ -202,23 +202,16 @@ _guessed_code = _inline(_pixel.guessed_code)
 _settled_code = _inline(_pixel.settled_code)
 
 
-@njit(cache=True, inline="always", error_model="numpy")
-def _linear_row(px, table, lin):
-    """lin[k, x] = table[px[x, k]]: one row of integer samples px (w, 3) as its linear r, g, b (3, w), one
-    table read per sample."""
-    for x in range(px.shape[0]):
-        lin[0, x] = table[px[x, 0]]
-        lin[1, x] = table[px[x, 1]]
-        lin[2, x] = table[px[x, 2]]
-
-
 @kernel
 def front_lut(img, table, matrix, factors, use_factors, out):
     h, w = img.shape[0], img.shape[1]
     C = matrix.shape[0]
     for y in prange(h):
-        lin = np.empty((3, w), dtype=np.float32)
-        _linear_row(img[y], table, lin)
+        lin = np.empty((3, w), dtype=np.float32)  # the row's linear r, g, b: one table read per sample
+        for x in range(w):
+            lin[0, x] = table[img[y, x, 0]]
+            lin[1, x] = table[img[y, x, 1]]
+            lin[2, x] = table[img[y, x, 2]]
         r, g, b = lin[0], lin[1], lin[2]
         for c in range(C):
             m0, m1, m2 = matrix[c, 0], matrix[c, 1], matrix[c, 2]
@@ -609,7 +602,10 @@ def k_sums_lut(sub, table, matrix, factors, use_factors):
         totals[c] = 0
     lin = np.empty((3, w), dtype=np.float64)
     for y in range(h):
-        _linear_row(sub[y], table, lin)
+        for x in range(w):
+            lin[0, x] = table[sub[y, x, 0]]
+            lin[1, x] = table[sub[y, x, 1]]
+            lin[2, x] = table[sub[y, x, 2]]
         r, g, b = lin[0], lin[1], lin[2]
         for c in range(C):
             m0, m1, m2, fac = matrix[c, 0], matrix[c, 1], matrix[c, 2], factors[c]
