@@ -13,14 +13,14 @@ the fair one.
 
 Each round runs the command once per side (the working tree as it is, committed or not, and ``--baseline``),
 the sides taking turns to go first. Before each run the side's package is copied afresh into a temporary
-folder (tracked and untracked files, ``git ls-files``; the baseline through ``git archive``), so numba's
-cache, which lives beside the kernels' sources, is empty and no bytecode is written, as after ``pip install``
-of a fresh clone; NUMBA_CACHE_DIR and PYTHONDONTWRITEBYTECODE are dropped from the environment, and the copy
-is imported through PYTHONPATH. Per run: the whole command's seconds, the job seconds its last line reports
-(``N done, … in S s;``) and the busy CPU seconds of the whole machine meanwhile (/proc/stat: every process of
-the run, the warm-up's compiles included, and whatever else ran). The machine is shared and noisy, the CPU
-seconds of the same run vary by a fifth from one minute to the next, so the report gives each side's median
-and its range.
+folder (its tracked and untracked files, ``git ls-files``; the baseline's from a temporary git worktree,
+bench/engine.py's `baseline_worktree`), so numba's cache, which lives beside the kernels' sources, is empty
+and no bytecode is written, as after ``pip install`` of a fresh clone; NUMBA_CACHE_DIR and
+PYTHONDONTWRITEBYTECODE are dropped from the environment, and the copy is imported through PYTHONPATH. Per
+run: the whole command's seconds, the job seconds its last line reports (``N done, … in S s;``) and the busy
+CPU seconds of the whole machine meanwhile (/proc/stat: every process of the run, the warm-up's compiles
+included, and whatever else ran). The machine is shared and noisy, the CPU seconds of the same run vary by a
+fifth from one minute to the next, so the report gives each side's median and its range.
 
 Targets (issue 14): job ≤ 5 s and whole command ≤ 10 s. Prints a table and writes
 ``bench/results/first-run-<UTC timestamp>.json`` with the machine details.
@@ -30,14 +30,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import io
 import os
 import re
 import shutil
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -48,29 +46,22 @@ if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
 from archive import machine  # noqa: E402
-from engine import write_report  # noqa: E402
+from engine import baseline_worktree, write_report  # noqa: E402
 
 REPO = BENCH.parent
 TARGETS = {"job_s": 5.0, "whole_s": 10.0}
 JOB_LINE = re.compile(r"(\d+) done, (\d+) skipped, (\d+) failed; .* in ([0-9.]+) s;")
 
 
-def copy_tree(rev: str | None, dest: Path) -> Path:
-    """The repository's files into `dest`: the working tree's (tracked and untracked, not ignored) when
-    `rev` is None, else those of revision `rev`."""
+def copy_tree(source: Path, dest: Path) -> Path:
+    """The files of the git working tree `source` (tracked and untracked, not ignored) into `dest`."""
     dest.mkdir(parents=True)
-    if rev is None:
-        listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
-                                capture_output=True).stdout.decode().split("\0")
-        for name in filter(None, listed):
-            src = REPO / name
-            if src.is_file():
-                (dest / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, dest / name)
-        return dest
-    data = subprocess.run(["git", "archive", "--format=tar", rev], cwd=REPO, check=True, capture_output=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        tar.extractall(dest, filter="data")
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=source, check=True,
+                            capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        if (source / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / name, dest / name)
     return dest
 
 
@@ -82,9 +73,9 @@ def busy_cpu_seconds() -> float:
     return sum(int(fields[i]) for i in (1, 2, 3, 6, 7)) / ticks
 
 
-def first_run(rev: str | None, work: Path, python: str) -> dict[str, Any]:
-    """One first run of `run examples` from a fresh copy of `rev` (None: the working tree)."""
-    tree = copy_tree(rev, work / "tree")
+def first_run(source: Path, work: Path, python: str) -> dict[str, Any]:
+    """One first run of `run examples` from a fresh copy of the working tree `source`."""
+    tree = copy_tree(source, work / "tree")
     env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "PYTHONDONTWRITEBYTECODE")}
     env["PYTHONPATH"] = str(tree)
     try:
@@ -97,7 +88,7 @@ def first_run(rev: str | None, work: Path, python: str) -> dict[str, Any]:
     out = proc.stdout + proc.stderr
     found = JOB_LINE.search(out)
     if proc.returncode != 0 or found is None or int(found.group(3)) or int(found.group(1)) == 0:
-        raise RuntimeError(f"run examples failed ({'working tree' if rev is None else rev}): {out.strip()[-2000:]}")
+        raise RuntimeError(f"run examples failed ({source}): {out.strip()[-2000:]}")
     return {"whole_s": round(whole, 3), "job_s": float(found.group(4)), "machine_busy_cpu_s": round(cpu, 2),
             "said_compiling": "kernels: compiling" in out}
 
@@ -122,16 +113,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     started = dt.datetime.now(dt.UTC)
-    sides: dict[str, str | None] = {"current": None, **({"baseline": args.baseline} if args.baseline else {})}
-    runs: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
     work = Path(tempfile.mkdtemp(prefix="phos-first-run-", dir=args.workdir))
     try:
-        for k in range(args.rounds):
-            for side in list(sides) if k % 2 == 0 else list(sides)[::-1]:
-                run = first_run(sides[side], work, args.python)
-                runs[side].append(run)
-                print(f"{side:<9} round {k + 1}: job {run['job_s']:.1f} s, whole {run['whole_s']:.2f} s, "
-                      f"machine CPU {run['machine_busy_cpu_s']:.1f} s", flush=True)
+        with baseline_worktree(args.baseline, work / "baseline") as base_tree:
+            sides = {"current": REPO, **({"baseline": base_tree} if base_tree else {})}
+            runs: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
+            for k in range(args.rounds):
+                for side in list(sides) if k % 2 == 0 else list(sides)[::-1]:
+                    run = first_run(sides[side], work, args.python)
+                    runs[side].append(run)
+                    print(f"{side:<9} round {k + 1}: job {run['job_s']:.1f} s, whole {run['whole_s']:.2f} s, "
+                          f"machine CPU {run['machine_busy_cpu_s']:.1f} s", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

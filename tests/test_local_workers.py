@@ -30,6 +30,11 @@ def _python(script: str, env: dict[str, str] | None = None, timeout: float = 600
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _server_env() -> dict[str, str]:
+    """The environment `run` starts its fork server with for a job with SETTINGS."""
+    return localworkers._server_environ(localworkers.worker_environ(localworkers.DASK_PRE_SPAWN, SETTINGS))
+
+
 def test_the_servers_preload_loads_the_first_kernels_and_leaves_it_one_thread():
     """A fork must not copy a process with threads (numba's pool, OpenBLAS's, OpenCV's would not survive it):
     after the preload the server has exactly one, and the kernels a first photograph needs are loaded (their
@@ -37,7 +42,7 @@ def test_the_servers_preload_loads_the_first_kernels_and_leaves_it_one_thread():
     warm = subprocess.run([sys.executable, "-m", "phos_dask.warmup", json.dumps(SETTINGS.to_dict())],
                           capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert warm.returncode == 0, warm.stderr[-3000:]
-    server_env = localworkers._server_environ(localworkers.worker_environ(localworkers.DASK_PRE_SPAWN, SETTINGS))
+    server_env = _server_env()
     seen = _python(
         "import gc, json, os, signal, threading\n"
         "import phos_dask.worker_boot\n"
@@ -59,7 +64,7 @@ def test_on_a_cold_cache_the_server_loads_nothing_and_yields_the_cpu_to_the_comp
     every worker forked from it) lowers its priority, and loads no kernel, as none is cached to load."""
     from phos_dask.worker_boot import COLD_NICE
 
-    server_env = localworkers._server_environ(localworkers.worker_environ(localworkers.DASK_PRE_SPAWN, SETTINGS))
+    server_env = _server_env()
     seen = _python(
         "import json, os\n"
         "import phos_dask.worker_boot\n"
