@@ -455,6 +455,43 @@ print(hashlib.sha256(out.tobytes()).hexdigest(), "numba.np.linalg" in sys.module
     assert refreshed == "True" and full == quick
 
 
+def test_a_change_to_the_per_pixel_functions_makes_the_cached_kernels_stale(tmp_path):
+    """numba stamps a cached build with its own function's file only; the kernels and their row helpers also
+    inline `_pixel.py`'s functions, so a change there must not load a kernel built from the old ones (an
+    editable install after a pull, or a cache left beside an upgraded package). A copy of the package computes
+    the bloom stage's `compose` (kept = s − eta·(s − thr)₊: 0.9 → 0.7), is cached, then gets a `_pixel.kept`
+    that keeps everything: the next process must compute 0.9."""
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(REPO / "phos_dask", root / "phos_dask", ignore=shutil.ignore_patterns("__pycache__"))
+    script = """
+import numba, numpy as np
+numba.set_num_threads(1)
+from phos_dask.film import _cpu
+out = np.empty((2, 3), np.float32)
+rows, cols = (np.zeros(2, np.int64), np.ones(2, np.float32), np.zeros(2, np.float32)), \
+    (np.zeros(3, np.int64), np.ones(3, np.float32), np.zeros(3, np.float32))
+_cpu.compose(np.full((2, 3), 0.9, np.float32), 0, 0, np.zeros((2, 2), np.float32), False, *rows, *cols,
+             np.float32(0.5), np.float32(0.5), out)
+print(round(float(out[0, 0]), 4))
+"""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(root)}
+
+    def computed() -> float:
+        proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True,
+                              timeout=300)  # cwd: `-c` puts it first on the path, before PYTHONPATH
+        assert proc.returncode == 0, proc.stderr
+        return float(proc.stdout)
+
+    assert computed() == 0.7
+    pixel = root / "phos_dask" / "film" / "_pixel.py"
+    text = pixel.read_text()
+    assert "    return s - eta * max(s - thr, _F0)\n" in text
+    pixel.write_text(text.replace("    return s - eta * max(s - thr, _F0)\n", "    return s\n"))
+    assert computed() == 0.9
+
+
 def test_the_first_kernels_load_the_pyramids_before_the_renders(monkeypatch):
     """After an install another process compiles the render's fused kernel (`precompile`); the warm-up's first
     part compiles the pyramid's kernel before it meets the render's and waits, not after, as the workers need

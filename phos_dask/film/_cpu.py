@@ -94,6 +94,11 @@ def kernel_threads() -> int:
     return 1 if _serial_only else numba.get_num_threads()
 
 
+#: The per-pixel functions' source (hashed), part of every cached build's stamp (`_QuickLoadCache`).
+with open(_pixel.__file__, "rb") as _f:
+    _PIXEL_SOURCE = hashlib.sha256(_f.read()).digest()
+
+
 def _kind(a) -> tuple | type:
     """What numba types an argument by, cheaply: an array's dtype, dimensions, layout and writability; a
     scalar's type."""
@@ -108,7 +113,15 @@ class _QuickLoadCache(FunctionCache):
     its whole CPU target: that refresh imports and registers every implementation numba has for compiling
     (about 0.1 s of CPU per process, holding the interpreter lock), while a cached build is machine code that
     needs only numba's runtime (NRT, for the arrays kernels allocate), initialised here. A build that is not
-    in the cache compiles as before: numba's compiler refreshes the target itself."""
+    in the cache compiles as before: numba's compiler refreshes the target itself.
+    A build is also stale when `_pixel.py` changed: numba stamps a cache with its own function's file only,
+    and would load a kernel built from per-pixel functions that are no longer there."""
+
+    def __init__(self, py_func) -> None:
+        super().__init__(py_func)
+        index = getattr(self, "_cache_file", None)
+        if index is not None and hasattr(index, "_source_stamp"):
+            index._source_stamp = (index._source_stamp, _PIXEL_SOURCE)
 
     def load_overload(self, sig, target_context):
         try:
@@ -160,6 +173,12 @@ def kernel(fn: Callable) -> Kernel:
 
 def serial_kernel(fn: Callable) -> Kernel:
     return Kernel(fn, threaded=False)
+
+
+def _helper(fn):
+    """A row helper that several kernels call, compiled once as a function of its own (see above) and cached
+    as the kernels are (`quick_load`)."""
+    return quick_load(njit(cache=True, error_model="numpy", no_cpython_wrapper=True, no_cfunc_wrapper=True)(fn))
 
 
 def _inline(fn):
@@ -233,7 +252,7 @@ def front_linear(lin, matrix, factors, use_factors, out):
                 out[c, y, x] = _exposure(lin[y, x, 0], lin[y, x, 1], lin[y, x, 2], m0, m1, m2, fac, use_factors)
 
 
-@njit(cache=True, error_model="numpy", no_cpython_wrapper=True, no_cfunc_wrapper=True)
+@_helper
 def _add_excess_row(sr, cmap, ja, jb, thr, acc):
     """acc[x] += (sr[cmap[x]] − thr)₊ for every x; cmap[ja:jb] is one run of consecutive columns (a slice,
     so that loop vectorises)."""
@@ -249,7 +268,7 @@ def _add_excess_row(sr, cmap, ja, jb, thr, acc):
         acc[x] += _excess(sr[cmap[x]], thr)
 
 
-@njit(cache=True, error_model="numpy", no_cpython_wrapper=True, no_cfunc_wrapper=True)
+@_helper
 def _cell_means(acc, f, scale, out_row):
     """out_row[i] = scale · Σ_b acc[i·f + b]: the row's f×f cell sums from its f rows' column sums."""
     for i in range(out_row.shape[0]):
@@ -293,7 +312,7 @@ def cells(src, rmap, cmap, f, thr, eta, composed, xy, xx, bloom, has_bloom, rj, 
     return out
 
 
-@njit(cache=True, error_model="numpy", no_cpython_wrapper=True, no_cfunc_wrapper=True)
+@_helper
 def _hpass(tmp, taps, r, ri, out):
     """out[x] = taps[r]·tmp[x+r] + Σ_{k=1..ri} taps[r+k]·(tmp[x+r−k] + tmp[x+r+k]), summed in that order (a
     horizontal pass of a symmetric kernel of radius ri padded to r). The shifted rows are slices so the loops
@@ -348,7 +367,7 @@ def blur_valid(src, taps_v, taps_h, radii, out):
                 out[y, x] += acc[x]
 
 
-@njit(cache=True, error_model="numpy", no_cpython_wrapper=True, no_cfunc_wrapper=True)
+@_helper
 def _compose_row(s, brow, has_blur, cj, cw0, cw1, thr, eta, up, out):
     """out = clip01(kept(s) + up(brow)) for one row (brow: the row's vertically interpolated blurred cells;
     up: scratch), the float32 operations of `compose` per element, in loops over slices."""
@@ -364,7 +383,7 @@ def _compose_row(s, brow, has_blur, cj, cw0, cw1, thr, eta, up, out):
             out[x] = _clip01(_kept(s[x], thr, eta))
 
 
-@njit(cache=True, error_model="numpy", no_cpython_wrapper=True, no_cfunc_wrapper=True)
+@_helper
 def _blurred_row(blurred, y, rj, rw0, rw1, brow):
     """The blurred cells (rows of `blurred`, 2D) interpolated to output row y: brow = w0·cells[j] +
     w1·cells[j+1] for y's lower cell row j and weights (rj, rw0, rw1)."""
@@ -386,7 +405,7 @@ def compose(src, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, eta
         _compose_row(src[sy + y, sx : sx + w], row, has_blur, cj, cw0, cw1, thr, eta, up, out[y])
 
 
-@njit(cache=True, error_model="numpy", no_cpython_wrapper=True, no_cfunc_wrapper=True)
+@_helper
 def _longest_run(cmap):
     """(a, b): the longest stretch cmap[a:b] of consecutive columns (the part of a reflected index map
     inside the image)."""
@@ -399,14 +418,14 @@ def _longest_run(cmap):
     return best_a, best_b
 
 
-@njit(cache=True, error_model="numpy", no_cpython_wrapper=True, no_cfunc_wrapper=True)
+@_helper
 def _hash_row(row, cmap, gy0, gx0, counters):
     """counters[j] = `grain_pos` of the row's pixel at column cmap[j] (global row + gy0, column + gx0)."""
     for j in range(cmap.shape[0]):
         counters[j] = _grain_pos(row + gy0, cmap[j] + gx0)
 
 
-@njit(cache=True, error_model="numpy", no_cpython_wrapper=True, no_cfunc_wrapper=True)
+@_helper
 def _rho_row(Xp, row, cmap, ja, jb, counters, k, TT, gain, cell, frac, dst):
     """a(X)·u of one row of a grain plane (`_rho` per element) over the columns cmap into dst, in loops
     that vectorise: the gains (columns ja..jb-1 are one contiguous slice of the row), the hash (from the
@@ -428,7 +447,7 @@ def _rho_row(Xp, row, cmap, ja, jb, counters, k, TT, gain, cell, frac, dst):
         dst[j] = gain[j] * _grain_lookup(TT, cell[j], frac[j])
 
 
-@njit(cache=True, error_model="numpy", no_cpython_wrapper=True, no_cfunc_wrapper=True)
+@_helper
 def _vpass(ring, i, taps, r, tmp):
     """tmp = taps[r]·ρ(i) + Σ_{q=1..r} taps[r+q]·(ρ(i−q) + ρ(i+q)), summed in that order, where ρ(j) is row
     j of the rows in flight, kept in ring slot j mod len(ring) (2r+1 slots in `finish`; `grain_noise` holds

@@ -170,16 +170,20 @@ def code_bucket(fb, base, shift, scale, last):
 
 
 def guessed_code(G, b, t):
-    """The code guessed for bucket b at position t: G[b] + t·(G[b+1] − G[b]) (float32, within 0.05 of the
-    exact code) rounded, np.int32."""
+    """Where to settle the code of bucket b at position t: the guess g = G[b] + t·(G[b+1] − G[b]) (float32,
+    within 0.05 of enc(F)·vmax) rounded to k, plus 1 when g ≥ k (np.int32). The exact code is then that
+    index or one less: g lies within 0.05 of the code's continuous value, so from below k it is k − 1 or k,
+    from k up it is k or k + 1, and one threshold tells which (`settled_code`)."""
     g = G[b] + t * (G[b + 1] - G[b])
-    return np.int32(g + _HALF)
+    k = np.int32(g + _HALF)
+    return k + np.int32(g >= np.float32(k))
 
 
-def settled_code(f, k, steps):
-    """The sRGB code of linear f from its guess k (±1): settled against the code's thresholds `steps`
-    (`tone.code_tables`), one compare each way; the code `srgb_code` gives."""
-    return k - np.int32(f < steps[k]) + np.int32(f >= steps[k + 1])
+def settled_code(f, i, steps):
+    """The sRGB code of linear f from `guessed_code`'s index i: i − 1, or i when f reaches the code's
+    threshold steps[i] (`tone.code_tables`: steps[0] = −inf, steps[vmax + 1] = +inf); one table read, the
+    code `srgb_code` gives."""
+    return i - np.int32(1) + np.int32(f >= steps[i])
 
 
 def table_code(v, vb, t, start, base, shift, last):

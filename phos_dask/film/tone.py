@@ -151,9 +151,9 @@ def code_guesses(vmax: int) -> tuple[np.ndarray, int, int]:
     """(G, base, shift) for coding a linear F in [0, 1] by its float32 bit pattern: bucket
     b = (bits(F) >> shift) − base (clipped to the table; F < 2⁻²⁴ falls in bucket 0), G[b] = enc(lower edge
     of b)·vmax (float32), and F's position in its bucket (the dropped bits) interpolates between G[b] and
-    G[b+1]: within 0.05 of enc(F)·vmax, so rounding it and settling against `code_tables`' steps (one
-    compare each way) gives the exact code, the same as `srgb_code`'s (checked for every float32 in [0, 1])
-    with one table read pair and no square root."""
+    G[b+1]: within 0.05 of enc(F)·vmax, so rounding it and settling against one of `code_tables`' steps
+    (`_pixel.guessed_code`, `settled_code`) gives the exact code, the same as `srgb_code`'s (checked for
+    every float32 in [0, 1]) with one table read pair and no square root."""
     shift = CODE_GUESS_SHIFT
     base = int(np.float32(2.0**-24).view(np.uint32)) >> shift
     top = (int(np.float32(1.0).view(np.uint32)) >> shift) + 1
