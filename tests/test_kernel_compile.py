@@ -364,7 +364,8 @@ def test_the_cpu_kernels_avoid_what_numba_compiles_slowly():
     tree = ast.parse(inspect.getsource(_cpu))
     found = []
     for fn in (n for n in tree.body if isinstance(n, ast.FunctionDef)):
-        compiled = any("njit" in ast.unparse(d) or ast.unparse(d) == "kernel" for d in fn.decorator_list)
+        compiled = any("njit" in ast.unparse(d) or ast.unparse(d) in ("kernel", "serial_kernel", "_helper")
+                       for d in fn.decorator_list)
         for node in ast.walk(fn) if compiled else ():
             if isinstance(node, ast.Assign) and any(
                     isinstance(t, ast.Subscript) and any(isinstance(s, ast.Slice) for s in ast.walk(t.slice))

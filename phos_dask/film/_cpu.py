@@ -11,7 +11,7 @@ Rows are split across threads with prange. The per-pixel math lives in `_pixel`,
 Kernels copy and clear arrays in loops and read float bits with `_bits`: numba compiles a shape-mismatch
 error formatter for each slice assignment (1.5 s of the fused kernel's first compile), and routines for array
 views and np.zeros fills, which a first run after install would wait for. Row helpers that several kernels
-call (`_compose_row`, `_blurred_row`, `_add_excess_row`, `_cell_means`) are compiled once as functions of
+call (`_upsampled_rows`, `_compose_row`, `_add_excess_row`, `_cell_means`) are compiled once as functions of
 their own rather than inlined at every call: their loops vectorise just the same, and the fused kernel
 compiles in 2.6-2.8 s instead of 5.2-5.7 (all kernels of a photograph: 5.8-6.2 s instead of 9.5).
 """
@@ -278,6 +278,11 @@ def _cell_means(acc, f, scale, out_row):
         out_row[i] = s * scale
 
 
+#: Rows (of output, or of cells in `cells`) that one task of a many-thread loop takes in turn: a run shares its
+#: upsampled rows of blurred cells (`_upsampled_rows`) from one row to the next.
+RUN = 32
+
+
 @kernel
 def cells(src, rmap, cmap, f, thr, eta, composed, xy, xx, bloom, has_bloom, rj, rw0, rw1, cj, cw0, cw1, bthr, beta):
     """Means over f×f cells of eta·(S − thr)₊ at rows rmap and columns cmap of S: src itself, or, `composed`,
@@ -292,23 +297,25 @@ def cells(src, rmap, cmap, f, thr, eta, composed, xy, xx, bloom, has_bloom, rj, 
     out = np.empty((nr, nc), dtype=np.float32)
     scale = _f32(eta / (f * f))
     ja, jb = _longest_run(cmap)
-    for j in prange(nr):
+    for run in prange((nr + RUN - 1) // RUN):
         acc = np.empty(ncol, dtype=np.float32)
-        brow = np.empty(bloom.shape[1], dtype=np.float32)
-        up = np.empty(ws, dtype=np.float32)
+        up = np.empty((2, ws), dtype=np.float32)
+        held = np.empty(2, dtype=np.int64)
+        held[0], held[1] = -1, -1
         sr = np.empty(ws, dtype=np.float32)
-        for x in range(ncol):
-            acc[x] = _f32(0.0)
-        for a in range(f):
-            y = rmap[j * f + a]
-            if composed:
-                if has_bloom:
-                    _blurred_row(bloom, y, rj, rw0, rw1, brow)
-                _compose_row(src[xy + y, xx : xx + ws], brow, has_bloom, cj, cw0, cw1, bthr, beta, up, sr)
-                _add_excess_row(sr, cmap, ja, jb, thr, acc)
-            else:
-                _add_excess_row(src[y], cmap, ja, jb, thr, acc)
-        _cell_means(acc, f, scale, out[j])
+        for j in range(run * RUN, min(nr, (run + 1) * RUN)):
+            for x in range(ncol):
+                acc[x] = _f32(0.0)
+            for a in range(f):
+                y = rmap[j * f + a]
+                if composed:
+                    if has_bloom:
+                        _upsampled_rows(bloom, rj[y], cj, cw0, cw1, up, held)
+                    _compose_row(src[xy + y, xx : xx + ws], up, rj[y], rw0[y], rw1[y], has_bloom, bthr, beta, sr)
+                    _add_excess_row(sr, cmap, ja, jb, thr, acc)
+                else:
+                    _add_excess_row(src[y], cmap, ja, jb, thr, acc)
+            _cell_means(acc, f, scale, out[j])
     return out
 
 
@@ -368,41 +375,48 @@ def blur_valid(src, taps_v, taps_h, radii, out):
 
 
 @_helper
-def _compose_row(s, brow, has_blur, cj, cw0, cw1, thr, eta, up, out):
-    """out = clip01(kept(s) + up(brow)) for one row (brow: the row's vertically interpolated blurred cells;
-    up: scratch), the float32 operations of `compose` per element, in loops over slices."""
+def _upsampled_rows(field, j, cj, cw0, cw1, up, held):
+    """Cell rows j and j + 1 of a blurred field (2D) upsampled across, each into up's slot k % 2 (k = j, j + 1):
+    up[k % 2][x] = cw0[x]·field[k, cj[x]] + cw1[x]·field[k, cj[x] + 1]; a row is made only when its slot does
+    not hold it already (held[k % 2] == k), so a run of output rows, which lie between the same two cell
+    rows about f at a time, reads each cell row once instead of once per output row."""
+    for k in range(j, j + 2):
+        slot = k % 2
+        if held[slot] != k:
+            cells_row = field[k]
+            dst = up[slot]
+            for x in range(dst.shape[0]):
+                i = cj[x]
+                dst[x] = _lerp2(cw0[x], cells_row[i], cw1[x], cells_row[i + 1])
+            held[slot] = k
+
+
+@_helper
+def _compose_row(s, up, j, a0, a1, has_blur, thr, eta, out):
+    """out = clip01(kept(s) + a0·up[j % 2] + a1·up[(j + 1) % 2]) for one row lying between cell rows j and
+    j + 1 with weights (a0, a1) (`_upsampled_rows` holds those rows in up): the float32 operations of
+    `compose` per element, in loops over slices."""
     w = out.shape[0]
     if has_blur:
+        lo, hi = up[j % 2], up[(j + 1) % 2]
         for x in range(w):
-            i = cj[x]
-            up[x] = _lerp2(cw0[x], brow[i], cw1[x], brow[i + 1])
-        for x in range(w):
-            out[x] = _clip01(_kept(s[x], thr, eta) + up[x])
+            out[x] = _clip01(_kept(s[x], thr, eta) + _lerp2(a0, lo[x], a1, hi[x]))
     else:
         for x in range(w):
             out[x] = _clip01(_kept(s[x], thr, eta))
 
 
-@_helper
-def _blurred_row(blurred, y, rj, rw0, rw1, brow):
-    """The blurred cells (rows of `blurred`, 2D) interpolated to output row y: brow = w0·cells[j] +
-    w1·cells[j+1] for y's lower cell row j and weights (rj, rw0, rw1)."""
-    j = rj[y]
-    a0, a1 = rw0[y], rw1[y]
-    b0, b1 = blurred[j], blurred[j + 1]
-    for i in range(brow.shape[0]):
-        brow[i] = _lerp2(a0, b0[i], a1, b1[i])
-
-
 @kernel
 def compose(src, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, eta, out):
     h, w = rj.shape[0], cj.shape[0]
-    for y in prange(h):
-        row = np.empty(blurred.shape[1], dtype=np.float32)
-        up = np.empty(w, dtype=np.float32)
-        if has_blur:
-            _blurred_row(blurred, y, rj, rw0, rw1, row)
-        _compose_row(src[sy + y, sx : sx + w], row, has_blur, cj, cw0, cw1, thr, eta, up, out[y])
+    for run in prange((h + RUN - 1) // RUN):
+        up = np.empty((2, w), dtype=np.float32)
+        held = np.empty(2, dtype=np.int64)
+        held[0], held[1] = -1, -1
+        for y in range(run * RUN, min(h, (run + 1) * RUN)):
+            if has_blur:
+                _upsampled_rows(blurred, rj[y], cj, cw0, cw1, up, held)
+            _compose_row(src[sy + y, sx : sx + w], up, rj[y], rw0[y], rw1[y], has_blur, thr, eta, out[y])
 
 
 @_helper
@@ -638,16 +652,6 @@ def k_sums_lut(sub, table, matrix, factors, use_factors):
     return totals
 
 
-@njit(cache=True, inline="always", error_model="numpy")
-def _composed_row(S, sy, sx, y, c, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, eta, brow, up, out):
-    """Row y of channel c of the last blur stage, clip01(kept(S) + up(blurred)), into out (w,): per element
-    the float32 operations of `compose` (brow, up: scratch rows)."""
-    w = out.shape[0]
-    if has_blur:
-        _blurred_row(blurred[c], y, rj, rw0, rw1, brow)
-    _compose_row(S[c, sy + y, sx : sx + w], brow, has_blur, cj, cw0, cw1, thr, eta, up, out)
-
-
 @kernel
 def finish(S, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, etas,
            composed, bl, has_bl, brj, brw0, brw1, bcj, bcw0, bcw1, bthr, betas,
@@ -692,9 +696,12 @@ def finish(S, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, etas,
         noise = np.empty((P, 1, w), dtype=np.float32)
         n = np.empty((P, w), dtype=np.float32)
         yp = np.empty(w, dtype=np.float32)
-        up = np.empty(w, dtype=np.float32)
-        brow = np.empty(blurred.shape[2], dtype=np.float32)
-        bbrow = np.empty(bl.shape[2], dtype=np.float32)
+        up = np.empty((C, 2, w), dtype=np.float32)  # per channel, the two upsampled cell rows in use
+        held = np.empty((C, 2), dtype=np.int64)
+        bup = np.empty((C, 2, w), dtype=np.float32)  # the same for the bloom's cells when `composed`
+        bheld = np.empty((C, 2), dtype=np.int64)
+        for c in range(C):
+            held[c, 0], held[c, 1], bheld[c, 0], bheld[c, 1] = -1, -1, -1, -1
         srow = np.empty(w, dtype=np.float32)
         F = np.empty(w, dtype=np.float32)
         F0 = np.empty(w, dtype=np.float32)
@@ -719,16 +726,17 @@ def finish(S, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, etas,
             _clipped_noise(noise, 0, nscale, n)
             for c in range(C):
                 xr = X[c, xy + y, xx : xx + w]
+                if has_blur[c]:
+                    _upsampled_rows(blurred[c], rj[y], cj, cw0, cw1, up[c], held[c])
                 if composed:
+                    by = sy + y
                     if has_bl[c]:
-                        _blurred_row(bl[c], sy + y, brj, brw0, brw1, bbrow)
-                    _compose_row(xr, bbrow, has_bl[c], bcj_s, bcw0_s, bcw1_s, bthr, betas[c], up, srow)
-                    if has_blur[c]:
-                        _blurred_row(blurred[c], y, rj, rw0, rw1, brow)
-                    _compose_row(srow, brow, has_blur[c], cj, cw0, cw1, thr, etas[c], up, yp)
+                        _upsampled_rows(bl[c], brj[by], bcj_s, bcw0_s, bcw1_s, bup[c], bheld[c])
+                    _compose_row(xr, bup[c], brj[by], brw0[by], brw1[by], has_bl[c], bthr, betas[c], srow)
+                    _compose_row(srow, up[c], rj[y], rw0[y], rw1[y], has_blur[c], thr, etas[c], yp)
                 else:
-                    _composed_row(S, sy, sx, y, c, blurred, has_blur[c], rj, rw0, rw1, cj, cw0, cw1, thr,
-                                  etas[c], brow, up, yp)
+                    _compose_row(S[c, sy + y, sx : sx + w], up[c], rj[y], rw0[y], rw1[y], has_blur[c], thr,
+                                 etas[c], yp)
                 a, bw = wd[c], ws[c]
                 for x in range(w):
                     F0[x] = _mixed_base(a, yp[x], bw, xr[x])

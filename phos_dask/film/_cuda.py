@@ -145,10 +145,10 @@ def _compose_k(src, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, 
         v = _kept(src[sy + y, sx + x], thr, eta)
         if has_blur:
             j, i = rj[y], cj[x]
-            a0, a1 = rw0[y], rw1[y]
-            lo = _lerp2(a0, blurred[j, i], a1, blurred[j + 1, i])
-            hi = _lerp2(a0, blurred[j, i + 1], a1, blurred[j + 1, i + 1])
-            v = v + _lerp2(cw0[x], lo, cw1[x], hi)
+            b0, b1 = cw0[x], cw1[x]
+            lo = _lerp2(b0, blurred[j, i], b1, blurred[j, i + 1])  # across first, as the CPU's compose
+            hi = _lerp2(b0, blurred[j + 1, i], b1, blurred[j + 1, i + 1])
+            v = v + _lerp2(rw0[y], lo, rw1[y], hi)
         out[y, x] = _clip01(v)
 
 

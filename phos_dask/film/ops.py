@@ -188,7 +188,10 @@ def blur_valid(src, taps_v: np.ndarray, taps_h: np.ndarray, radii: np.ndarray, o
 
 def compose(src, sy: int, sx: int, blurred, interp_rows, interp_cols, thr: float, eta: float, out):
     """out = clip01(s - eta·max(s - thr, 0) + up(blurred)) for s = src[sy:sy+h, sx:sx+w] where (h, w) is
-    out's shape; blurred None stands for zeros. Returns out (a new array on the reference path)."""
+    out's shape; blurred None stands for zeros. up is bilinear, across first: each cell row is interpolated
+    to the output's columns (cw0·b[j, cj] + cw1·b[j, cj + 1]), then the two rows around an output row to it
+    (rw0·row(rj) + rw1·row(rj + 1)), in float32 (so that a run of output rows shares its cell rows' upsampled
+    values). Returns out (a new array on the reference path)."""
     rj, rw0, rw1 = interp_rows
     cj, cw0, cw1 = interp_cols
     h, w = out.shape
@@ -212,10 +215,10 @@ def compose(src, sy: int, sx: int, blurred, interp_rows, interp_cols, thr: float
     v = s - float(_f32(eta)) * xp.maximum(s - float(_f32(thr)), 0.0)
     if blurred is not None:
         rj_, cj_ = xp.asarray(np.asarray(rj, np.int64)), xp.asarray(np.asarray(cj, np.int64))
-        rows = (_expand(xp, rw0, 1) * xp.take(blurred, rj_, axis=0)
-                + _expand(xp, rw1, 1) * xp.take(blurred, rj_ + 1, axis=0))
-        up = (_expand(xp, cw0, 0) * xp.take(rows, cj_, axis=1)
-              + _expand(xp, cw1, 0) * xp.take(rows, cj_ + 1, axis=1))
+        across = (_expand(xp, cw0, 0) * xp.take(blurred, cj_, axis=1)
+                  + _expand(xp, cw1, 0) * xp.take(blurred, cj_ + 1, axis=1))  # each cell row upsampled across
+        up = (_expand(xp, rw0, 1) * xp.take(across, rj_, axis=0)
+              + _expand(xp, rw1, 1) * xp.take(across, rj_ + 1, axis=0))
         v = v + up
     out[...] = xp.clip(v, 0, 1)
     return out
