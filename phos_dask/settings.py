@@ -22,7 +22,9 @@ DTYPES = ("uint8", "uint16", "float16", "float32")
 #: must change with the pixels: renders at s < 1 with grain differ from the first 0.2.0 model's).
 #: 0.3.0+coarse-small-s: bloom and halation blur on coarser cells below s = 1 (`coarse_factor`: f/s ≤ 11.1
 #: instead of floor(4·s)), so renders at s < 1 differ (by < 1e-3 linear before the tone curve); s ≥ 1 unchanged.
-MODEL_VERSION = "0.3.0+coarse-small-s"
+#: 0.3.0+across-first: blurred cells are upsampled across first, then down (float32 rounding differs: about one
+#: code in 3e6 samples of a photo moves by one), so that a tile resumed by this version matches its neighbours.
+MODEL_VERSION = "0.3.0+across-first"
 
 
 class SettingsError(PhosError, ValueError):
