@@ -186,6 +186,36 @@ def test_the_grain_constant_sums_match_the_float64_definition(dtype):
             assert got == tuple(want)
 
 
+def test_the_cpu_compose_and_the_reference_upsample_the_blurred_cells_alike(monkeypatch):
+    """Bloom and halation read their blurred cells through a bilinear upsampling, across first and then down,
+    in float32: the CPU kernel (which interpolates each cell row across once per run of output rows and keeps
+    the two in use) and the NumPy reference (what CuPy runs) give the same bits, for output rows in order, in
+    reverse (a reflected edge) and shuffled, over several runs of rows."""
+    from phos_dask.film import _cpu, ops
+
+    rng = np.random.default_rng(5)
+    cells = rng.random((13, 17), dtype=np.float32) * np.float32(0.1)
+    h, w, sy, sx = 75, 83, 2, 3
+    src = np.float32(0.05) + rng.random((h + sy + 4, w + sx + 5), dtype=np.float32) * np.float32(0.9)
+
+    def interpolation(n: int, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pos = (np.arange(n) + 0.5) * (m - 1) / n
+        j = np.minimum(pos.astype(np.int64), m - 2)
+        w1 = (pos - j).astype(np.float32)
+        return j, (np.float32(1) - w1).astype(np.float32), w1
+
+    cols = interpolation(w, cells.shape[1])
+    for order in (np.arange(h), np.arange(h)[::-1], rng.permutation(h)):
+        rows = tuple(np.ascontiguousarray(a[order]) for a in interpolation(h, cells.shape[0]))
+        cpu = np.empty((h, w), np.float32)
+        _cpu.compose(src, sy, sx, cells, True, *rows, *cols, np.float32(0.6), np.float32(0.3), cpu)
+        monkeypatch.setattr(ops, "FORCE_REFERENCE", True)
+        reference = ops.compose(src, sy, sx, cells, rows, cols, 0.6, 0.3, np.empty((h, w), np.float32))
+        monkeypatch.setattr(ops, "FORCE_REFERENCE", False)
+        np.testing.assert_array_equal(cpu.view(np.uint32), np.asarray(reference, np.float32).view(np.uint32))
+        assert cpu.min() > 0 and cpu.max() < 1  # neither clip decided it
+
+
 def test_the_cells_tell_when_nothing_exceeds_the_threshold():
     """On the CPU the bloom stage skips its blur when no cell holds excess light: the result is the source
     itself (nothing taken, nothing received), as with the scan it replaced."""
