@@ -22,7 +22,7 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -30,6 +30,8 @@ from typing import Any, TypeVar
 from phos_dask.errors import PhosError
 
 T = TypeVar("T")
+#: An object's bytes: whole, or in pieces that follow one another (a shard, `phos_dask.shards.encode_shard`).
+Data = bytes | Sequence[bytes]
 
 #: Waits (s) between attempts after a transient storage error (the S3 client also retries each request).
 BACKOFF = (0.5, 1.0, 2.0, 4.0)
@@ -244,14 +246,15 @@ class Location:
 
     # ----------------------------------------------------------------------------------------- writes
 
-    def put(self, name: str, data: bytes) -> None:
+    def put(self, name: str, data: Data) -> None:
         """Write the object `name` whole: atomically on local disks, one PUT on object stores."""
         if self.local:
             write_atomic(self.path(name), data)
         else:
-            retry(lambda: self.fs.pipe_file(self.path(name), data))
+            whole = joined(data)
+            retry(lambda: self.fs.pipe_file(self.path(name), whole))
 
-    def put_many(self, objects: Mapping[str, bytes]) -> None:
+    def put_many(self, objects: Mapping[str, Data]) -> None:
         """Write every object, concurrently; returns when all are written (raises if one could not be)."""
         if not objects:
             return
@@ -259,7 +262,8 @@ class Location:
             for _ in _map(lambda item: self.put(*item), list(objects.items())):
                 pass
             return
-        retry(lambda: self.fs.pipe({self.path(k): v for k, v in objects.items()}, batch_size=CONCURRENCY))
+        whole = {self.path(k): joined(v) for k, v in objects.items()}
+        retry(lambda: self.fs.pipe(whole, batch_size=CONCURRENCY))
 
     def put_made(self, names: Iterable[str], make: Callable[[str], bytes]) -> None:
         """Write the object `name` = make(name) for every name, several at a time (each made just before it is
@@ -336,19 +340,31 @@ def close_pool() -> None:
         _POOL = None
 
 
-def write_atomic(path: str, data: bytes) -> None:
+def joined(data: Data) -> bytes:
+    """An object's bytes whole (pieces joined)."""
+    return data if isinstance(data, (bytes, bytearray, memoryview)) else b"".join(data)
+
+
+def _write_to(f, data: Data) -> None:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        f.write(data)
+    else:
+        f.writelines(data)
+
+
+def write_atomic(path: str, data: Data) -> None:
     """Write a local file whole or not at all: a temporary file beside it (folders created), then a rename;
-    the temporary file is removed if anything fails."""
+    the temporary file is removed if anything fails. `data`: the bytes, or pieces written one after another."""
     folder = os.path.dirname(path)
     tmp = f"{path}.{secrets.token_hex(4)}.tmp"
     try:
         try:
             with open(tmp, "wb") as f:
-                f.write(data)
+                _write_to(f, data)
         except FileNotFoundError:
             os.makedirs(folder, exist_ok=True)
             with open(tmp, "wb") as f:
-                f.write(data)
+                _write_to(f, data)
         os.replace(tmp, path)
     except BaseException:  # a full disk, an interruption: leave no temporary file behind
         with contextlib.suppress(OSError):

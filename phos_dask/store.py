@@ -38,7 +38,7 @@ from phos_dask.film.params import CODE_MAX
 from phos_dask.index import INDEX
 from phos_dask.lease import LEASE
 from phos_dask.shards import chunk_codec, encode_shard, shard_boxes
-from phos_dask.storage import Location
+from phos_dask.storage import Data, Location
 from phos_dask.tiles import Tile, TilePlan, assert_one_writer_per_chunk, pyramid_shapes
 
 if TYPE_CHECKING:
@@ -275,12 +275,12 @@ class ImageLayout:
         """Every level's array zarr.json (written before any tile of a tiled image)."""
         return {f"{self.key}/{level}/{METADATA}": self.array_document(level) for level in range(len(self.levels))}
 
-    def tile_objects(self, tile: Tile, block: np.ndarray) -> dict[str, bytes]:
+    def tile_objects(self, tile: Tile, block: np.ndarray) -> dict[str, Data]:
         """The shards a tile owns: its (C, h, w) output at level 0 and its block of each next tile-written
         level (each the 2×2 mean of the one before): one object per level."""
         from phos_dask.pyramid import downsample2
 
-        out: dict[str, bytes] = {}
+        out: dict[str, Data] = {}
         for level in range(self.tile_levels):
             if level:
                 block = downsample2(block)
@@ -288,7 +288,7 @@ class ImageLayout:
             out.update(self._shard_objects(level, box, block))
         return out
 
-    def _shard_objects(self, level: int, box: tuple[int, int, int, int], block: np.ndarray) -> dict[str, bytes]:
+    def _shard_objects(self, level: int, box: tuple[int, int, int, int], block: np.ndarray) -> dict[str, Data]:
         """The shard objects of a level's region (y0, y1, x0, x1), which covers whole shards, from its pixels
         block (C, y1-y0, x1-x0): encoded as Zarr encodes them (`phos_dask.shards`), with this level's codecs."""
         shape = (self.channels, *self.levels[level])
@@ -303,13 +303,13 @@ class ImageLayout:
             out[f"{self.key}/{level}/{name}"] = encode_shard(part, origin, shape, shards, chunks, codec)
         return out
 
-    def levels_objects(self, image: np.ndarray, first: int = 0) -> tuple[dict[str, bytes], np.ndarray]:
+    def levels_objects(self, image: np.ndarray, first: int = 0) -> tuple[dict[str, Data], np.ndarray]:
         """Levels `first`, first + 1, … of a pyramid whose level `first` is `image` (C, h, w), each one
         shard: its object and its metadata; and the smallest level. Level k + 1 is the 2×2 mean of level k,
         exactly what the tiles of a tiled render write for the levels they own."""
         from phos_dask.pyramid import downsample2
 
-        out: dict[str, bytes] = {}
+        out: dict[str, Data] = {}
         for level in range(first, len(self.levels)):
             if level > first:
                 image = downsample2(image)

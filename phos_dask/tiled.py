@@ -18,7 +18,7 @@ from phos_dask.film.pipeline import add_grain_sums, as_rgb, grain_constants, gra
 from phos_dask.imageio import ImageReadError, check_pixels, open_region_reader
 from phos_dask.shards import chunk_codec, encode_chunk, shard_boxes
 from phos_dask.sources import SourceItem
-from phos_dask.storage import Location, options_for
+from phos_dask.storage import Data, Location, options_for
 from phos_dask.store import METADATA, ImageLayout, staging_compressor, staging_path
 from phos_dask.taskflow import ImageContext, ImageResult, JobConfig, Staged, Stages, TileDone
 from phos_dask.taskkit import InputError, as_failure, complete, guard, limit_kernel_threads, provenance
@@ -197,7 +197,7 @@ def _finalize(cfg: JobConfig, item: SourceItem, staged: Staged, *tiles: TileDone
     layout = ImageLayout(item.key, ctx.model.channels, ctx.shape, ctx.settings.dtype, ctx.tiling)
     so = options_for(cfg.out_url, cfg.storage_options) or None
     last = layout.tile_levels - 1  # the last level the tiles wrote: the next ones are built from it
-    objects: dict[str, bytes] = {}
+    objects: dict[str, Data] = {}
     if staged.thumb or last + 1 < len(layout.levels):
         smallest = zarr.open_array(store=out.url_of(f"{item.key}/{last}"), mode="r", storage_options=so)[...]
     if last + 1 < len(layout.levels):

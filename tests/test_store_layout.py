@@ -18,6 +18,7 @@ from phos_dask import Settings
 from phos_dask.cluster import connect
 from phos_dask.job import JobSpec, run_job
 from phos_dask.pyramid import downsample2
+from phos_dask.storage import Data, joined
 from phos_dask.store import CHUNK, ImageLayout, inner_side
 from phos_dask.tiles import MIN_SHARD, TilePlan
 
@@ -71,7 +72,7 @@ def test_inner_chunk_sides():
         256, 300, 511, 256, 256, 256, 264, 256]
 
 
-def _inner_chunks(objects: dict[str, bytes], key: str, level: int, layout: ImageLayout) -> dict[tuple, bytes]:
+def _inner_chunks(objects: dict[str, Data], key: str, level: int, layout: ImageLayout) -> dict[tuple, bytes]:
     """{global inner chunk index (c, y, x): its encoded bytes} of a level's shard objects, from each
     shard's index (at its end: per inner chunk an offset and a length, uint64 little-endian; then CRC32C)."""
     shards, chunks = layout.shards(level), layout.chunks(level)
@@ -82,6 +83,7 @@ def _inner_chunks(objects: dict[str, bytes], key: str, level: int, layout: Image
         if not name.startswith(prefix):
             continue
         shard = tuple(int(i) for i in name[len(prefix):].split("/"))
+        data = joined(data)
         n = math.prod(per)
         index = struct.unpack(f"<{2 * n}Q", data[-(16 * n + 4):-4])
         for flat, local in enumerate(np.ndindex(*per)):
@@ -92,11 +94,11 @@ def _inner_chunks(objects: dict[str, bytes], key: str, level: int, layout: Image
     return found
 
 
-def _write(objects: dict[str, bytes], root) -> None:
+def _write(objects: dict[str, Data], root) -> None:
     """Store objects as files under `root` (a local store)."""
     for name, data in objects.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(data)
+        (root / name).write_bytes(joined(data))
 
 
 @pytest.mark.parametrize(("shape", "tile"), [((1100, 2600), 512), ((700, 1300), 256), ((2100, 1500), 1024)])
@@ -166,7 +168,7 @@ def test_shards_are_the_bytes_zarr_writes_for_a_whole_image(channels, dtype, sha
         if level:
             level_image = downsample2(level_image)
         want = _zarr_written(layout, level, (0, *level_image.shape[1:2], 0, level_image.shape[2]), level_image)
-        assert want and all(ours[name] == data for name, data in want.items()), f"level {level}"
+        assert want and all(joined(ours[name]) == data for name, data in want.items()), f"level {level}"
 
 
 @pytest.mark.parametrize(("channels", "dtype", "shape", "tile"),
@@ -251,7 +253,7 @@ def test_a_tiles_shards_are_the_bytes_zarr_writes():
             if level:
                 block = downsample2(block)
             want = _zarr_written(layout, level, plan.level_box(t, level), block)
-            assert want and all(ours[name] == data for name, data in want.items())
+            assert want and all(joined(ours[name]) == data for name, data in want.items())
 
 
 @pytest.mark.parametrize(("shape", "dtype"), [((1100, 1300, 3), "uint8"), ((700, 530), "uint16")])
@@ -394,3 +396,20 @@ def test_one_image_opens_in_ome_zarr_pys_reader(stores):
     assert [a.shape for a in pyramid] == [(3, 1100, 2600), (3, 550, 1300), (3, 275, 650)]
     np.testing.assert_array_equal(np.asarray(pyramid[2]),
                                   zarr.open_array(str(stores["tiled"] / "pano.png" / "2"), mode="r")[...])
+
+
+def test_a_shard_in_pieces_is_written_whole_or_not_at_all(tmp_path):
+    """Shards reach a local file as their pieces (chunks, then index), not first joined into one object: the
+    file holds the joined bytes, and a write that fails partway leaves neither the file nor its temporary."""
+    from phos_dask.storage import write_atomic
+
+    layout = ImageLayout("k", 3, (700, 900), "uint16", None)
+    image = np.random.default_rng(2).integers(0, 65535, (3, 700, 900), dtype=np.uint16)
+    objects, _ = layout.levels_objects(image)
+    pieces = next(d for n, d in objects.items() if "/c/" in n)
+    assert isinstance(pieces, list) and len(pieces) > 2
+    write_atomic(str(tmp_path / "a" / "shard"), pieces)
+    assert (tmp_path / "a" / "shard").read_bytes() == b"".join(pieces)
+    with pytest.raises(TypeError):
+        write_atomic(str(tmp_path / "b"), [pieces[0], "not bytes", pieces[1]])
+    assert list(tmp_path.iterdir()) == [tmp_path / "a"]
