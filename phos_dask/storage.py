@@ -340,13 +340,17 @@ def close_pool() -> None:
         _POOL = None
 
 
+#: What `Data` is when it is whole rather than pieces.
+_WHOLE = (bytes, bytearray, memoryview)
+
+
 def joined(data: Data) -> bytes:
     """An object's bytes whole (pieces joined)."""
-    return data if isinstance(data, (bytes, bytearray, memoryview)) else b"".join(data)
+    return data if isinstance(data, _WHOLE) else b"".join(data)
 
 
 def _write_to(f, data: Data) -> None:
-    if isinstance(data, (bytes, bytearray, memoryview)):
+    if isinstance(data, _WHOLE):
         f.write(data)
     else:
         f.writelines(data)
