@@ -297,6 +297,33 @@ def test_the_cpu_kernels_grain_deviates_are_the_references_bit_for_bit():
         np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
+@pytest.mark.parametrize("r", [1, 3, 4, 5, 7, 8, 15, 16])
+def test_the_cpu_grain_blur_adds_its_symmetric_pairs_in_order(r):
+    """The CPU grain blur is taps[r]·ρ(centre) + Σ_{q=1..r} taps[r+q]·(ρ(−q) + ρ(+q)), added in the order of
+    q, vertically and then horizontally: the bits of that sum evaluated in float32, step by step, for radii
+    that the passes take four pairs at a time, one at a time, or both."""
+    h, w = 9, 37
+    rows, cols = np.arange(200, 200 + h + 2 * r), np.arange(500, 500 + w + 2 * r)
+    X = np.zeros((rows.size, cols.size), np.float32)  # a(0) = 1: ρ is u itself
+    key = grain.plane_key(777, grain.PLANE_G)
+    taps = np.random.default_rng(r).uniform(0.01, 0.2, 2 * r + 1).astype(np.float32)
+    taps = (taps + taps[::-1]) / np.float32(2)
+    got = np.empty((h, w), np.float32)
+    _cpu.grain_noise(X, np.arange(rows.size), np.arange(cols.size), int(rows[0]), int(cols[0]), np.uint64(key),
+                     grain.normal_pairs(), taps, got)
+    rho = grain.hash_normal(np, key, rows, cols).astype(np.float32)
+
+    def pairs(a, axis: int, n: int) -> np.ndarray:
+        part = (lambda k: a[k : k + n]) if axis == 0 else (lambda k: a[:, k : k + n])
+        acc = taps[r] * part(r)
+        for q in range(1, r + 1):
+            acc = acc + taps[r + q] * (part(r - q) + part(r + q))
+        return acc
+
+    want = pairs(pairs(rho, 0, h), 1, w)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
 def test_the_inverse_normal_is_pythons_normal_dist_bit_for_bit():
     """The table's Φ⁻¹ is evaluated on whole arrays (`grain.inverse_normal`, ~6× faster than a loop over
     NormalDist.inv_cdf, once per process) with the same float64 results: at the table's cell edges, and at
