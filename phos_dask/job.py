@@ -239,7 +239,7 @@ def run_job(spec: JobSpec, client=None, progress: Progress | None = None, plan: 
     outcome = "stopped"
     try:
         with span(f"phos-{name}"):
-            submit_job(client, cfg, todos, record)
+            submit_job(client, cfg, todos, record, images=len(plan.todo))
         outcome = "finished"
     finally:
         board.close(outcome)

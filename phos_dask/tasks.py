@@ -3,13 +3,14 @@
 No Dask here: graph.py decides which of these run where. Every function is idempotent, so a retry after a
 worker dies writes the same bytes again.
 
-`process_image` is the one task every input starts with: it checks whether the image is already finished
-(only when the output already holds something under its key), reads the file, and from its header decides
-whether the image runs whole (then it renders and writes it and returns its `ImageResult`) or in tiles
-(then it prepares them, phos_dask.tiled, and returns a `Staged` with the tile grid for the client to expand
-into `tiled.process_tile` tasks and a `tiled.finalize`). What tasks return: phos_dask.taskflow. A small image
-in a fresh output costs one GET of the file, at most one GET of the lease, one concurrent batch of PUTs
-(chunks, level metadata) and the PUT of its zarr.json, in that order.
+`process_image` is the one task every input starts with (small files several to a task:
+`process_images`): it checks whether the image is already finished (only when the output already holds
+something under its key), reads the file, and from its header decides whether the image runs whole (then it
+renders and writes it and returns its `ImageResult`) or in tiles (then it prepares them, phos_dask.tiled, and
+returns a `Staged` with the tile grid for the client to expand into `tiled.process_tile` tasks and a
+`tiled.finalize`). What tasks return: phos_dask.taskflow. A small image in a fresh output costs one GET of
+the file, at most one GET of the lease, one concurrent batch of PUTs (chunks, level metadata) and the PUT of
+its zarr.json, in that order.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -38,7 +40,8 @@ from phos_dask.store import COMPLETE, METADATA, ImageLayout, image_state
 from phos_dask.taskflow import WHOLE_LIMIT_MP, ImageContext, ImageResult, JobConfig, Staged, Stages
 from phos_dask.taskkit import InputError, LeaseLost, as_failure, guard, limit_kernel_threads, provenance
 
-__all__ = ["WHOLE_LIMIT_MP", "InputError", "JobConfig", "LeaseLost", "limit_kernel_threads", "process_image"]
+__all__ = ["WHOLE_LIMIT_MP", "InputError", "JobConfig", "LeaseLost", "limit_kernel_threads", "process_image",
+           "process_images"]
 
 
 #: Inputs up to this size (bytes) are fetched whole in one request by the task that reads their header;
@@ -115,6 +118,12 @@ def process_image(cfg: JobConfig, item: SourceItem, fresh: bool = True, thumb: b
         return _process_image(cfg, item, fresh, thumb)
     except Exception as e:
         return as_failure(item, e)
+
+
+def process_images(cfg: JobConfig, todos: Sequence[tuple[SourceItem, bool, bool]]) -> list[ImageResult | Staged]:
+    """Several small images' first tasks in one (`process_image` on each (item, fresh, thumb), in turn): their
+    results in the same order. Each image's errors are its own result, as in `process_image`."""
+    return [process_image(cfg, item, fresh, thumb) for item, fresh, thumb in todos]
 
 
 def _process_image(cfg: JobConfig, item: SourceItem, fresh: bool = True, thumb: bool = False

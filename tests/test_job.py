@@ -331,3 +331,122 @@ def test_working_size_at_ingest_is_seamless_across_tiles(client, bucket, tmp_pat
     expected = render(resample_to(read_image(bucket / "wide.png"), 700), st.replace(working_size=None,
                                                                                     image_key="wide.png"))
     np.testing.assert_array_equal(np.moveaxis(level0, 0, -1), expected)
+
+
+def _items(sizes: list[int]):
+    from phos_dask.graph import Todo
+    from phos_dask.sources import SourceItem
+
+    return [Todo(SourceItem(f"file:///x/{i}.jpg", f"{i}.jpg", f"{i}.jpg", size)) for i, size in enumerate(sizes)]
+
+
+def test_small_files_share_tasks_only_when_every_thread_still_gets_several():
+    from phos_dask.graph import BATCH_BYTES, MAX_BATCH, SMALL_FILE, TASKS_PER_THREAD, _batches, batch_size
+
+    assert batch_size(0, 2) == batch_size(8 * 2 - 1, 2) == 1  # a short job: a task per image
+    assert batch_size(TASKS_PER_THREAD * 2 * 3, 2) == 3
+    assert batch_size(10**6, 64) == MAX_BATCH
+    small, big = 300_000, SMALL_FILE
+    todos = _items([small] * 5 + [big] + [small] * 2)
+    groups = [[t.item.key for t in g] for g in _batches(iter(todos), 3)]
+    assert groups == [["0.jpg", "1.jpg", "2.jpg"], ["3.jpg", "4.jpg"], ["5.jpg"], ["6.jpg", "7.jpg"]]
+    assert [len(g) for g in _batches(iter(todos), 1)] == [1] * 8
+    heavy = _items([SMALL_FILE - 1] * 5)  # small each, but three fill a task's bytes
+    assert 3 * (SMALL_FILE - 1) <= BATCH_BYTES < 4 * (SMALL_FILE - 1)
+    assert [len(g) for g in _batches(iter(heavy), 8)] == [3, 2]
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory, small_photo) -> Path:
+    """Twenty small inputs: enough for two to a task on two single-threaded workers."""
+    src = tmp_path_factory.mktemp("many") / "src"
+    src.mkdir()
+    for i in range(20):
+        cv2.imwrite(str(src / f"p{i:02d}.jpg"), np.roll(small_photo, 23 * i, axis=1)[..., ::-1])
+    return src
+
+
+def test_small_files_rendered_several_to_a_task_equal_a_task_each(client, many, tmp_path):
+    from distributed import get_task_stream
+
+    from phos_dask.graph import submit_job
+    from phos_dask.sources import discover
+
+    spec = JobSpec(str(many), str(tmp_path / "batched.zarr"), Settings(film="Portra400", dtype="uint16"))
+    with get_task_stream(client) as ts:
+        report = run_job(spec, client)
+    assert report["counts"] == {"done": 20, "skipped": 0, "failed": 0}
+    firsts = {r["key"] for r in ts.data if str(r["key"]).startswith("film-image-")}
+    assert len(firsts) == 10 and all("-2-images-from-" in str(k) for k in firsts)
+    one_each = tmp_path / "single.zarr"
+    done: list[str] = []
+    submit_job(client, dataclass_replace(spec, out=str(one_each)).config(), discover(str(many)),
+               lambda item, result: done.append(result.status))  # no image count: a task each
+    assert done == ["done"] * 20
+    for item in discover(str(many)):
+        batched, single = _levels(tmp_path / "batched.zarr", item.key), _image_levels(one_each, item.key)
+        assert len(batched) == len(single) >= 1
+        for a, b in zip(batched, single, strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=item.key)
+
+
+def _image_levels(out: Path, key: str) -> list[np.ndarray]:
+    """An image's levels read from its own group (a bare submit_job writes no root group)."""
+    group = zarr.open_group(str(out / key), mode="r")
+    return [group[str(k)][...] for k in range(len(group.attrs["ome"]["multiscales"][0]["datasets"]))]
+
+
+def dataclass_replace(obj, **changes):
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)
+
+
+def test_a_shared_task_lost_with_its_worker_is_run_again_image_by_image(many, tmp_path):
+    """With no retries left for a task whose worker dies (allowed-failures 0), a shared task fails as a
+    whole: its images are submitted again one by one, and all of them end done, as an undisturbed run's."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import dask
+    from distributed import get_task_stream
+
+    spec = JobSpec(str(many), str(tmp_path / "killed.zarr"), Settings(film="Portra400", dtype="uint16"))
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+            connect(workers=2, dashboard_address="127.0.0.1:0") as c:
+        pids = c.run(os.getpid)
+        report: dict = {}
+        stream = get_task_stream(c)
+        stream.__enter__()
+        job = threading.Thread(target=lambda: report.update(run_job(spec, c)))
+        job.start()
+        victim, deadline = None, time.monotonic() + 120
+        while victim is None and time.monotonic() < deadline and job.is_alive():
+            for addr, keys in c.processing().items():
+                if any("-images-from-" in str(k) for k in keys) and addr in pids:
+                    victim = addr
+                    break
+            time.sleep(0.005)
+        assert victim is not None, "no shared task was seen running"
+        os.kill(pids[victim], signal.SIGKILL)
+        job.join(timeout=300)
+        assert not job.is_alive()
+        stream.__exit__(None, None, None)
+    assert report["counts"] == {"done": 20, "skipped": 0, "failed": 0}, report
+    alone_keys = [str(r["key"]) for r in stream.data
+                  if str(r["key"]).startswith("film-image-") and "-images-from-" not in str(r["key"])]
+    # the images of the shared tasks lost with the worker (two each, at most 4 tasks in flight), one by one
+    assert len(alone_keys) in (2, 4, 6, 8)
+    single = tmp_path / "single.zarr"
+    with connect(workers=2, dashboard_address="127.0.0.1:0") as c:
+        from phos_dask.graph import submit_job
+        from phos_dask.sources import discover
+
+        submit_job(c, dataclass_replace(spec, out=str(single)).config(), discover(str(many)), lambda *a: None)
+    for item in discover(str(many)):
+        killed, alone = _levels(tmp_path / "killed.zarr", item.key), _image_levels(single, item.key)
+        assert len(killed) == len(alone) >= 1
+        for a, b in zip(killed, alone, strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=item.key)
