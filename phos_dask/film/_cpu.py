@@ -323,33 +323,18 @@ def cells(src, rmap, cmap, f, thr, eta, composed, xy, xx, bloom, has_bloom, rj, 
 def _hpass(tmp, taps, r, ri, out):
     """out[x] = taps[r]·tmp[x+r] + Σ_{k=1..ri} taps[r+k]·(tmp[x+r−k] + tmp[x+r+k]), summed in that order (a
     horizontal pass of a symmetric kernel of radius ri padded to r). The shifted rows are slices so the loops
-    vectorise (indexing tmp at x ± k directly keeps LLVM from it, about 5× slower); four terms are added per
-    loop (the same order of additions, so the same bits), which loads and stores out a quarter as often."""
+    vectorise (indexing tmp at x ± k directly keeps LLVM from it, about 5× slower)."""
     w = out.shape[0]
     t = taps[r]
     c = tmp[r : r + w]
     for x in range(w):
         out[x] = t * c[x]
-    k = 1
-    while k + 3 <= ri:
-        t1, t2, t3, t4 = taps[r + k], taps[r + k + 1], taps[r + k + 2], taps[r + k + 3]
-        a1, b1 = tmp[r - k : r - k + w], tmp[r + k : r + k + w]
-        a2, b2 = tmp[r - k - 1 : r - k - 1 + w], tmp[r + k + 1 : r + k + 1 + w]
-        a3, b3 = tmp[r - k - 2 : r - k - 2 + w], tmp[r + k + 2 : r + k + 2 + w]
-        a4, b4 = tmp[r - k - 3 : r - k - 3 + w], tmp[r + k + 3 : r + k + 3 + w]
-        for x in range(w):
-            v = out[x] + t1 * (a1[x] + b1[x])
-            v = v + t2 * (a2[x] + b2[x])
-            v = v + t3 * (a3[x] + b3[x])
-            out[x] = v + t4 * (a4[x] + b4[x])
-        k += 4
-    while k <= ri:
+    for k in range(1, ri + 1):
         t = taps[r + k]
         a = tmp[r - k : r - k + w]
         b = tmp[r + k : r + k + w]
         for x in range(w):
             out[x] += t * (a[x] + b[x])
-        k += 1
 
 
 @kernel
@@ -480,33 +465,18 @@ def _rho_row(Xp, row, cmap, ja, jb, counters, k, TT, gain, cell, frac, dst):
 def _vpass(ring, i, taps, r, tmp):
     """tmp = taps[r]·ρ(i) + Σ_{q=1..r} taps[r+q]·(ρ(i−q) + ρ(i+q)), summed in that order, where ρ(j) is row
     j of the rows in flight, kept in ring slot j mod len(ring) (2r+1 slots in `finish`; `grain_noise` holds
-    all of a block's rows, so slot j is row j). Four terms per loop, as in `_hpass`."""
+    all of a block's rows, so slot j is row j)."""
     m = ring.shape[0]
-    w = tmp.shape[0]
     t = taps[r]
     c = ring[i % m]
-    for x in range(w):
+    for x in range(tmp.shape[0]):
         tmp[x] = t * c[x]
-    q = 1
-    while q + 3 <= r:
-        t1, t2, t3, t4 = taps[r + q], taps[r + q + 1], taps[r + q + 2], taps[r + q + 3]
-        a1, b1 = ring[(i - q) % m], ring[(i + q) % m]
-        a2, b2 = ring[(i - q - 1) % m], ring[(i + q + 1) % m]
-        a3, b3 = ring[(i - q - 2) % m], ring[(i + q + 2) % m]
-        a4, b4 = ring[(i - q - 3) % m], ring[(i + q + 3) % m]
-        for x in range(w):
-            v = tmp[x] + t1 * (a1[x] + b1[x])
-            v = v + t2 * (a2[x] + b2[x])
-            v = v + t3 * (a3[x] + b3[x])
-            tmp[x] = v + t4 * (a4[x] + b4[x])
-        q += 4
-    while q <= r:
+    for q in range(1, r + 1):
         t = taps[r + q]
         a = ring[(i - q) % m]
         b = ring[(i + q) % m]
-        for x in range(w):
+        for x in range(tmp.shape[0]):
             tmp[x] += t * (a[x] + b[x])
-        q += 1
 
 
 @kernel
