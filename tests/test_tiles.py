@@ -140,3 +140,32 @@ def test_a_tile_window_grows_no_larger_than_the_jobs_whole_image_task():
     assert tiling.tile == 2304
     assert max((t.window[1] - t.window[0]) * (t.window[3] - t.window[2]) for t in tiling) <= 16e6
     assert dataclasses.replace(cfg, whole_limit_mp=0.0).max_window_px == MAX_WINDOW_PX  # always tiled
+
+
+@pytest.mark.parametrize("dtype, channels", [(np.uint8, 3), (np.uint16, 0), (np.float32, 3)])
+def test_a_window_of_the_staged_input_is_what_zarr_reads_there(tmp_path, dtype, channels):
+    """tiled.staged_window reads the staging area's chunks itself: the same values as Zarr's read of the same
+    box, for boxes inside one chunk, across chunk edges and at the array's ragged edges; a chunk that is
+    missing is an error, not zeros."""
+    import zarr
+
+    from phos_dask.storage import Location
+    from phos_dask.store import staging_compressor, staging_path
+    from phos_dask.tiled import staged_window
+
+    rng = np.random.default_rng(3)
+    shape = (301, 413, channels) if channels else (301, 413)
+    image = (rng.random(shape) * (255 if dtype == np.uint8 else 60000)).astype(dtype)
+    out = Location.of(str(tmp_path / "out.zarr"))
+    chunks = (64, 64, channels) if channels else (64, 64)
+    staged = zarr.create_array(store=out.url_of(staging_path("k")), shape=shape, dtype=dtype, chunks=chunks,
+                               fill_value=0, compressors=staging_compressor(np.dtype(dtype).itemsize))
+    staged[...] = image
+    for box in [(0, 10, 0, 10), (60, 70, 60, 200), (0, 301, 0, 413), (250, 301, 390, 413), (64, 128, 128, 192)]:
+        got = staged_window(out, "k", box)
+        want = staged[box[0] : box[1], box[2] : box[3]]
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+    (tmp_path / "out.zarr" / staging_path("k") / "c" / "1" / "1").rename(tmp_path / "gone")
+    with pytest.raises(KeyError, match="missing"):
+        staged_window(out, "k", (60, 70, 60, 70))
