@@ -665,7 +665,8 @@ def finish(S, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, etas,
     `tone.code_guesses`, steps from `tone.code_tables`). out: the codes, (h, w, C), or (C, h, w) when
     `planar` (each channel's row then stored contiguously, as Zarr's chunks hold them). Each thread
     takes a run of rows and keeps only the 2r+1 rows of unblurred noise in flight per plane (r the grain
-    radius), so its scratch stays in cache; `threads` sets the number of runs (4 per thread).
+    radius), so its scratch stays in cache; `threads` sets the number of runs (4 per thread, but one for a
+    single thread: each run makes its first 2r rows of noise afresh).
     `composed`: S is not stored but made row by row where it is read, as `compose` makes the bloom stage's
     output from X with the blurred cells `bl` (has_bl, interpolation brj, brw0, brw1 over S's rows and bcj,
     bcw0, bcw1 over its columns, threshold bthr, betas per channel); S itself is then not read."""
@@ -683,7 +684,7 @@ def finish(S, sy, sx, blurred, has_blur, rj, rw0, rw1, cj, cw0, cw1, thr, etas,
     glast = np.int32(G.shape[0] - 2)
     ja, jb = _longest_run(cmap)
     bcj_s, bcw0_s, bcw1_s = bcj[sx : sx + w], bcw0[sx : sx + w], bcw1[sx : sx + w]
-    chunks = min(h, 4 * threads)
+    chunks = 1 if threads == 1 else min(h, 4 * threads)
     for ch in prange(chunks):
         lo = ch * h // chunks
         hi = (ch + 1) * h // chunks
