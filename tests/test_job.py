@@ -366,18 +366,24 @@ def many(tmp_path_factory, small_photo) -> Path:
     return src
 
 
-def test_small_files_rendered_several_to_a_task_equal_a_task_each(client, many, tmp_path):
+@pytest.mark.parametrize("whole_limit", [32.0, 0.1], ids=["whole", "tiled"])
+def test_small_files_rendered_several_to_a_task_equal_a_task_each(client, many, tmp_path, whole_limit):
+    """Twenty small files on two threads: ten shared tasks of two; every image's levels are those of a task
+    each, for images rendered whole and for images that their shared task prepares for tiles."""
     from distributed import get_task_stream
 
     from phos_dask.graph import submit_job
     from phos_dask.sources import discover
 
-    spec = JobSpec(str(many), str(tmp_path / "batched.zarr"), Settings(film="Portra400", dtype="uint16"))
+    spec = JobSpec(str(many), str(tmp_path / "batched.zarr"), Settings(film="Portra400", dtype="uint16"),
+                   tile=MIN_TILE, whole_limit_mp=whole_limit)
     with get_task_stream(client) as ts:
         report = run_job(spec, client)
     assert report["counts"] == {"done": 20, "skipped": 0, "failed": 0}
     firsts = {r["key"] for r in ts.data if str(r["key"]).startswith("film-image-")}
     assert len(firsts) == 10 and all("-2-images-from-" in str(k) for k in firsts)
+    tiles = {r["key"] for r in ts.data if str(r["key"]).startswith("film-tile-")}
+    assert (len(tiles) > 20) == (whole_limit < 1)
     one_each = tmp_path / "single.zarr"
     done: list[str] = []
     submit_job(client, dataclass_replace(spec, out=str(one_each)).config(), discover(str(many)),
