@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -386,7 +387,7 @@ def test_small_files_rendered_several_to_a_task_equal_a_task_each(client, many, 
     assert (len(tiles) > 20) == (whole_limit < 1)
     one_each = tmp_path / "single.zarr"
     done: list[str] = []
-    submit_job(client, dataclass_replace(spec, out=str(one_each)).config(), discover(str(many)),
+    submit_job(client, dataclasses.replace(spec, out=str(one_each)).config(), discover(str(many)),
                lambda item, result: done.append(result.status))  # no image count: a task each
     assert done == ["done"] * 20
     for item in discover(str(many)):
@@ -402,13 +403,7 @@ def _image_levels(out: Path, key: str) -> list[np.ndarray]:
     return [group[str(k)][...] for k in range(len(group.attrs["ome"]["multiscales"][0]["datasets"]))]
 
 
-def dataclass_replace(obj, **changes):
-    import dataclasses
-
-    return dataclasses.replace(obj, **changes)
-
-
-def test_a_shared_task_lost_with_its_worker_is_run_again_image_by_image(many, tmp_path):
+def test_a_shared_task_lost_with_its_worker_is_run_again_image_by_image(client, many, tmp_path):
     """With no retries left for a task whose worker dies (allowed-failures 0), a shared task fails as a
     whole: its images are submitted again one by one, and all of them end done, as an undisturbed run's."""
     import os
@@ -419,13 +414,14 @@ def test_a_shared_task_lost_with_its_worker_is_run_again_image_by_image(many, tm
     import dask
     from distributed import get_task_stream
 
+    from phos_dask.graph import submit_job
+    from phos_dask.sources import discover
+
     spec = JobSpec(str(many), str(tmp_path / "killed.zarr"), Settings(film="Portra400", dtype="uint16"))
+    report: dict = {}
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
-            connect(workers=2, dashboard_address="127.0.0.1:0") as c:
+            connect(workers=2, dashboard_address="127.0.0.1:0") as c, get_task_stream(c) as stream:
         pids = c.run(os.getpid)
-        report: dict = {}
-        stream = get_task_stream(c)
-        stream.__enter__()
         job = threading.Thread(target=lambda: report.update(run_job(spec, c)))
         job.start()
         victim, deadline = None, time.monotonic() + 120
@@ -439,18 +435,13 @@ def test_a_shared_task_lost_with_its_worker_is_run_again_image_by_image(many, tm
         os.kill(pids[victim], signal.SIGKILL)
         job.join(timeout=300)
         assert not job.is_alive()
-        stream.__exit__(None, None, None)
     assert report["counts"] == {"done": 20, "skipped": 0, "failed": 0}, report
     alone_keys = [str(r["key"]) for r in stream.data
                   if str(r["key"]).startswith("film-image-") and "-images-from-" not in str(r["key"])]
     # the images of the shared tasks lost with the worker (two each, at most 4 tasks in flight), one by one
     assert len(alone_keys) in (2, 4, 6, 8)
     single = tmp_path / "single.zarr"
-    with connect(workers=2, dashboard_address="127.0.0.1:0") as c:
-        from phos_dask.graph import submit_job
-        from phos_dask.sources import discover
-
-        submit_job(c, dataclass_replace(spec, out=str(single)).config(), discover(str(many)), lambda *a: None)
+    submit_job(client, dataclasses.replace(spec, out=str(single)).config(), discover(str(many)), lambda *a: None)
     for item in discover(str(many)):
         killed, alone = _levels(tmp_path / "killed.zarr", item.key), _image_levels(single, item.key)
         assert len(killed) == len(alone) >= 1
