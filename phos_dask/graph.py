@@ -93,7 +93,6 @@ class _Batch:
     """Several small images' first tasks in one (tasks.process_images)."""
 
     todos: tuple[Todo, ...]
-    token: str
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -130,7 +129,7 @@ def submit_job(client: Client, cfg: JobConfig, todos: Iterable[Todo | SourceItem
         fut = client.submit(tasks.process_images, cfg, [(t.item, t.fresh, t.thumb) for t in group],
                             key=f"film-image-{token}-{len(group)}-images-from-{group[0].item.key}", pure=False,
                             retries=0)
-        running[fut.key] = _Batch(group, token)
+        running[fut.key] = _Batch(group)
         ac.add(fut)
 
     def fill() -> None:

@@ -211,11 +211,21 @@ def _shard_codec(document: bytes):
     (sharding,) = doc["codecs"]
     if sharding["name"] != "sharding_indexed":
         raise ValueError(f"no direct shard encoder for the codecs {doc['codecs']}")
-    codec = chunk_codec(sharding["configuration"]["codecs"])
+    return chunk_codec(sharding["configuration"]["codecs"]), key_separator(doc, "no direct shard encoder")
+
+
+def key_separator(doc: dict, what: str) -> str:
+    """The separator of the default chunk key encoding of the array whose zarr.json is `doc`; any other
+    encoding is a ValueError that starts with `what`."""
     encoding = doc.get("chunk_key_encoding", {})
     if encoding.get("name", "default") != "default":
-        raise ValueError(f"no direct shard encoder for the chunk key encoding {encoding}")
-    return codec, encoding.get("configuration", {}).get("separator", "/")
+        raise ValueError(f"{what} for the chunk key encoding {encoding}")
+    return encoding.get("configuration", {}).get("separator", "/")
+
+
+def chunk_key(separator: str, coords) -> str:
+    """The name of the chunk (or shard) at grid `coords` under the default chunk key encoding."""
+    return separator.join(["c", *(str(i) for i in coords)])
 
 
 @dataclass(frozen=True)
@@ -301,8 +311,8 @@ class ImageLayout:
         for coords, origin in shard_boxes(((0, self.channels), (y0, y1), (x0, x1)), shards, shape):
             part = block[:, origin[1] - y0 : min(origin[1] + shards[1], y1) - y0,
                          origin[2] - x0 : min(origin[2] + shards[2], x1) - x0]
-            name = separator.join(["c", *(str(i) for i in coords)])
-            out[f"{self.key}/{level}/{name}"] = encode_shard(part, origin, shape, shards, chunks, codec)
+            name = f"{self.key}/{level}/{chunk_key(separator, coords)}"
+            out[name] = encode_shard(part, origin, shape, shards, chunks, codec)
         return out
 
     def levels_objects(self, image: np.ndarray, first: int = 0) -> tuple[dict[str, Data], np.ndarray]:

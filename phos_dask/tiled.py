@@ -19,7 +19,7 @@ from phos_dask.imageio import ImageReadError, check_pixels, open_region_reader
 from phos_dask.shards import chunk_codec, encode_chunk, shard_boxes
 from phos_dask.sources import SourceItem
 from phos_dask.storage import Data, Location, options_for
-from phos_dask.store import METADATA, ImageLayout, staging_compressor, staging_path
+from phos_dask.store import METADATA, ImageLayout, chunk_key, key_separator, staging_compressor, staging_path
 from phos_dask.taskflow import ImageContext, ImageResult, JobConfig, Staged, Stages, TileDone
 from phos_dask.taskkit import InputError, as_failure, complete, guard, limit_kernel_threads, provenance
 from phos_dask.tiles import staging_chunk
@@ -139,17 +139,14 @@ def staged_window(out: Location, key: str, box) -> np.ndarray:
     if meta is None:
         raise FileNotFoundError(2, "No staged input", out.url_of(name))
     shape, chunks = tuple(meta["shape"]), tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
-    encoding = meta["chunk_key_encoding"]
-    if encoding["name"] != "default":
-        raise ValueError(f"staged input {out.url_of(name)!r} has chunk keys of kind {encoding['name']!r}")
-    sep = encoding.get("configuration", {}).get("separator", "/")
+    sep = key_separator(meta, f"no direct reader of the staged input {out.url_of(name)!r}")
     dtype = np.dtype(meta["data_type"]).newbyteorder("<")
     codec = chunk_codec(meta["codecs"])
     y0, y1, x0, x1 = box
     ch, cw = chunks[0], chunks[1]
     window = np.empty((y1 - y0, x1 - x0, *shape[2:]), dtype)
     grid = [(i, j) for i in range(y0 // ch, -(-y1 // ch)) for j in range(x0 // cw, -(-x1 // cw))]
-    names = [f"{name}/c{sep}" + sep.join(str(c) for c in (i, j, *(0,) * (len(shape) - 2))) for i, j in grid]
+    names = [f"{name}/{chunk_key(sep, (i, j, *(0,) * (len(shape) - 2)))}" for i, j in grid]
     fetched = None if out.local else out.get_many(names)
     buffer = np.empty(chunks, dtype)
     for (i, j), chunk in zip(grid, names, strict=True):
