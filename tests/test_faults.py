@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import psutil
 import pytest
 import zarr
 from PIL import Image
+from processes import kill_worker_running
 
 from phos_dask import lease
 from phos_dask.cluster import connect
@@ -83,16 +83,7 @@ def test_a_worker_killed_mid_job_changes_nothing(source, reference, tmp_path):
         report: dict = {}
         job = threading.Thread(target=lambda: report.update(run_job(spec, client)))
         job.start()
-        victim = None
-        deadline = time.monotonic() + 120
-        while victim is None and time.monotonic() < deadline and job.is_alive():
-            for addr, keys in client.processing().items():
-                if any(str(k).startswith("film-tile-") for k in keys) and addr in pids:
-                    victim = addr
-                    break
-            time.sleep(0.02)
-        assert victim is not None, "no tile task was seen running"
-        os.kill(pids[victim], signal.SIGKILL)
+        kill_worker_running(client, pids, job, lambda key: key.startswith("film-tile-"), "tile task", poll=0.02)
         job.join(timeout=300)
         assert not job.is_alive()
     assert report["counts"] == {"done": 10, "skipped": 0, "failed": 0}, report

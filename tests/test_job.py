@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import zarr
 from conftest import make_photo_bucket
+from processes import kill_worker_running
 
 from phos_dask import Settings, render, thumbs
 from phos_dask.cluster import connect
@@ -407,9 +408,7 @@ def test_a_shared_task_lost_with_its_worker_is_run_again_image_by_image(client, 
     """With no retries left for a task whose worker dies (allowed-failures 0), a shared task fails as a
     whole: its images are submitted again one by one, and all of them end done, as an undisturbed run's."""
     import os
-    import signal
     import threading
-    import time
 
     import dask
     from distributed import get_task_stream
@@ -424,15 +423,7 @@ def test_a_shared_task_lost_with_its_worker_is_run_again_image_by_image(client, 
         pids = c.run(os.getpid)
         job = threading.Thread(target=lambda: report.update(run_job(spec, c)))
         job.start()
-        victim, deadline = None, time.monotonic() + 120
-        while victim is None and time.monotonic() < deadline and job.is_alive():
-            for addr, keys in c.processing().items():
-                if any("-images-from-" in str(k) for k in keys) and addr in pids:
-                    victim = addr
-                    break
-            time.sleep(0.005)
-        assert victim is not None, "no shared task was seen running"
-        os.kill(pids[victim], signal.SIGKILL)
+        kill_worker_running(c, pids, job, lambda key: "-images-from-" in key, "shared task", poll=0.005)
         job.join(timeout=300)
         assert not job.is_alive()
     assert report["counts"] == {"done": 20, "skipped": 0, "failed": 0}, report
