@@ -10,6 +10,7 @@ Keys (dashes and underscores are the same key to Dask):
 * `tile` (px): tile side for images rendered in tiles (`--tile`).
 * `whole-limit` (MP): images up to this many megapixels run as one task; 0 = always tile (`--whole-limit`).
 * `max-pixels` (px): refuse images whose header claims more pixels; 0 = no limit (`--max-pixels`).
+* `compression`: the output's codec, lz4, zstd or none (`--compression`; phos_dask.store.OUTPUT_CODECS).
 * `lease-ttl` (s): how long after its last heartbeat `run` treats the output's lease of a run on another
   machine as dead; null = PHOS_DASK_LEASE_TTL, else 60.
 * `kernel-threads`: threads of the CPU kernels in each worker task; null = PHOS_DASK_KERNEL_THREADS, else
@@ -29,7 +30,7 @@ import dask.config
 from phos_dask.errors import PhosError
 
 SECTION = "phos_dask"
-KEYS = ("tile", "whole-limit", "max-pixels", "lease-ttl", "kernel-threads")
+KEYS = ("tile", "whole-limit", "max-pixels", "compression", "lease-ttl", "kernel-threads")
 
 
 class ConfigError(PhosError, ValueError):
@@ -82,6 +83,17 @@ def whole_limit() -> float:
 def max_pixels() -> int:
     """Pixel limit per image (`phos_dask.max-pixels`); 0 = no limit."""
     return _number("max-pixels", int, 0)
+
+
+def compression() -> str:
+    """The output's codec (`phos_dask.compression`): a name in phos_dask.store.OUTPUT_CODECS."""
+    from phos_dask.store import OUTPUT_CODECS
+
+    value = get("compression")
+    if value not in OUTPUT_CODECS:
+        raise ConfigError(f"Dask configuration {SECTION}.compression must be one of {', '.join(OUTPUT_CODECS)}, got "
+                          f"{value!r} (check DASK_{SECTION.upper()}__COMPRESSION and Dask's YAML files)")
+    return value
 
 
 def lease_ttl() -> float | None:

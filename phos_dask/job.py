@@ -20,7 +20,17 @@ from phos_dask.progress import Progress
 from phos_dask.settings import Settings
 from phos_dask.sources import Problem, SourceItem, scan
 from phos_dask.storage import Location, relative_inside
-from phos_dask.store import METADATA, REPORT, STAGING, OutputError, check_output, root_document, write_root
+from phos_dask.store import (
+    DEFAULT_COMPRESSION,
+    METADATA,
+    OUTPUT_CODECS,
+    REPORT,
+    STAGING,
+    OutputError,
+    check_output,
+    root_document,
+    write_root,
+)
 from phos_dask.taskflow import WHOLE_LIMIT_MP, ImageContext, ImageResult, JobConfig
 from phos_dask.thumbs import PackWriter
 from phos_dask.tiles import DEFAULT_TILE, pyramid_shapes
@@ -47,10 +57,13 @@ class JobSpec:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     #: "cpu" or "gpu" (chosen by phos_dask.device.choose from --device auto|cpu|gpu)
     device: str = "cpu"
+    #: the output's codec: "lz4", "zstd" or "none" (phos_dask.store.OUTPUT_CODECS)
+    compression: str = DEFAULT_COMPRESSION
 
     def config(self, lease_token: str | None = None) -> JobConfig:
         return JobConfig(self.out, self.settings.replace(image_key=""), self.tile, self.whole_limit_mp,
-                         self.storage_options, self.max_pixels, lease_token, self.device, self.overwrite)
+                         self.storage_options, self.max_pixels, lease_token, self.device, self.overwrite,
+                         self.compression)
 
 
 #: Past the contact sheet's images, every this-many-th image returns its thumbnails too, for the strip of
@@ -89,6 +102,8 @@ class Checked:
 def check_spec(spec: JobSpec) -> Checked:
     """Refuse (JobError) a job whose output is the source or holds it, or is neither absent, nor empty, nor a
     phos_dask store; before anything is written. Lists the output once."""
+    if spec.compression not in OUTPUT_CODECS:
+        raise JobError(f"unknown compression {spec.compression!r}: choose one of {', '.join(OUTPUT_CODECS)}")
     if any(c in spec.out for c in "*?[]"):
         raise JobError(f"the output {spec.out!r} has a glob character (* ? [ ]) in its name; choose another --out")
     if relative_inside(spec.out, spec.source) is not None:

@@ -44,6 +44,7 @@ class RunOptions:
     tile: int | None = None
     whole_limit: float | None = None
     max_pixels: int | None = None
+    compression: str | None = None
     lease_ttl: float | None = None
     device: str = "auto"
     rmm_pool_size: str | None = None
@@ -80,9 +81,9 @@ def _quiet(line: str) -> None:
 
 
 def apply_config_defaults(opts: Any, say: Say = _quiet) -> None:
-    """Fill tile, whole_limit and max_pixels left unset (None) from Dask's configuration (phos_dask.config), and
-    lease_ttl; and the scheduler from `scheduler-address` when neither scheduler nor scheduler_file is given.
-    `opts` is a RunOptions or anything with those attributes."""
+    """Fill tile, whole_limit, max_pixels and compression left unset (None) from Dask's configuration
+    (phos_dask.config), and lease_ttl; and the scheduler from `scheduler-address` when neither scheduler nor
+    scheduler_file is given. `opts` is a RunOptions or anything with those attributes."""
     import dask
 
     from phos_dask import config
@@ -94,6 +95,8 @@ def apply_config_defaults(opts: Any, say: Say = _quiet) -> None:
             opts.whole_limit = config.whole_limit()
         if opts.max_pixels is None:
             opts.max_pixels = config.max_pixels()
+        if opts.compression is None:
+            opts.compression = config.compression()
         opts.lease_ttl = config.lease_ttl()
     except config.ConfigError as e:
         raise CLIError(str(e)) from None
@@ -185,7 +188,7 @@ def _run(opts: RunOptions, say: Say, progress: Callable[[], Any] | None, warming
     except DeviceError as e:
         raise CLIError(str(e)) from None
     spec = JobSpec(source=opts.source, out=opts.out, settings=settings, tile=opts.tile,
-                   whole_limit_mp=opts.whole_limit, overwrite=opts.overwrite,
+                   whole_limit_mp=opts.whole_limit, overwrite=opts.overwrite, compression=opts.compression,
                    storage_options=storage_options or None, include=tuple(opts.include or ()),
                    exclude=tuple(opts.exclude or ()), max_pixels=opts.max_pixels or None,
                    device=device if device != "auto" else "cpu")

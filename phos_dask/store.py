@@ -70,18 +70,28 @@ RESERVED_NAMES = frozenset({METADATA, "contact.jpg"})
 OS_LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", ".directory"})
 
 
-#: The output's codec, LZ4 with bit shuffle: GB/s both ways, so storage never paces the model. On a grainy
-#: 24 MP render (uint16, one core) it encodes in half the time byte shuffle took (0.095 vs 0.185 s) and
-#: decodes faster (0.057 vs 0.102 s), to a size no larger (ratio 1.16 vs 1.15; 8-bit 1.39 vs 1.31). As Zarr's
-#: BloscCodec configuration (`typesize` is the array's item size, set per array).
-OUTPUT_BLOSC = {"cname": "lz4", "clevel": 5, "shuffle": "bitshuffle", "blocksize": 0}
+#: The output's codecs by name (`run --compression`, Dask configuration `phos_dask.compression`), as Zarr's
+#: BloscCodec configurations (`typesize` is the array's item size, set per array); every Zarr v3 reader
+#: decodes all three. Measured on a grainy 24 MP render, one core (encode seconds, stored/raw size):
+#: * "lz4" (default), LZ4 with bit shuffle: GB/s both ways, so storage hardly paces the model. uint16 0.18 s,
+#:   0.88; uint8 0.14 s, 0.76. (Byte shuffle took twice the time to encode for no smaller size.)
+#: * "zstd", Zstandard level 1 with bit shuffle: the smallest store for about twice the encode time.
+#:   uint16 0.43 s, 0.81; uint8 0.30 s, 0.60 (level 3: 1.0 s for 0.80 and 0.55).
+#: * "none", Blosc without compression (a copy in Blosc's frame): uint16 0.08 s, 1.00; uint8 0.07 s, 1.00.
+#:   `run` of four 24 MP photos took 10 % less time than with "lz4" (bench in README).
+OUTPUT_CODECS = {
+    "lz4": {"cname": "lz4", "clevel": 5, "shuffle": "bitshuffle", "blocksize": 0},
+    "zstd": {"cname": "zstd", "clevel": 1, "shuffle": "bitshuffle", "blocksize": 0},
+    "none": {"cname": "lz4", "clevel": 0, "shuffle": "noshuffle", "blocksize": 0},
+}
+DEFAULT_COMPRESSION = "lz4"
 
 
-def fast_compressor() -> BloscCodec:
-    """The output's codec (OUTPUT_BLOSC) as Zarr's BloscCodec."""
+def fast_compressor(compression: str = DEFAULT_COMPRESSION) -> BloscCodec:
+    """The output's codec `compression` (OUTPUT_CODECS) as Zarr's BloscCodec."""
     from zarr.codecs import BloscCodec
 
-    return BloscCodec(**OUTPUT_BLOSC)
+    return BloscCodec(**OUTPUT_CODECS[compression])
 
 
 def staging_compressor(itemsize: int = 1) -> BloscCodec:
@@ -176,14 +186,14 @@ def _axis(side: int, footprint: int | None) -> tuple[int, int]:
 
 @functools.lru_cache(maxsize=256)
 def _array_document(channels: int, shape: tuple[int, int], dtype: str, chunks: tuple[int, int, int],
-                    shards: tuple[int, int, int]) -> bytes:
+                    shards: tuple[int, int, int], compression: str = DEFAULT_COMPRESSION) -> bytes:
     """The zarr.json of a level's array: sharded (c, y, x) in `shards`, inner `chunks` of little-endian
-    `dtype` under OUTPUT_BLOSC, index little-endian with CRC32C at the shard's end, fill value 0; byte for
+    `dtype` under OUTPUT_CODECS[compression], index little-endian with CRC32C at the shard's end, fill value 0; byte for
     byte what `zarr.create_array` writes for the same arguments (tests/test_store_layout.py holds them
     equal)."""
     dt = np.dtype(dtype)
     little = {"name": "bytes", "configuration": {"endian": "little"}}
-    blosc = {"name": "blosc", "configuration": {"typesize": dt.itemsize, **OUTPUT_BLOSC}}
+    blosc = {"name": "blosc", "configuration": {"typesize": dt.itemsize, **OUTPUT_CODECS[compression]}}
     sharding = {"name": "sharding_indexed",
                 "configuration": {"chunk_shape": list(chunks),
                                   "codecs": [{"name": "bytes"} if dt.itemsize == 1 else little, blosc],
@@ -246,6 +256,8 @@ class ImageLayout:
     dtype: str
     #: the tile plan when tiles write the leading levels (a staged image); None when one task writes them all
     tiles: TilePlan | None
+    #: the codec of every level (OUTPUT_CODECS)
+    compression: str = DEFAULT_COMPRESSION
 
     @property
     def levels(self) -> list[tuple[int, int]]:
@@ -281,7 +293,8 @@ class ImageLayout:
 
     def array_document(self, level: int) -> bytes:
         """A level's array zarr.json."""
-        return _array_document(self.channels, self.levels[level], self.dtype, self.chunks(level), self.shards(level))
+        return _array_document(self.channels, self.levels[level], self.dtype, self.chunks(level), self.shards(level),
+                               self.compression)
 
     def metadata_objects(self) -> dict[str, bytes]:
         """Every level's array zarr.json (written before any tile of a tiled image)."""

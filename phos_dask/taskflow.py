@@ -20,6 +20,7 @@ from phos_dask.film.pipeline import Plan, make_plan
 from phos_dask.imageio import DEFAULT_MAX_PIXELS
 from phos_dask.settings import Settings
 from phos_dask.sources import SourceItem
+from phos_dask.store import DEFAULT_COMPRESSION
 from phos_dask.tiles import DEFAULT_TILE, MAX_WINDOW_PX, TilePlan
 
 #: Images up to this many megapixels (after working size) run as one task: no halo is recomputed and
@@ -44,6 +45,8 @@ class JobConfig:
     device: str = "cpu"
     #: Replace finished images made with other settings (else such an image fails with one line).
     overwrite: bool = False
+    #: The output's codec (phos_dask.store.OUTPUT_CODECS); it changes the bytes stored, never the pixels.
+    compression: str = DEFAULT_COMPRESSION
 
     def accelerator(self):
         from phos_dask import device

@@ -175,7 +175,7 @@ def _process_image(cfg: JobConfig, item: SourceItem, fresh: bool = True, thumb: 
                                           ctx.model)
     del image
     t_write = time.perf_counter()
-    layout = ImageLayout(item.key, rendered.shape[0], shape, st.dtype, None)
+    layout = ImageLayout(item.key, rendered.shape[0], shape, st.dtype, None, cfg.compression)
     layout.check()
     objects, smallest = layout.levels_objects(rendered)
     del rendered

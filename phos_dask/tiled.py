@@ -47,7 +47,8 @@ def prepare_by_region(cfg: JobConfig, item: SourceItem, reader, out: Location, t
         return ImageResult.failed(item.key, e)
     except OSError as e:
         return ImageResult.failed(item.key, InputError(f"cannot read {item.url!r}: {e.strerror or e}"))
-    _create(cfg, out, ImageLayout(item.key, ctx.model.channels, ctx.shape, ctx.settings.dtype, ctx.tiling))
+    _create(cfg, out, ImageLayout(item.key, ctx.model.channels, ctx.shape, ctx.settings.dtype, ctx.tiling,
+                                   cfg.compression))
     return _staged(item, ctx, digest, linear, True, t0, thumb, None, grain_k)
 
 
@@ -89,7 +90,8 @@ def prepare_tiles(cfg: JobConfig, item: SourceItem, image: np.ndarray, digest: s
                for coords, origin in shard_boxes(tuple((0, n) for n in image.shape), chunks, image.shape)}
     out.put_made(origins, lambda name, image=image: encode_chunk(_part(image, origins[name], chunks), chunks, codec))
     del image
-    _create(cfg, out, ImageLayout(item.key, ctx.model.channels, ctx.shape, ctx.settings.dtype, tiling))
+    _create(cfg, out, ImageLayout(item.key, ctx.model.channels, ctx.shape, ctx.settings.dtype, tiling,
+                                   cfg.compression))
     return _staged(item, ctx, digest, linear, False, t0, thumb, source_thumb, grain_k)
 
 
@@ -185,7 +187,7 @@ def _process_tile(cfg: JobConfig, item: SourceItem, staged: Staged, index: tuple
     t_model = time.perf_counter()
     rendered, used, fell_back = render_on(cfg.accelerator(), window, tile.window[::2], ctx.shape, tile.box, ctx.model)
     t_write = time.perf_counter()
-    layout = ImageLayout(item.key, rendered.shape[0], ctx.shape, ctx.settings.dtype, ctx.tiling)
+    layout = ImageLayout(item.key, rendered.shape[0], ctx.shape, ctx.settings.dtype, ctx.tiling, cfg.compression)
     objects = layout.tile_objects(tile, rendered)
     guard(cfg)
     out.put_many(objects)
@@ -225,7 +227,7 @@ def _finalize(cfg: JobConfig, item: SourceItem, staged: Staged, *tiles: TileDone
     if complete(out, cfg, item):  # run again after its worker died having finished the image
         out.delete(staging_path(item.key), recursive=True)
         return done
-    layout = ImageLayout(item.key, ctx.model.channels, ctx.shape, ctx.settings.dtype, ctx.tiling)
+    layout = ImageLayout(item.key, ctx.model.channels, ctx.shape, ctx.settings.dtype, ctx.tiling, cfg.compression)
     so = options_for(cfg.out_url, cfg.storage_options) or None
     last = layout.tile_levels - 1  # the last level the tiles wrote: the next ones are built from it
     objects: dict[str, Data] = {}

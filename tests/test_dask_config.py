@@ -18,6 +18,7 @@ from phos_dask.flags import build_parser
 from phos_dask.imageio import DEFAULT_MAX_PIXELS
 from phos_dask.job import JobError, JobSpec, run_job
 from phos_dask.runner import apply_config_defaults, lease_ttl
+from phos_dask.store import DEFAULT_COMPRESSION, OUTPUT_CODECS
 from phos_dask.tasks import WHOLE_LIMIT_MP, limit_kernel_threads
 from phos_dask.tiles import DEFAULT_TILE
 
@@ -35,11 +36,19 @@ def test_the_package_defaults_are_the_code_defaults():
     assert config.tile() == DEFAULT_TILE
     assert config.whole_limit() == WHOLE_LIMIT_MP
     assert config.max_pixels() == DEFAULT_MAX_PIXELS
+    assert config.compression() == DEFAULT_COMPRESSION == JobSpec("s", "o").compression
     assert config.lease_ttl() is None and config.kernel_threads() is None
     args = _args()
     apply_config_defaults(args)
     assert (args.tile, args.whole_limit, args.max_pixels, args.lease_ttl) == (DEFAULT_TILE, WHOLE_LIMIT_MP,
                                                                                DEFAULT_MAX_PIXELS, None)
+    assert args.compression == DEFAULT_COMPRESSION
+
+
+def test_runs_compression_choices_are_the_stores_codecs():
+    from phos_dask.flags import COMPRESSIONS
+
+    assert tuple(OUTPUT_CODECS) == COMPRESSIONS
 
 
 def test_runs_help_shows_the_configured_defaults_as_they_are_when_it_is_shown():
@@ -56,15 +65,17 @@ def test_runs_help_shows_the_configured_defaults_as_they_are_when_it_is_shown():
 
 def test_the_configuration_fills_what_flags_leave_unset():
     cfg = {"phos_dask.tile": 1024, "phos_dask.whole_limit": 0, "phos_dask.max-pixels": 5e6,
-           "phos_dask.lease-ttl": 30, "scheduler-address": "tcp://127.0.0.1:8786"}
+           "phos_dask.lease-ttl": 30, "phos_dask.compression": "zstd", "scheduler-address": "tcp://127.0.0.1:8786"}
     with dask.config.set(cfg):
         args = _args()
         apply_config_defaults(args)
         assert (args.tile, args.whole_limit, args.max_pixels, args.lease_ttl) == (1024, 0.0, 5_000_000, 30.0)
+        assert args.compression == "zstd"
         assert args.scheduler == "tcp://127.0.0.1:8786"
-        flagged = _args("--tile", "512", "--whole-limit", "8", "--max-pixels", "0", "--scheduler-file", "s.json")
+        flagged = _args("--tile", "512", "--whole-limit", "8", "--max-pixels", "0", "--scheduler-file", "s.json",
+                        "--compression", "none")
         apply_config_defaults(flagged)
-        assert (flagged.tile, flagged.whole_limit, flagged.max_pixels) == (512, 8.0, 0)
+        assert (flagged.tile, flagged.whole_limit, flagged.max_pixels, flagged.compression) == (512, 8.0, 0, "none")
         assert flagged.scheduler is None  # a scheduler named by flag (here a file) wins too
 
 
@@ -99,7 +110,8 @@ def test_kernel_threads_come_from_the_configuration(monkeypatch):
         numba.set_num_threads(before)
 
 
-@pytest.mark.parametrize(("key", "value"), [("TILE", "big"), ("WHOLE_LIMIT", "-1"), ("MAX_PIXELS", "1.5")])
+@pytest.mark.parametrize(("key", "value"), [("TILE", "big"), ("WHOLE_LIMIT", "-1"), ("MAX_PIXELS", "1.5"),
+                                            ("COMPRESSION", "gzip")])
 def test_a_bad_configuration_value_is_one_line_and_exit_2(key, value, tmp_path, small_photo):
     cv2.imwrite(str(tmp_path / "a.jpg"), small_photo)
     result = _run("run", str(tmp_path / "a.jpg"), "--out", str(tmp_path / "o.zarr"), "--dry-run",

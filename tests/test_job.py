@@ -23,6 +23,7 @@ from phos_dask.cluster import connect
 from phos_dask.imageio import read_image
 from phos_dask.job import JobError, JobSpec, dry_run, run_job
 from phos_dask.storage import Location
+from phos_dask.store import OUTPUT_CODECS
 from phos_dask.tiles import MIN_TILE
 
 
@@ -62,6 +63,37 @@ def test_tiled_runs_equal_the_whole_image_at_every_tile_size(client, bucket, tmp
                 np.testing.assert_array_equal(a, b, err_msg=f"{key} tile {tile}")
     assert outputs[4096]["wide.png"][0].shape == ((3 if film == "Portra400" else 1), 2000, 3001)
     assert len(outputs[4096]["wide.png"]) == 3  # 3001 → 1501 → 751 px
+
+
+@pytest.mark.parametrize("whole_limit", [1e9, 0.0], ids=["whole", "tiled"])
+def test_the_compression_changes_the_bytes_stored_never_the_pixels(client, bucket, tmp_path, whole_limit):
+    """`--compression` lz4 (default), zstd or none: every level of every image (whole, or written by tiles and
+    then finished) holds the same pixels; each array's zarr.json names its codec; zstd stores the fewest
+    bytes and none the most."""
+    st = Settings(film="Portra400", dtype="uint8")
+    sizes, levels = {}, {}
+    for compression in ("lz4", "zstd", "none"):
+        out = tmp_path / f"{compression}.zarr"
+        spec = JobSpec(str(bucket), str(out), st, tile=MIN_TILE, whole_limit_mp=whole_limit, compression=compression)
+        assert run_job(spec, client)["counts"] == {"done": 3, "skipped": 0, "failed": 0}
+        levels[compression] = {k: _levels(out, k) for k in ("odd.jpg", "wide.png", "sub_dir__grey.png")}
+        blosc = json.loads((out / "wide.png" / "0" / "zarr.json").read_text())["codecs"][0]["configuration"][
+            "codecs"][-1]["configuration"]
+        assert {k: blosc[k] for k in ("cname", "clevel", "shuffle")} == {
+            k: OUTPUT_CODECS[compression][k] for k in ("cname", "clevel", "shuffle")}
+        sizes[compression] = sum(p.stat().st_size for p in (out / "wide.png").rglob("*")
+                                 if p.is_file() and "c" in p.relative_to(out / "wide.png").parts)
+    for compression in ("zstd", "none"):
+        for key, want in levels["lz4"].items():
+            for level, (a, b) in enumerate(zip(levels[compression][key], want, strict=True)):
+                np.testing.assert_array_equal(a, b, err_msg=f"{compression} {key} level {level}")
+    assert sizes["zstd"] < sizes["lz4"] < sizes["none"], sizes
+
+
+def test_an_unknown_compression_is_refused_before_anything_is_written(bucket, tmp_path):
+    with pytest.raises(JobError, match="unknown compression 'gzip'"):
+        run_job(JobSpec(str(bucket), str(tmp_path / "o.zarr"), compression="gzip"))
+    assert not (tmp_path / "o.zarr").exists()
 
 
 def test_output_is_valid_ome_zarr_and_opens_with_plain_zarr_and_dask(client, bucket, tmp_path):

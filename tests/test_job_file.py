@@ -30,11 +30,12 @@ def test_a_toml_job_file_becomes_run_defaults_read_as_the_flags_read_them(tmp_pa
     job = tmp_path / "job.toml"
     job.write_text('source = "photos"\nout = "o.zarr"\nfilm = "HP5Plus400"\nworkers = 3\n'
                    'include = ["*.tif", "raw/**"]\nhd-curve = false\noverwrite = true\nmax_pixels = 2e9\n'
+                   'compression = "none"\n'
                    '[storage_option]\nanon = true\nclient_kwargs.endpoint_url = "http://127.0.0.1:9000"\n')
     values = job_file_values(str(job), run_flags())
     assert values == {"source": "photos", "out": "o.zarr", "film": "HP5Plus400", "workers": 3,
                       "include": ["*.tif", "raw/**"], "hd_curve": False, "overwrite": True,
-                      "max_pixels": 2_000_000_000,
+                      "max_pixels": 2_000_000_000, "compression": "none",
                       "storage_option": ["anon=true", 'client_kwargs.endpoint_url="http://127.0.0.1:9000"']}
     parsers = build_parsers()
     args = parsers.parse(["run", "--job", str(job), "--include", "x/*", "--workers", "5", "--hd-curve"])

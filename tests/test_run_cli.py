@@ -69,7 +69,7 @@ def _level0(out: Path) -> dict[str, np.ndarray]:
 
 def test_external_cluster_gives_the_same_outputs_as_a_local_run(bucket, external_cluster, tmp_path):
     address, sched_file = external_cluster
-    flags = ["--film", "Cinestill800T", "--seed", "5", "--tile", "512", "--whole-limit", "1"]
+    flags = ["--film", "Cinestill800T", "--seed", "5", "--tile", "512", "--whole-limit", "1", "--compression", "zstd"]
     local = _run("run", str(bucket), "--out", str(tmp_path / "local.zarr"), "--workers", "2",
                  "--dashboard-address", "127.0.0.1:0", *flags)
     assert local.returncode == 0, local.stderr
@@ -85,6 +85,9 @@ def test_external_cluster_gives_the_same_outputs_as_a_local_run(bucket, external
         np.testing.assert_array_equal(a[k], c[k])
     lines = [json.loads(line) for line in remote.stdout.splitlines() if line.startswith("{")]
     assert sorted(r["key"] for r in lines) == sorted(a) and {r["status"] for r in lines} == {"done"}
+    for out in ("local", "remote", "file"):  # --compression reached every worker's writes
+        document = json.loads((tmp_path / f"{out}.zarr" / "wide.png" / "0" / "zarr.json").read_text())
+        assert document["codecs"][0]["configuration"]["codecs"][-1]["configuration"]["cname"] == "zstd"
 
 
 def test_relative_paths_reach_an_external_cluster_as_absolute_ones(bucket, external_cluster, tmp_path):

@@ -148,20 +148,23 @@ def _zarr_written(layout, level: int, box, block) -> dict[str, bytes]:
     objects: dict = {}
     array = zarr.create_array(MemoryStore(objects), shape=(layout.channels, *layout.levels[level]),
                               dtype=layout.dtype, chunks=layout.chunks(level), shards=layout.shards(level),
-                              compressors=fast_compressor(), dimension_names=("c", "y", "x"), fill_value=0,
-                              config={"write_empty_chunks": True})
+                              compressors=fast_compressor(layout.compression), dimension_names=("c", "y", "x"),
+                              fill_value=0, config={"write_empty_chunks": True})
     y0, y1, x0, x1 = box
     array[:, y0:y1, x0:x1] = block
     return {f"{layout.key}/{level}/{k}": v.to_bytes() for k, v in objects.items() if k != METADATA}
 
 
-@pytest.mark.parametrize(("channels", "dtype", "shape"), [(3, "uint8", (700, 900)), (1, "uint16", (1500, 530)),
-                                                          (3, "float16", (300, 257)), (1, "uint8", (1, 1))])
-def test_shards_are_the_bytes_zarr_writes_for_a_whole_image(channels, dtype, shape):
+@pytest.mark.parametrize(("channels", "dtype", "shape", "compression"),
+                         [(3, "uint8", (700, 900), "lz4"), (1, "uint16", (1500, 530), "lz4"),
+                          (3, "float16", (300, 257), "lz4"), (1, "uint8", (1, 1), "lz4"),
+                          (3, "uint8", (700, 900), "zstd"), (1, "uint16", (1500, 530), "zstd"),
+                          (3, "uint16", (700, 900), "none"), (1, "float16", (300, 257), "none")])
+def test_shards_are_the_bytes_zarr_writes_for_a_whole_image(channels, dtype, shape, compression):
     rng = np.random.default_rng(3)
     image = (rng.random((channels, *shape)) * 200).astype(dtype)
     image[:, : shape[0] // 2] = 7  # a compressible half
-    layout = ImageLayout("k", channels, shape, dtype, None)
+    layout = ImageLayout("k", channels, shape, dtype, None, compression)
     ours, _ = layout.levels_objects(image)
     level_image = image
     for level in range(len(layout.levels)):
@@ -171,11 +174,12 @@ def test_shards_are_the_bytes_zarr_writes_for_a_whole_image(channels, dtype, sha
         assert want and all(joined(ours[name]) == data for name, data in want.items()), f"level {level}"
 
 
-@pytest.mark.parametrize(("channels", "dtype", "shape", "tile"),
-                         [(3, "uint16", (4000, 6000), None), (1, "uint8", (250, 375), None),
-                          (3, "float16", (511, 3), None), (1, "float32", (1100, 2600), 512),
-                          (3, "uint8", (1100, 2600), 512)])
-def test_every_levels_zarr_json_is_the_bytes_zarr_writes_for_it(channels, dtype, shape, tile):
+@pytest.mark.parametrize(("channels", "dtype", "shape", "tile", "compression"),
+                         [(3, "uint16", (4000, 6000), None, "lz4"), (1, "uint8", (250, 375), None, "lz4"),
+                          (3, "float16", (511, 3), None, "lz4"), (1, "float32", (1100, 2600), 512, "lz4"),
+                          (3, "uint8", (1100, 2600), 512, "lz4"), (3, "uint16", (4000, 6000), None, "zstd"),
+                          (3, "uint8", (1100, 2600), 512, "none")])
+def test_every_levels_zarr_json_is_the_bytes_zarr_writes_for_it(channels, dtype, shape, tile, compression):
     """The package writes each level's zarr.json itself (neither the job's client nor a worker imports
     Zarr for it); it is byte for byte what zarr.create_array writes for the level's shape, chunks, shards,
     codec, fill value and dimension names."""
@@ -183,11 +187,13 @@ def test_every_levels_zarr_json_is_the_bytes_zarr_writes_for_it(channels, dtype,
 
     from phos_dask.store import METADATA, fast_compressor
 
-    layout = ImageLayout("k", channels, shape, dtype, None if tile is None else TilePlan.build(shape, tile, 0))
+    layout = ImageLayout("k", channels, shape, dtype, None if tile is None else TilePlan.build(shape, tile, 0),
+                         compression)
     for level in range(len(layout.levels)):
         objects: dict = {}
         zarr.create_array(MemoryStore(objects), shape=(channels, *layout.levels[level]), dtype=dtype,
-                          chunks=layout.chunks(level), shards=layout.shards(level), compressors=fast_compressor(),
+                          chunks=layout.chunks(level), shards=layout.shards(level),
+                          compressors=fast_compressor(compression),
                           dimension_names=("c", "y", "x"), fill_value=0)
         assert layout.array_document(level) == objects[METADATA].to_bytes(), f"level {level}"
 
@@ -240,10 +246,11 @@ print("zarr" in sys.modules)
     assert proc.stdout.strip().splitlines()[-1] == "False"
 
 
-def test_a_tiles_shards_are_the_bytes_zarr_writes():
+@pytest.mark.parametrize("compression", ["lz4", "zstd", "none"])
+def test_a_tiles_shards_are_the_bytes_zarr_writes(compression):
     shape = (1100, 2600)
     plan = TilePlan.build(shape, 512, 0)
-    layout = ImageLayout("k", 3, shape, "uint8", plan)
+    layout = ImageLayout("k", 3, shape, "uint8", plan, compression)
     image = np.random.default_rng(4).integers(0, 255, (3, *shape), dtype=np.uint8)
     for t in list(plan)[-3:]:  # the last ones reach the image's edges
         y0, y1, x0, x1 = t.box
