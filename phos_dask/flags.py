@@ -163,8 +163,8 @@ def add_run_arguments(run: argparse.ArgumentParser) -> FlagTable:
           help=f"images up to this many megapixels run as one task (default: {_configured('whole-limit')}; "
                "0 = always tile)")
     t.add(run, "--compression", choices=COMPRESSIONS, default=None,
-          help="the output's codec: lz4 (fast), zstd (smallest: about 0.8 of lz4's size for 8-bit output, "
-               "0.92 for 16-bit, at twice its encode time) or none (fastest, largest) "
+          help="the output's codec: lz4 (fast), zstd (smaller: about 0.8 of lz4's bytes for 8-bit output, 0.92 "
+               "for 16-bit; a job about 1.1x as long) or none (the least CPU, 1.13-1.32x lz4's bytes) "
                f"(default: {_configured('compression')}); the pixels are the same")
     t.add(run, "--max-pixels", type=pixels, default=None, metavar="N",
           help="refuse images whose header claims more pixels than N, before decoding them "

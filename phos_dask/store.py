@@ -72,13 +72,15 @@ OS_LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", ".directory"})
 
 #: The output's codecs by name (`run --compression`, Dask configuration `phos_dask.compression`), as Zarr's
 #: BloscCodec configurations (`typesize` is the array's item size, set per array); every Zarr v3 reader
-#: decodes all three. Measured on a grainy 24 MP render, one core (encode seconds, stored/raw size):
+#: decodes all three. Level 0 of a grainy 24 MP render, one core (encode seconds, stored/raw size):
 #: * "lz4" (default), LZ4 with bit shuffle: GB/s both ways, so storage hardly paces the model. uint16 0.18 s,
-#:   0.88; uint8 0.14 s, 0.76. (Byte shuffle took twice the time to encode for no smaller size.)
-#: * "zstd", Zstandard level 1 with bit shuffle: the smallest store for about twice the encode time.
+#:   0.88; uint8 0.14 s, 0.76. (Byte shuffle took longer to encode for no smaller size.)
+#: * "zstd", Zstandard level 1 with bit shuffle: the smallest store for more than twice the encode time.
 #:   uint16 0.43 s, 0.81; uint8 0.30 s, 0.60 (level 3: 1.0 s for 0.80 and 0.55).
 #: * "none", Blosc without compression (a copy in Blosc's frame): uint16 0.08 s, 1.00; uint8 0.07 s, 1.00.
-#:   `run` of four 24 MP photos took 10 % less time than with "lz4" (bench in README).
+#: The whole `run` of four such photos (bench/compression.py): uint8, zstd 1.11× lz4's time for 0.80 of its
+#: bytes, none 0.88× for 1.32×; uint16, zstd 1.11-1.26× for 0.92, none 1.04-1.09× (no faster: the extra
+#: bytes cost what the encode saved) for 1.13×.
 OUTPUT_CODECS = {
     "lz4": {"cname": "lz4", "clevel": 5, "shuffle": "bitshuffle", "blocksize": 0},
     "zstd": {"cname": "zstd", "clevel": 1, "shuffle": "bitshuffle", "blocksize": 0},
