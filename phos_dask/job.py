@@ -277,6 +277,7 @@ def run_job(spec: JobSpec, client=None, progress: Progress | None = None, plan: 
         "megapixels": round(sum(r.get("megapixels", 0.0) for r in images if r["status"] == "done"), 3),
         "device": spec.device,
         "tile": cfg.tile,
+        "compression": cfg.compression,
         "gpu_oom_fallbacks": sum(int(r.get("gpu_oom_fallbacks", 0)) for r in images),
         "images": images,
     }

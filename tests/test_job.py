@@ -75,7 +75,9 @@ def test_the_compression_changes_the_bytes_stored_never_the_pixels(client, bucke
     for compression in ("lz4", "zstd", "none"):
         out = tmp_path / f"{compression}.zarr"
         spec = JobSpec(str(bucket), str(out), st, tile=MIN_TILE, whole_limit_mp=whole_limit, compression=compression)
-        assert run_job(spec, client)["counts"] == {"done": 3, "skipped": 0, "failed": 0}
+        report = run_job(spec, client)
+        assert report["counts"] == {"done": 3, "skipped": 0, "failed": 0}
+        assert report["compression"] == compression
         levels[compression] = {k: _levels(out, k) for k in ("odd.jpg", "wide.png", "sub_dir__grey.png")}
         blosc = json.loads((out / "wide.png" / "0" / "zarr.json").read_text())["codecs"][0]["configuration"][
             "codecs"][-1]["configuration"]
