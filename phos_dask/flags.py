@@ -164,7 +164,7 @@ def add_run_arguments(run: argparse.ArgumentParser) -> FlagTable:
                "0 = always tile)")
     t.add(run, "--compression", choices=COMPRESSIONS, default=None,
           help="the output's codec: lz4 (fast), zstd (smaller: about 0.8 of lz4's bytes for 8-bit output, 0.92 "
-               "for 16-bit; a job about 1.1x as long) or none (the least CPU, 1.13-1.32x lz4's bytes) "
+               "for 16-bit; a run 1.1-1.3x as long) or none (the least CPU, 1.13-1.32x lz4's bytes) "
                f"(default: {_configured('compression')}); the pixels are the same")
     t.add(run, "--max-pixels", type=pixels, default=None, metavar="N",
           help="refuse images whose header claims more pixels than N, before decoding them "
