@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -91,6 +92,27 @@ def test_preview_of_a_local_file_imports_neither_dask_nor_fsspec(tmp_path: Path,
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]" and out.exists()
+
+
+def test_preview_of_a_jpeg_loads_neither_opencv_nor_tifffile(tmp_path: Path) -> None:
+    """A JPEG is decoded and written by libjpeg-turbo (imagecodecs): OpenCV's import and tifffile's (about
+    0.05 s together) would only come before the kernels' loading that `preview` waits for. OpenCV loads when
+    one of its decoders is needed (`test_preview_colour_stock` reads a PNG), silenced by the environment
+    `preview` leaves for it; the other commands load it at once."""
+    out = tmp_path / "p.jpg"
+    code = ("import os, sys\n"
+            "from phos_dask.cli import main\n"
+            f"assert main(['preview', {str(EXAMPLES / 'coffee.jpg')!r}, '-o', {str(out)!r}, '--film', 'Portra400']) "
+            "== 0\n"
+            "print(sorted(m for m in ('cv2', 'tifffile') if m in sys.modules), os.environ['OPENCV_LOG_LEVEL'])\n"
+            "main(['films'])\n"
+            "print('cv2' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"})
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert "[] SILENT" in lines and lines[-1] == "True" and out.exists()
+    assert read_image(out).shape == read_image(EXAMPLES / "coffee.jpg").shape
 
 
 @pytest.mark.parametrize("command", ["films", "info", "preview", "run", "export"])

@@ -119,6 +119,37 @@ def test_workers_are_forked_from_the_server_and_render_the_same_bits():
     assert seen["server_gone"]  # stopped and reaped once the job is over (runner.run does it)
 
 
+def test_the_command_lines_run_forks_its_workers(tmp_path):
+    """`python -m phos_dask run`, as users run it: the fork server is started before Dask is imported, and the
+    environment the workers would be spawned with is still the server's when the cluster starts, so they are
+    forked. (OpenCV's import adds LD_LIBRARY_PATH to the environment: the command line loads it before the
+    server starts; one loaded later would make every worker a spawned one, silently.)"""
+    out = tmp_path / "examples.zarr"
+    seen = _python(
+        "import json, runpy, sys\n"
+        "from phos_dask import localworkers\n"
+        "seen = {}\n"
+        "start = localworkers.start_forkserver\n"
+        "def starting(*args, **kwargs):\n"
+        "    seen['started'] = start(*args, **kwargs)\n"
+        "    import phos_dask.cluster as cluster  # what runner imports next\n"
+        "    check = cluster.forked_with\n"
+        "    def forked_with(environ):\n"
+        "        seen['forked'] = check(environ)\n"
+        "        return seen['forked']\n"
+        "    cluster.forked_with = forked_with\n"
+        "    return seen['started']\n"
+        "localworkers.start_forkserver = starting\n"
+        f"sys.argv = ['phos_dask', 'run', {str(REPO / 'examples')!r}, '--out', {str(out)!r}, '--json']\n"
+        "try:\n"
+        "    runpy.run_module('phos_dask', run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    seen['code'] = e.code\n"
+        "print(json.dumps(seen))\n")
+    assert seen == {"started": True, "forked": True, "code": 0}
+    assert (out / "_phos" / "report.json").exists()
+
+
 def test_the_server_is_used_only_for_the_environment_it_has(monkeypatch):
     # a cluster started in this process leaves its pre-spawn variables in os.environ (Dask sets them there)
     monkeypatch.delenv(localworkers.WARM_ENV, raising=False)

@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from phos_dask.imageio.decoder import Decoded, Header
@@ -28,10 +27,6 @@ from phos_dask.imageio.formats import (
     webp_size,
 )
 from phos_dask.imageio.pillow import pil_header
-
-# OpenCV decode flags: keep 16-bit/float depth, keep grey as one channel, apply EXIF orientation.
-# (IMREAD_UNCHANGED would keep the alpha channel but silently ignores the orientation tag.)
-_DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
 
 #: PNG chunks OpenCV's decoder is given: what the pixels need. Colour management (iCCP) is read from the
 #: original bytes; text, time, EXIF and animation chunks mean nothing to the pixels, and a damaged one only
@@ -60,12 +55,17 @@ def decode_opencv(data: bytes, name: str, kind: str | None, header: Header | Non
     """OpenCV's decode (orientation applied) as RGB or grey, grey + alpha read as grey; the ICC profile and
     the format name (when `kind` is None) from `header`. `detail` ends the message of a file OpenCV cannot
     decode either."""
+    import cv2  # loaded when first needed: the JPEG and TIFF decoders hand over only what they cannot read
+
+    # keep 16-bit/float depth, keep grey as one channel, apply EXIF orientation (IMREAD_UNCHANGED would keep
+    # the alpha channel but silently ignores the orientation tag)
+    colour_flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
     if kind == "PNG":  # IHDR colour type 4 (Pillow reports a 16-bit one as RGBA)
         grey_alpha = len(data) > 25 and data[25] == 4
         data = _png_for_decoder(data)
     else:
         grey_alpha = header is not None and header.mode in ("LA", "La")
-    flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_GRAYSCALE if grey_alpha else _DECODE_FLAGS
+    flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_GRAYSCALE if grey_alpha else colour_flags
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error as e:  # e.g. an image over OpenCV's pixel limit
@@ -89,6 +89,8 @@ def _to_rgb(image: np.ndarray) -> np.ndarray:
         if channels in (1, 2):  # grey, or grey + alpha
             image = image[:, :, 0]
         elif channels == 3:  # in place: a gigapixel decode must not be copied
+            import cv2  # loaded already: the image is OpenCV's
+
             image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
         else:  # BGRA or more: keep the colour channels only
             image = image[:, :, 2::-1]

@@ -12,14 +12,17 @@ import io
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tifffile
 
 from phos_dask.errors import one_line
 from phos_dask.imageio.decoder import ORIENT, Decoded, Header
 from phos_dask.imageio.formats import ImageReadError, check_header, check_pixels
 from phos_dask.imageio.opencv import decode_opencv
+
+if TYPE_CHECKING:
+    import tifffile
 
 #: TIFF compression codes of the JPEG flavours (their decoder delivers RGB from YCbCr, subsampled or not).
 JPEG_COMPRESSIONS = (6, 7, 33007, 34892)
@@ -133,6 +136,8 @@ def decode_tiff(data: bytes, name: str, max_pixels: int | None) -> Decoded:
     """The first page of a TIFF or BigTIFF through tifffile; raises for anything it cannot read
     (ImageReadError, not to be retried with another decoder, for a size over `max_pixels` or a compression
     no TIFF reader knows)."""
+    import tifffile  # loaded when first needed (0.02 s)
+
     with quiet_tifffile(), tifffile.TiffFile(io.BytesIO(data)) as tf:
         page = tf.pages.first
         check_pixels(name, int(page.imagewidth), int(page.imagelength), max_pixels)
