@@ -47,8 +47,7 @@ def prepare_by_region(cfg: JobConfig, item: SourceItem, reader, out: Location, t
         return ImageResult.failed(item.key, e)
     except OSError as e:
         return ImageResult.failed(item.key, InputError(f"cannot read {item.url!r}: {e.strerror or e}"))
-    _create(cfg, out, ImageLayout(item.key, ctx.model.channels, ctx.shape, ctx.settings.dtype, ctx.tiling,
-                                   cfg.compression))
+    _create(cfg, out, _layout(cfg, item, ctx))
     return _staged(item, ctx, digest, linear, True, t0, thumb, None, grain_k)
 
 
@@ -90,14 +89,19 @@ def prepare_tiles(cfg: JobConfig, item: SourceItem, image: np.ndarray, digest: s
                for coords, origin in shard_boxes(tuple((0, n) for n in image.shape), chunks, image.shape)}
     out.put_made(origins, lambda name, image=image: encode_chunk(_part(image, origins[name], chunks), chunks, codec))
     del image
-    _create(cfg, out, ImageLayout(item.key, ctx.model.channels, ctx.shape, ctx.settings.dtype, tiling,
-                                   cfg.compression))
+    _create(cfg, out, _layout(cfg, item, ctx))
     return _staged(item, ctx, digest, linear, False, t0, thumb, source_thumb, grain_k)
 
 
 def _part(image: np.ndarray, origin: tuple[int, ...], chunks: tuple[int, ...]) -> np.ndarray:
     """The chunk at `origin` of `image`: up to `chunks` long on each axis (less at the image's edges)."""
     return image[tuple(slice(o, o + c) for o, c in zip(origin, chunks, strict=True))]
+
+
+def _layout(cfg: JobConfig, item: SourceItem, ctx: ImageContext) -> ImageLayout:
+    """The arrays of a tiled image (its tile plan, the model's channels, the job's codec): what its first task
+    creates, each tile writes into and the finalize completes."""
+    return ImageLayout(item.key, ctx.model.channels, ctx.shape, ctx.settings.dtype, ctx.tiling, cfg.compression)
 
 
 def _create(cfg: JobConfig, out: Location, layout: ImageLayout) -> None:
@@ -187,8 +191,7 @@ def _process_tile(cfg: JobConfig, item: SourceItem, staged: Staged, index: tuple
     t_model = time.perf_counter()
     rendered, used, fell_back = render_on(cfg.accelerator(), window, tile.window[::2], ctx.shape, tile.box, ctx.model)
     t_write = time.perf_counter()
-    layout = ImageLayout(item.key, rendered.shape[0], ctx.shape, ctx.settings.dtype, ctx.tiling, cfg.compression)
-    objects = layout.tile_objects(tile, rendered)
+    objects = _layout(cfg, item, ctx).tile_objects(tile, rendered)
     guard(cfg)
     out.put_many(objects)
     end = time.perf_counter()
@@ -227,7 +230,7 @@ def _finalize(cfg: JobConfig, item: SourceItem, staged: Staged, *tiles: TileDone
     if complete(out, cfg, item):  # run again after its worker died having finished the image
         out.delete(staging_path(item.key), recursive=True)
         return done
-    layout = ImageLayout(item.key, ctx.model.channels, ctx.shape, ctx.settings.dtype, ctx.tiling, cfg.compression)
+    layout = _layout(cfg, item, ctx)
     so = options_for(cfg.out_url, cfg.storage_options) or None
     last = layout.tile_levels - 1  # the last level the tiles wrote: the next ones are built from it
     objects: dict[str, Data] = {}
